@@ -1,0 +1,32 @@
+"""phasemap: map where the Canonical Representation Hypothesis holds and where it breaks.
+
+The public surface:
+- `load_config`, `parse_config`, `RunConfig`, `ConfigError`: validated run configs;
+- `train_pack`: train a pack of K stacked networks with probes, writing Parquet records;
+- `measure`: the per-layer CRH/PAH table of any `torch.nn.Module`;
+- `label_phases`, `critical_depth`: phases and critical depth from alignment columns;
+- `read_records`, `SCHEMA`: the records dataset and its one schema.
+"""
+
+__version__ = "0.1.0"
+
+from .config import ConfigError, RunConfig, load_config, parse_config
+from .phases import critical_depth, label_phases
+from .probes import measure
+from .records import SCHEMA, read_records
+from .train import RunResult, train_pack
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "RunResult",
+    "SCHEMA",
+    "__version__",
+    "critical_depth",
+    "label_phases",
+    "load_config",
+    "measure",
+    "parse_config",
+    "read_records",
+    "train_pack",
+]

@@ -1,0 +1,115 @@
+"""phasemap's command line: `phasemap validate CONFIG`, `phasemap run CONFIG`.
+
+Exit codes: 0 done, 2 bad input (config problems are all listed, nothing starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import pandas as pd
+
+from . import __version__
+from .config import ConfigError, load_config, replace
+from .phases import critical_depth, label_phases
+
+EPILOG = """examples:
+  phasemap validate configs/fc1.yaml
+  phasemap run configs/default.yaml --out results
+  phasemap run configs/fc1.yaml --steps 2000 --set optimizer.weight_decay=[0,1e-3]
+
+A run config describes one pack: members are the product of the lists given for
+optimizer.lr, optimizer.momentum, optimizer.weight_decay and train.seed; they train as one
+stacked computation. Records go to <out>/sweep=<sweep_id>/run=<run_id>/part-*.parquet.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="phasemap",
+        description="Measure CRH alignments and phases of neural networks during training.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"phasemap {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check a config; list every problem with its field path")
+    v.add_argument("config", help="YAML run config")
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. train.steps=500")
+
+    r = sub.add_parser("run", help="train a pack with probes and write Parquet records")
+    r.add_argument("config", help="YAML run config")
+    r.add_argument("--out", help="storage root (folder or s3:// URI); default: the config's storage.root")
+    r.add_argument("--steps", type=int, help="override train.steps (the probe schedule follows)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. model.depth=6")
+    r.add_argument("--tau", type=float, default=0.9, help="threshold for the phase summary printed at the end (default 0.9)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _load(args):
+    overrides = list(args.set)
+    if getattr(args, "steps", None) is not None:
+        overrides.append(f"train.steps={args.steps}")
+    cfg = load_config(args.config, overrides)
+    if getattr(args, "out", None):
+        cfg = replace(cfg, {"storage.root": args.out})
+    return cfg
+
+
+def summary(table: pd.DataFrame, tau: float) -> str:
+    """The last probe of every member: alignments and phase per layer, critical depth."""
+    last = table[table["step"] == table.groupby("member")["step"].transform("max")].copy()
+    last["phase"] = label_phases(last, tau)
+    cols = ["member", "lr", "weight_decay", "seed", "layer", "status", "rga_a", "rwa_a", "gwa_a",
+            "rga_b", "rwa_b", "gwa_b", "phase"]
+    lines = [last[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+    ok = last[last["status"] == "ok"]
+    if len(ok):
+        cd = critical_depth(ok, "rga_b", tau, by=["member"])
+        lines.append(f"\ncritical depth (rga_b >= {tau}), hidden layers 1..depth:")
+        lines.append(cd.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = _load(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        print(f"{args.config}: ok ({len(cfg.members)} member(s), {cfg.train.steps} steps, "
+              f"probes at {len(cfg.probe_steps())} steps)")
+        return 0
+
+    from tqdm import tqdm
+
+    from .train import train_pack
+
+    bar = tqdm(total=cfg.train.steps, desc=cfg.name, unit="step", disable=args.no_progress)
+    try:
+        result = train_pack(cfg, progress=lambda s: bar.update(1) if s > 0 else None)
+    except RuntimeError as e:  # e.g. device='cuda' without CUDA
+        bar.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    bar.close()
+    n_div = result.status.count("diverged")
+    print(f"run {result.run_id}: {len(result.status)} member(s), {n_div} diverged, "
+          f"{len(result.records)} records in {result.seconds:.1f} s (probes {result.probe_seconds:.1f} s)")
+    print(f"records: {cfg.storage.root}/sweep={cfg.storage.sweep_id}/run={result.run_id}/")
+    if len(result.records):
+        print(summary(result.records, args.tau))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

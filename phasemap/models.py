@@ -1,0 +1,84 @@
+"""The stacked MLP: K networks of one shape trained as one computation.
+
+Layer l (1-based) computes h_b = W_l h_a + b_l with W_l of shape (K, d_out, d_in); every
+hidden layer is followed by the activation, the last linear layer is the output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+ACTIVATION_FNS = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "gelu": nn.functional.gelu,
+    "linear": lambda h: h,
+}
+ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "linear": nn.Identity}
+
+
+def mlp_dims(input_dim: int, width: int, depth: int, output_dim: int) -> list[int]:
+    """[input, width x depth, output]: depth hidden layers, depth + 1 linear layers."""
+    return [input_dim] + [width] * depth + [output_dim]
+
+
+class StackedMLP(nn.Module):
+    """K MLPs with identical shapes; member k is initialised from `seeds[k]` alone."""
+
+    def __init__(self, dims: Sequence[int], activation: str, seeds: Sequence[int], bias: bool = True):
+        super().__init__()
+        self.dims = list(dims)
+        self.activation = activation
+        self.act = ACTIVATION_FNS[activation]
+        self.K = len(seeds)
+        # He init for relu (gain sqrt 2), unit gain otherwise; biases start at zero.
+        gain = math.sqrt(2.0) if activation == "relu" else 1.0
+        weights = [[] for _ in dims[1:]]
+        for seed in seeds:  # each member draws from its own generator: packing does not matter
+            g = torch.Generator().manual_seed(int(seed))
+            for l, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+                weights[l].append(torch.randn(d_out, d_in, generator=g) * gain / math.sqrt(d_in))
+        self.weights = nn.ParameterList(nn.Parameter(torch.stack(w)) for w in weights)
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.zeros(self.K, d_out)) for d_out in dims[1:]
+        ) if bias else None
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.weights)
+
+    def forward(self, x: torch.Tensor, keep: bool = False):
+        """x: (B, d_in) shared by all members, or (K, B, d_in).
+
+        Returns the output (K, B, d_out) and, with keep=True, each layer's input h_a and
+        pre-activation output h_b.
+        """
+        h = x
+        h_as, h_bs = [], []
+        for l, W in enumerate(self.weights):
+            z = torch.matmul(h, W.transpose(1, 2))  # (K, B, d_out)
+            if self.biases is not None:
+                z = z + self.biases[l].unsqueeze(1)
+            if keep:
+                h_as.append(h.expand(self.K, *h.shape[-2:]))
+                h_bs.append(z)
+            h = self.act(z) if l < self.n_layers - 1 else z
+        return (h, h_as, h_bs) if keep else h
+
+    def member(self, k: int) -> nn.Sequential:
+        """Member k as an ordinary nn.Sequential with the same weights (a copy)."""
+        layers: list[nn.Module] = []
+        for l, W in enumerate(self.weights):
+            lin = nn.Linear(W.shape[2], W.shape[1], bias=self.biases is not None)
+            with torch.no_grad():
+                lin.weight.copy_(W[k])
+                if self.biases is not None:
+                    lin.bias.copy_(self.biases[l][k])
+            layers.append(lin)
+            if l < self.n_layers - 1:
+                layers.append(ACTIVATION_MODULES[self.activation]())
+        return nn.Sequential(*layers).to(W.device)

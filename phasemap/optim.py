@@ -1,0 +1,86 @@
+"""SGD (momentum), Adam and AdamW over stacked parameters.
+
+Every parameter has a leading member dimension K; learning rate, momentum and weight decay
+are tensors of shape (K,), one value per member. The arithmetic per member is exactly that
+of torch.optim's SGD / Adam / AdamW, so a member trained in a pack follows the same path as
+when trained alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+
+def _per_member(values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, *([1] * (p.dim() - 1)))  # (K, 1, ...) broadcasts against p
+
+
+class StackedOptimizer:
+    """Base: holds the parameters and the per-member hyperparameters."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: Sequence[float], weight_decay: Sequence[float]):
+        self.params = list(params)
+        device = self.params[0].device
+        self.lr = torch.tensor(lr, dtype=torch.float32, device=device)  # (K,)
+        self.weight_decay = torch.tensor(weight_decay, dtype=torch.float32, device=device)
+        self.t = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def freeze(self, members: torch.Tensor) -> None:
+        """Stop updating members where `members` is true (for example after divergence)."""
+        self.lr = torch.where(members, torch.zeros_like(self.lr), self.lr)
+
+
+class SGD(StackedOptimizer):
+    def __init__(self, params, lr, weight_decay, momentum):
+        super().__init__(params, lr, weight_decay)
+        self.momentum = torch.tensor(momentum, dtype=torch.float32, device=self.lr.device)
+        self.buffers = [torch.zeros_like(p) for p in self.params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        for p, buf in zip(self.params, self.buffers):
+            wd, lr, mom = (_per_member(v, p) for v in (self.weight_decay, self.lr, self.momentum))
+            d_p = p.grad + wd * p
+            # torch.optim.SGD: the first step copies d_p into the buffer
+            buf.copy_(d_p if self.t == 1 else mom * buf + d_p)
+            p.sub_(lr * buf)
+
+
+class Adam(StackedOptimizer):
+    """Adam with L2 weight decay (decoupled=False) or AdamW (decoupled=True)."""
+
+    def __init__(self, params, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8, decoupled=False):
+        super().__init__(params, lr, weight_decay)
+        self.betas, self.eps, self.decoupled = betas, eps, decoupled
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
+        for p, m, v in zip(self.params, self.m, self.v):
+            wd, lr = _per_member(self.weight_decay, p), _per_member(self.lr, p)
+            grad = p.grad
+            if self.decoupled:
+                p.mul_(1 - lr * wd)
+            else:
+                grad = grad + wd * p
+            m.lerp_(grad, 1 - b1)
+            v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            denom = (v / c2).sqrt_().add_(self.eps)
+            p.sub_(lr / c1 * m / denom)
+
+
+def make_optimizer(name: str, params, lr, weight_decay, momentum, betas, eps) -> StackedOptimizer:
+    if name == "sgd":
+        return SGD(params, lr, weight_decay, momentum)
+    return Adam(params, lr, weight_decay, betas, eps, decoupled=(name == "adamw"))

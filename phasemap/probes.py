@@ -1,0 +1,255 @@
+"""Measurements of the Canonical Representation Hypothesis (SCIENCE.md).
+
+Pure tensor functions, batched over any leading dimensions (a pack's K), plus two ways to
+collect a layer's `h_a, h_b, g_b, W`:
+- `probe_stacked` for the stacked MLP (one forward, one backward for all K members),
+- `measure` for any `torch.nn.Module`, by hooks on its `nn.Linear` layers.
+
+For a linear layer h_b = W h_a + b, the per-sample gradient g_a = -dl/dh_a through the layer
+is W^T g_b, so only g_b needs autograd. Probe maths runs in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+from torch import nn
+
+RELATIONS = ("rga", "rwa", "gwa")
+PAH_PAIRS = ("hg", "hz", "gz")  # lambda_H ~ lambda_G^k, lambda_H ~ lambda_Z^k, lambda_G ~ lambda_Z^k
+METRIC_COLUMNS = (
+    [f"{r}_{s}" for s in "ab" for r in RELATIONS]
+    + ["cross_b"]
+    + [f"pah_{p}_{s}{suffix}" for s in "ab" for p in PAH_PAIRS for suffix in ("", "_r2", "_n")]
+    + ["erank_h_a", "erank_h_b", "n_zero_h_a", "n_zero_g_a", "n_zero_h_b", "n_zero_g_b"]
+)
+
+
+# ----------------------------------------------------------------------------- pure maths
+
+
+def second_moment(v: torch.Tensor, kind: str = "centered") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Covariance of the rows of v (..., N, d).
+
+    centered: every row scaled to unit norm, then the mean subtracted (the paper's default);
+    raw: E[v v^T] of the raw rows. Rows that are exactly zero have no direction: they are
+    left out. Returns (C (..., d, d), the centred rows used (..., N, d), rows left out (...,)).
+    """
+    norms = v.norm(dim=-1, keepdim=True)  # (..., N, 1)
+    keep = norms > 0
+    n = keep.sum(-2, keepdim=True).clamp_min(1)  # (..., 1, 1)
+    if kind == "centered":
+        u = torch.where(keep, v / norms.clamp_min(torch.finfo(v.dtype).tiny), 0.0)
+        u = (u - u.sum(-2, keepdim=True) / n) * keep
+    elif kind == "raw":
+        u = v
+    else:
+        raise ValueError(f"`kind in ('centered', 'raw')` must hold, but got {kind=}")
+    C = u.transpose(-1, -2) @ u / n
+    return C, u, (~keep).sum((-2, -1))
+
+
+def alignment(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of the entries of A and B (..., d, d); NaN when undefined.
+
+    Undefined for 1x1 matrices and for a constant matrix (see `alignment_reason`).
+    """
+    a = A.flatten(-2)
+    b = B.flatten(-2)
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    na, nb = a.norm(dim=-1), b.norm(dim=-1)
+    ok = _spread(a, A) & _spread(b, B) & (a.shape[-1] > 1)
+    out = (a * b).sum(-1) / (na * nb).clamp_min(torch.finfo(a.dtype).tiny)
+    return torch.where(ok, out.clamp(-1.0, 1.0), torch.nan)
+
+
+def _spread(centred: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """True where a matrix is not constant (relative to its size, up to rounding)."""
+    scale = M.flatten(-2).abs().amax(-1)
+    eps = 64 * torch.finfo(M.dtype).eps
+    return centred.norm(dim=-1) > eps * scale * math.sqrt(centred.shape[-1])
+
+
+def alignment_reason(A: torch.Tensor) -> str:
+    """Why alignment with A is undefined ('' when it is defined); A is one (d, d) matrix."""
+    if A.shape[-1] == 1:
+        return "1x1 matrix"
+    if not torch.isfinite(A).all():
+        return "non-finite matrix"
+    a = A.flatten() - A.flatten().mean()
+    if not bool(_spread(a, A)):
+        return "constant matrix"
+    return ""
+
+
+def descending_eigvals(C: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of symmetric C (..., d, d), largest first, negatives (rounding) set to 0."""
+    return torch.linalg.eigvalsh(C).flip(-1).clamp_min(0.0)
+
+
+def effective_rank(eigs: torch.Tensor) -> torch.Tensor:
+    """exp(entropy(p)), p = eigenvalues / their sum (Roy & Vetterli); NaN for a zero matrix."""
+    total = eigs.sum(-1, keepdim=True)
+    p = eigs / total.clamp_min(torch.finfo(eigs.dtype).tiny)
+    entropy = -(torch.where(p > 0, p * p.log(), 0.0)).sum(-1)
+    return torch.where(total.squeeze(-1) > 0, entropy.exp(), torch.nan)
+
+
+def power_law_fit(eig_a: torch.Tensor, eig_b: torch.Tensor, floor: float = 1e-4):
+    """Fit lambda_A ~ lambda_B^k: the least-squares slope of log eig(A) on log eig(B).
+
+    Both spectra (..., d) are sorted descending; the fit uses the leading eigenvalues that
+    are above `floor` times the largest of their own spectrum in both. Returns (k, R^2, n);
+    k and R^2 are NaN with fewer than 3 usable eigenvalues.
+    """
+    ea, eb = eig_a.sort(-1, descending=True).values, eig_b.sort(-1, descending=True).values
+    above = (ea > floor * ea[..., :1]) & (eb > floor * eb[..., :1]) & (ea > 0) & (eb > 0)
+    use = above.to(torch.int64).cumprod(-1).bool()  # the leading run only
+    n = use.sum(-1)
+    w = use.to(ea.dtype)
+    x = torch.where(use, eb.clamp_min(torch.finfo(eb.dtype).tiny).log(), 0.0)
+    y = torch.where(use, ea.clamp_min(torch.finfo(ea.dtype).tiny).log(), 0.0)
+    cnt = w.sum(-1).clamp_min(1)
+    mx, my = (x * w).sum(-1) / cnt, (y * w).sum(-1) / cnt
+    dx, dy = (x - mx.unsqueeze(-1)) * w, (y - my.unsqueeze(-1)) * w
+    sxx, syy, sxy = (dx * dx).sum(-1), (dy * dy).sum(-1), (dx * dy).sum(-1)
+    tiny = torch.finfo(ea.dtype).tiny
+    ok = (n >= 3) & (sxx > 0)
+    k = torch.where(ok, sxy / sxx.clamp_min(tiny), torch.nan)
+    r2 = torch.where(ok & (syy > 0), sxy**2 / (sxx * syy).clamp_min(tiny), torch.nan)
+    return k, r2, n
+
+
+# ----------------------------------------------------------------------------- per layer
+
+
+def layer_metrics(
+    h_a: torch.Tensor,
+    h_b: torch.Tensor,
+    g_b: torch.Tensor,
+    W: torch.Tensor,
+    covariance: str = "centered",
+    pah_floor: float = 1e-4,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Every CRH/PAH metric of one linear layer, batched over a leading K.
+
+    h_a (K, N, d_in), h_b and g_b (K, N, d_out), W (K, d_out, d_in); g_b = -dl/dh_b per
+    sample. Returns ({column: (K,) tensor}, [reason per member why some value is NaN]).
+    """
+    h_a, h_b, g_b, W = (t.detach().to(torch.float64) for t in (h_a, h_b, g_b, W))
+    g_a = g_b @ W  # (K, N, d_in): g_a = W^T g_b per sample
+    out: dict[str, torch.Tensor] = {}
+    mats = {}
+    for side, h, g, Z in (("a", h_a, g_a, W.transpose(1, 2) @ W), ("b", h_b, g_b, W @ W.transpose(1, 2))):
+        H, u_h, zero_h = second_moment(h, covariance)
+        G, u_g, zero_g = second_moment(g, covariance)
+        out[f"n_zero_h_{side}"], out[f"n_zero_g_{side}"] = zero_h, zero_g
+        out[f"rga_{side}"] = alignment(H, G)
+        out[f"rwa_{side}"] = alignment(H, Z)
+        out[f"gwa_{side}"] = alignment(G, Z)
+        if side == "b":
+            cross = u_g.transpose(1, 2) @ u_h  # cov(g_b, h_b), up to a scale alignment ignores
+            out["cross_b"] = alignment(cross + cross.transpose(1, 2), Z)
+        eig = descending_eigvals(torch.stack([H, G, Z], 1))  # (K, 3, d): one call per side
+        eig_h, eig_g, eig_z = eig.unbind(1)
+        out[f"erank_h_{side}"] = effective_rank(eig_h)
+        for pair, (ea, eb) in zip(PAH_PAIRS, ((eig_h, eig_g), (eig_h, eig_z), (eig_g, eig_z))):
+            k, r2, n = power_law_fit(ea, eb, pah_floor)
+            out[f"pah_{pair}_{side}"], out[f"pah_{pair}_{side}_r2"], out[f"pah_{pair}_{side}_n"] = k, r2, n
+        mats[side] = (H, G, Z)
+    reasons = [_nan_reasons(out, mats, k) for k in range(W.shape[0])]
+    return out, reasons
+
+
+def _nan_reasons(out: dict, mats: dict, k: int) -> str:
+    notes = []
+    for side, (H, G, Z) in mats.items():
+        for col, pair in ((f"rga_{side}", (H, G)), (f"rwa_{side}", (H, Z)), (f"gwa_{side}", (G, Z))):
+            if torch.isnan(out[col][k]):
+                why = [r for r in (alignment_reason(m[k]) for m in pair) if r]
+                notes.append(f"{col}: {why[0] if why else 'undefined'}")
+    return "; ".join(notes)
+
+
+# ----------------------------------------------------------------------------- collectors
+
+
+def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str, pah_floor: float):
+    """Probe every layer of a StackedMLP on (x, y).
+
+    Returns (per-member probe loss (K,), [per layer: (metrics, reasons)]).
+    """
+    with torch.enable_grad():
+        out, h_as, h_bs = model(x, keep=True)
+        loss = task.loss(out, y)  # (K, N) per-sample losses
+        # the sum's gradient w.r.t. h_b holds every sample's own dl/dh_b (no batch coupling)
+        grads = torch.autograd.grad(loss.sum(), h_bs)
+    layers = []
+    for l, W in enumerate(model.weights):
+        layers.append(layer_metrics(h_as[l], h_bs[l], -grads[l], W, covariance, pah_floor))
+    return loss.detach().mean(1), layers
+
+
+def measure(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn,
+    covariance: str = "centered",
+    pah_floor: float = 1e-4,
+) -> pd.DataFrame:
+    """CRH/PAH metrics of every `nn.Linear` in any model, one row per layer.
+
+    `loss_fn(output, y)` must return one loss per sample (any shape; it is summed). Extra
+    leading dimensions of a layer's activations (tokens) count as samples. Hooks are
+    removed on every path out.
+    """
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"`model has at least one nn.Linear` must hold, but got {type(model).__name__}")
+    seen: dict[nn.Module, tuple] = {}
+
+    def hook(module, inputs, output):
+        if module in seen:
+            raise RuntimeError("measure: an nn.Linear called twice in one forward is not supported")
+        seen[module] = (inputs[0], output)
+
+    handles = [m.register_forward_hook(hook) for _, m in linears]
+    flags = [m.weight.requires_grad for _, m in linears]
+    try:
+        for _, m in linears:
+            m.weight.requires_grad_(True)  # so every layer's output is part of the graph
+        with torch.enable_grad():
+            losses = loss_fn(model(x), y)
+            used = [m for _, m in linears if m in seen]
+            grads = torch.autograd.grad(losses.sum(), [seen[m][1] for m in used])
+    finally:
+        for h in handles:
+            h.remove()
+        for (_, m), flag in zip(linears, flags):
+            m.weight.requires_grad_(flag)
+    grad_of = dict(zip(used, grads))
+    rows = []
+    for index, (name, m) in enumerate(linears, start=1):
+        if m not in seen:
+            continue
+        h_a, h_b = seen[m]
+        d_in, d_out = m.in_features, m.out_features
+        metrics, reasons = layer_metrics(
+            h_a.reshape(1, -1, d_in),
+            h_b.reshape(1, -1, d_out),
+            -grad_of[m].reshape(1, -1, d_out),
+            m.weight.unsqueeze(0),
+            covariance,
+            pah_floor,
+        )
+        row = {"layer": index, "name": name, "dim_in": d_in, "dim_out": d_out}
+        row.update({c: metrics[c][0].item() for c in METRIC_COLUMNS})
+        row["nan_reason"] = reasons[0]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["probe_loss"] = losses.detach().float().mean().item()
+    return table

@@ -1,0 +1,137 @@
+"""The records: one Arrow schema, a writer and a reader.
+
+One row per (run, member, step, layer). Layout under a storage root (a local folder or a
+pyarrow filesystem URI such as s3://bucket/prefix):
+
+    sweep=<sweep_id>/run=<run_id>/part-<step:09d>.parquet   rows produced at that step
+    sweep=<sweep_id>/run=<run_id>/_COMPLETE.json            written last: the run is done
+
+File names depend only on the run and the step, and every file is written under a temporary
+name starting with '_' and then renamed, so a reader never sees half a file and a rerun
+overwrites instead of duplicating. Names starting with '_' or '.' are skipped by readers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from . import __version__
+from .probes import METRIC_COLUMNS
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+COMPLETE = "_COMPLETE.json"
+
+_ID_FIELDS = [
+    ("schema_version", pa.int16()),
+    ("phasemap_version", pa.string()),
+    ("sweep_id", pa.string()),
+    ("trial_id", pa.string()),
+    ("run_id", pa.string()),
+    ("config_hash", pa.string()),  # of the member's own config: equal in a pack and alone
+    ("member", pa.int32()),
+]
+_CONFIG_FIELDS = [
+    ("task", pa.string()),
+    ("input_dim", pa.int32()),
+    ("output_dim", pa.int32()),
+    ("depth", pa.int32()),
+    ("width", pa.int32()),
+    ("activation", pa.string()),
+    ("batch_size", pa.int32()),
+    ("optimizer", pa.string()),
+    ("lr", pa.float64()),
+    ("momentum", pa.float64()),
+    ("weight_decay", pa.float64()),
+    ("seed", pa.int64()),
+    ("data_seed", pa.int64()),
+    ("steps", pa.int64()),
+    ("covariance", pa.string()),
+]
+_ROW_FIELDS = [
+    ("step", pa.int64()),
+    ("layer", pa.int32()),  # 1-based; layers 1..depth produce hidden layers, depth+1 the output
+    ("dim_in", pa.int32()),
+    ("dim_out", pa.int32()),
+    ("status", pa.string()),  # ok | diverged
+    ("train_loss", pa.float64()),
+    ("probe_loss", pa.float64()),
+]
+_METRIC_FIELDS = [(c, pa.int32() if c.startswith("n_zero") or c.endswith("_n") else pa.float64()) for c in METRIC_COLUMNS]
+
+SCHEMA = pa.schema(
+    [pa.field(n, t) for n, t in _ID_FIELDS + _CONFIG_FIELDS + _ROW_FIELDS + _METRIC_FIELDS]
+    + [pa.field("nan_reason", pa.string())],
+    metadata={"phasemap_schema_version": str(SCHEMA_VERSION)},
+)
+
+
+def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and base path of a storage root (folder or URI)."""
+    if "://" in root:
+        return pafs.FileSystem.from_uri(root)
+    import os
+
+    return pafs.LocalFileSystem(), os.path.abspath(root)
+
+
+def run_dir(root: str, sweep_id: str, run_id: str) -> tuple[pafs.FileSystem, str]:
+    fs, base = filesystem(root)
+    return fs, f"{base}/sweep={sweep_id}/run={run_id}"
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    """Rows (dicts with every schema column) as a table of exactly SCHEMA."""
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def write_part(root: str, sweep_id: str, run_id: str, step: int, rows: list[dict]) -> str | None:
+    """Atomically write the rows produced at `step`; returns the file path (None if no rows)."""
+    if not rows:
+        return None
+    fs, folder = run_dir(root, sweep_id, run_id)
+    fs.create_dir(folder, recursive=True)
+    final = f"{folder}/part-{step:09d}.parquet"
+    tmp = f"{folder}/_tmp-{uuid.uuid4().hex}.parquet"
+    with fs.open_output_stream(tmp) as f:
+        pq.write_table(to_table(rows), f)
+    fs.move(tmp, final)
+    return final
+
+
+def mark_complete(root: str, sweep_id: str, run_id: str, summary: dict) -> None:
+    """Write the run's completion marker (atomically); readers of status trust only this."""
+    fs, folder = run_dir(root, sweep_id, run_id)
+    fs.create_dir(folder, recursive=True)
+    tmp = f"{folder}/_tmp-{uuid.uuid4().hex}.json"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(summary, indent=2, default=str).encode())
+    fs.move(tmp, f"{folder}/{COMPLETE}")
+
+
+def is_complete(root: str, sweep_id: str, run_id: str) -> bool:
+    fs, folder = run_dir(root, sweep_id, run_id)
+    return fs.get_file_info(f"{folder}/{COMPLETE}").type == pafs.FileType.File
+
+
+def clear_run(root: str, sweep_id: str, run_id: str) -> None:
+    """Remove a run's folder so a fresh attempt starts clean (no stale parts)."""
+    fs, folder = run_dir(root, sweep_id, run_id)
+    if fs.get_file_info(folder).type == pafs.FileType.Directory:
+        fs.delete_dir(folder)
+
+
+def read_records(root: str, columns: list[str] | None = None, filter=None) -> pd.DataFrame:
+    """Every record under a storage root as a DataFrame (optionally some columns, a filter)."""
+    fs, base = filesystem(root)
+    dataset = ds.dataset(base, filesystem=fs, format="parquet", schema=SCHEMA)
+    return dataset.to_table(columns=columns, filter=filter).to_pandas()

@@ -1,0 +1,204 @@
+"""Train one pack (K stacked networks) with probes on a schedule, writing records.
+
+`train_pack` reads top to bottom: build task, model and optimizer; then for every step draw
+a fresh batch, and at sync points (probe steps, every `check_every` steps, the end) check
+for divergence, probe, and write that step's records; then take one optimizer step for all
+members at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from . import __version__, records
+from .config import RunConfig
+from .models import StackedMLP, mlp_dims
+from .optim import make_optimizer
+from .probes import METRIC_COLUMNS, probe_stacked
+from .records import SCHEMA_VERSION
+from .tasks import Task
+
+log = logging.getLogger(__name__)
+
+PROBE_SEED_OFFSET = 1_000_003  # the probe set's generator: never the training stream
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    records: pd.DataFrame
+    status: list[str]  # per member: ok | diverged
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    probe_seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device: `cuda is available` must hold, but got device='cuda' on a machine without CUDA")
+    return torch.device(name)
+
+
+def run_id_of(cfg: RunConfig) -> str:
+    return f"{cfg.name}-{cfg.config_hash()}"
+
+
+def _member_columns(cfg: RunConfig, sweep_id: str, trial_id: str, run_id: str) -> list[dict]:
+    """The columns every row of a member shares: ids and its configuration."""
+    cols = []
+    for k, m in enumerate(cfg.members):
+        cols.append(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "phasemap_version": __version__,
+                "sweep_id": sweep_id,
+                "trial_id": trial_id,
+                "run_id": run_id,
+                "config_hash": cfg.member_config(m).config_hash(),
+                "member": k,
+                "task": cfg.task.name,
+                "input_dim": cfg.task.input_dim,
+                "output_dim": cfg.output_dim,
+                "depth": cfg.model.depth,
+                "width": cfg.model.width,
+                "activation": cfg.model.activation,
+                "batch_size": cfg.train.batch_size,
+                "optimizer": cfg.optimizer.name,
+                "lr": m.lr,
+                "momentum": m.momentum,
+                "weight_decay": m.weight_decay,
+                "seed": m.seed,
+                "data_seed": cfg.train.data_seed,
+                "steps": cfg.train.steps,
+                "covariance": cfg.probe.covariance,
+            }
+        )
+    return cols
+
+
+def train_pack(
+    cfg: RunConfig,
+    root: str | None = None,
+    trial_id: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Train every member of `cfg` as one stacked model; write records under `root`.
+
+    A member whose loss (or probe) becomes non-finite is recorded as `diverged` at the
+    first such step and frozen; the others go on. Returns the records written.
+    """
+    t_start = time.perf_counter()
+    root = root or cfg.storage.root
+    sweep_id = cfg.storage.sweep_id
+    run_id = run_id_of(cfg)
+    trial_id = trial_id or run_id
+    device = resolve_device(cfg.train.device)
+    members = cfg.members
+    K, steps = len(members), cfg.train.steps
+
+    task = Task(cfg.task, device)
+    dims = mlp_dims(cfg.task.input_dim, cfg.model.width, cfg.model.depth, task.output_dim)
+    model = StackedMLP(dims, cfg.model.activation, [m.seed for m in members], cfg.model.bias).to(device)
+    opt = make_optimizer(
+        cfg.optimizer.name,
+        model.parameters(),
+        lr=[m.lr for m in members],
+        weight_decay=[m.weight_decay for m in members],
+        momentum=[m.momentum for m in members],
+        betas=cfg.optimizer.betas,
+        eps=cfg.optimizer.eps,
+    )
+    data_gen = torch.Generator(device=device).manual_seed(cfg.train.data_seed)
+    probe_gen = torch.Generator(device=device).manual_seed(cfg.train.data_seed + PROBE_SEED_OFFSET)
+    x_probe, y_probe = task.sample(cfg.probe.n_samples, probe_gen)
+
+    probe_at = set(cfg.probe_steps())
+    base = _member_columns(cfg, sweep_id, trial_id, run_id)
+    records.clear_run(root, sweep_id, run_id)  # a fresh attempt: no stale parts survive
+    log.info("run %s: K=%d members, dims %s, %d steps, device %s", run_id, K, dims, steps, device)
+
+    diverged_at = torch.full((K,), -1, dtype=torch.long, device=device)  # first non-finite step
+    status = ["ok"] * K
+    all_rows: list[dict] = []
+    files: list[str] = []
+    probe_seconds = 0.0
+
+    for step in range(steps + 1):
+        # every step draws a fresh batch (online training); the loss is the train loss at `step`
+        x, y = task.sample(cfg.train.batch_size, data_gen)
+        loss = task.loss(model(x), y).mean(1)  # (K,)
+        # record the first non-finite step per member without a host sync
+        diverged_at = torch.where((diverged_at < 0) & ~torch.isfinite(loss), step, diverged_at)
+
+        is_probe = step in probe_at
+        if is_probe or step % cfg.train.check_every == 0 or step == steps:
+            rows = []
+            first_bad = diverged_at.tolist()  # the one sync of this point
+            if is_probe:
+                t0 = time.perf_counter()
+                probe_loss, layers = probe_stacked(
+                    model, task, x_probe, y_probe, cfg.probe.covariance, cfg.probe.pah_floor
+                )
+                probe_loss = probe_loss.tolist()
+                train_loss = loss.detach().tolist()
+                for k in range(K):
+                    if status[k] == "ok" and first_bad[k] < 0 and not math.isfinite(probe_loss[k]):
+                        first_bad[k] = step  # finite batch loss but the probe blew up
+                    if status[k] != "ok" or first_bad[k] >= 0:
+                        continue
+                    for l, (metrics, reasons) in enumerate(layers):
+                        row = dict(base[k])
+                        row.update(step=step, layer=l + 1, dim_in=dims[l], dim_out=dims[l + 1], status="ok",
+                                   train_loss=train_loss[k], probe_loss=probe_loss[k], nan_reason=reasons[k])
+                        row.update({c: metrics[c][k].item() for c in METRIC_COLUMNS})
+                        rows.append(row)
+                probe_seconds += time.perf_counter() - t0
+            newly = [k for k in range(K) if status[k] == "ok" and first_bad[k] >= 0]
+            for k in newly:
+                status[k] = "diverged"
+                log.warning("run %s member %d diverged at step %d", run_id, k, first_bad[k])
+                rows.extend(_diverged_rows(base[k], first_bad[k], dims))
+            if newly:
+                opt.freeze(torch.tensor([k in newly for k in range(K)], device=device))
+            path = records.write_part(root, sweep_id, run_id, step, rows)
+            if path:
+                files.append(path)
+            all_rows.extend(rows)
+        if progress is not None:
+            progress(step)
+        if step == steps:
+            break
+        opt.zero_grad()
+        loss.sum().backward()  # members are independent: each gets its own gradient
+        opt.step()
+
+    seconds = time.perf_counter() - t_start
+    records.mark_complete(
+        root, sweep_id, run_id,
+        {"run_id": run_id, "members": K, "status": status, "rows": len(all_rows), "seconds": seconds,
+         "config": cfg.to_dict()},
+    )
+    table = records.to_table(all_rows).to_pandas()
+    return RunResult(run_id, table, status, files, seconds, probe_seconds)
+
+
+def _diverged_rows(base: dict, step: int, dims: list[int]) -> list[dict]:
+    """One row per layer saying the member diverged at `step`; metrics are NaN."""
+    rows = []
+    for l in range(len(dims) - 1):
+        row = dict(base)
+        row.update(step=step, layer=l + 1, dim_in=dims[l], dim_out=dims[l + 1], status="diverged",
+                   train_loss=float("nan"), probe_loss=float("nan"),
+                   nan_reason="diverged: non-finite loss")
+        row.update({c: (0 if c.startswith("n_zero") or c.endswith("_n") else float("nan")) for c in METRIC_COLUMNS})
+        rows.append(row)
+    return rows

@@ -1,0 +1,220 @@
+"""The CRH/PAH maths against values known by construction."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from phasemap.models import StackedMLP
+from phasemap.probes import (
+    METRIC_COLUMNS,
+    alignment,
+    descending_eigvals,
+    effective_rank,
+    layer_metrics,
+    measure,
+    power_law_fit,
+    probe_stacked,
+    second_moment,
+)
+from phasemap.config import TaskSpec
+from phasemap.tasks import Task
+
+torch.set_default_dtype(torch.float32)
+
+
+def random_spd(d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return a @ a.T
+
+
+def test_alignment_with_itself_is_one_and_with_negative_minus_one():
+    A = random_spd(6)
+    assert alignment(A, A).item() == pytest.approx(1.0, abs=1e-12)
+    assert alignment(A, -A).item() == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_alignment_is_scale_and_shift_invariant():
+    A, B = random_spd(5, 1), random_spd(5, 2)
+    base = alignment(A, B).item()
+    assert -1 < base < 1
+    assert alignment(3.7 * A, 0.01 * B).item() == pytest.approx(base, rel=1e-12)
+    assert alignment(A + 5.0, B).item() == pytest.approx(base, rel=1e-12)
+
+
+def test_alignment_equals_pearson_correlation_of_entries():
+    A, B = random_spd(4, 3), random_spd(4, 4)
+    a, b = A.flatten().numpy(), B.flatten().numpy()
+    import numpy as np
+
+    assert alignment(A, B).item() == pytest.approx(np.corrcoef(a, b)[0, 1], rel=1e-12)
+
+
+def test_alignment_is_nan_for_1x1_and_constant_matrices():
+    one = torch.ones(1, 1, dtype=torch.float64)
+    assert math.isnan(alignment(one, one).item())
+    const = torch.full((3, 3), 2.0, dtype=torch.float64)
+    assert math.isnan(alignment(const, random_spd(3)).item())
+
+
+def test_alignment_is_batched_over_leading_dims():
+    A = torch.stack([random_spd(4, s) for s in range(3)])
+    out = alignment(A, torch.stack([A[0], -A[1], 2 * A[2]]))
+    assert out.tolist() == pytest.approx([1.0, -1.0, 1.0], abs=1e-12)
+
+
+def test_centered_covariance_normalises_each_sample_then_centres():
+    v = torch.tensor([[[3.0, 0.0], [0.0, 2.0], [0.0, -5.0]]], dtype=torch.float64)
+    C, _, zero = second_moment(v, "centered")
+    u = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)
+    u = u - u.mean(0)
+    assert torch.allclose(C[0], u.T @ u / 3)
+    assert zero.item() == 0
+
+
+def test_zero_vectors_are_left_out_and_counted():
+    v = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]]], dtype=torch.float64)
+    C, _, zero = second_moment(v, "centered")
+    C_ref, _, _ = second_moment(v[:, [0, 2]], "centered")
+    assert zero.item() == 2
+    assert torch.allclose(C, C_ref)
+    assert torch.isfinite(C).all()
+
+
+def test_raw_second_moment_is_mean_outer_product():
+    v = torch.randn(1, 50, 3, dtype=torch.float64)
+    C, _, _ = second_moment(v, "raw")
+    assert torch.allclose(C[0], v[0].T @ v[0] / 50)
+
+
+def test_effective_rank_of_identity_is_width_and_of_rank_one_is_one():
+    assert effective_rank(descending_eigvals(torch.eye(7, dtype=torch.float64))).item() == pytest.approx(7.0)
+    x = torch.randn(5, 1, dtype=torch.float64)
+    assert effective_rank(descending_eigvals(x @ x.T)).item() == pytest.approx(1.0, abs=1e-6)
+    # two equal eigenvalues among zeros: rank 2
+    assert effective_rank(torch.tensor([2.0, 2.0, 0.0, 0.0])).item() == pytest.approx(2.0)
+
+
+def test_planted_power_law_gives_its_exponent():
+    lam_g = torch.logspace(0, -3, 20, dtype=torch.float64)
+    k, r2, n = power_law_fit(lam_g**2, lam_g, floor=1e-12)
+    assert k.item() == pytest.approx(2.0, abs=1e-10)
+    assert r2.item() == pytest.approx(1.0, abs=1e-10)
+    assert n.item() == 20
+
+
+def test_power_law_fit_uses_only_eigenvalues_above_the_floor():
+    lam_b = torch.logspace(0, -8, 9, dtype=torch.float64)  # 1, 1e-1, ..., 1e-8
+    k, _, n = power_law_fit(lam_b**0.5, lam_b, floor=1e-3)
+    assert n.item() == 3  # eig(B) = 1, 0.1, 0.01 lie above 1e-3 * max; 1e-3 itself does not
+    assert k.item() == pytest.approx(0.5)
+
+
+def test_power_law_fit_on_matrices_with_planted_spectra():
+    # H and G share eigenvectors, eig(H) = eig(G)^3: the exponent is 3 whatever the basis
+    q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))
+    lam = torch.linspace(1.0, 0.2, 8, dtype=torch.float64)
+    G = q @ torch.diag(lam) @ q.T
+    H = q @ torch.diag(lam**3) @ q.T
+    k, r2, _ = power_law_fit(descending_eigvals(H), descending_eigvals(G), floor=1e-6)
+    assert k.item() == pytest.approx(3.0, abs=1e-8)
+
+
+def test_too_few_eigenvalues_give_nan():
+    k, r2, n = power_law_fit(torch.tensor([1.0, 0.5]), torch.tensor([1.0, 0.25]))
+    assert math.isnan(k.item()) and n.item() == 2
+
+
+def _small_model(K=3, activation="tanh"):
+    return StackedMLP([5, 7, 6, 2], activation, seeds=list(range(K)))
+
+
+def test_per_sample_gradients_from_one_backward_equal_single_sample_autograd():
+    torch.manual_seed(0)
+    model = _small_model()
+    task = Task(TaskSpec(name="fc2", input_dim=5, output_dim=2))
+    x, y = task.sample(6, torch.Generator().manual_seed(1))
+    out, _, h_bs = model(x, keep=True)
+    grads = torch.autograd.grad(task.loss(out, y).sum(), h_bs)
+    for i in range(6):
+        out_i, _, h_bs_i = model(x[i : i + 1], keep=True)
+        single = torch.autograd.grad(task.loss(out_i, y[i : i + 1]).sum(), h_bs_i)
+        for l in range(3):
+            assert torch.allclose(grads[l][:, i], single[l][:, 0], atol=1e-6)
+
+
+def test_g_a_is_minus_gradient_with_respect_to_the_layer_input():
+    model = _small_model(K=1, activation="linear")
+    x = torch.randn(4, 5, requires_grad=True)
+    task = Task(TaskSpec(name="fc2", input_dim=5, output_dim=2))
+    y = torch.randn(4, 2)
+    out, _, h_bs = model(x, keep=True)
+    g_b0 = -torch.autograd.grad(task.loss(out, y).sum(), h_bs[0], retain_graph=True)[0]
+    dx = torch.autograd.grad(task.loss(out, y).sum(), x)[0]
+    assert torch.allclose(g_b0 @ model.weights[0], -dx, atol=1e-6)
+
+
+def test_layer_metrics_golden_values_by_construction():
+    # raw moments, samples h_a = the rows of W: E[h_a h_a^T] = W^T W / d_out, so RWA_a = 1;
+    # g_b = h_b gives G_b = H_b, so RGA_b = 1.
+    W = torch.randn(1, 5, 4, dtype=torch.float64)
+    h_a = W.clone()  # (K=1, N=5, d_in=4)
+    h_b = h_a @ W.transpose(1, 2)
+    m, reasons = layer_metrics(h_a, h_b, h_b, W, covariance="raw")
+    assert m["rwa_a"].item() == pytest.approx(1.0, abs=1e-12)
+    assert m["rga_b"].item() == pytest.approx(1.0, abs=1e-12)
+    assert -1 <= m["gwa_a"].item() <= 1
+    assert set(METRIC_COLUMNS) <= set(m)
+    assert reasons == [""]
+
+
+def test_measure_on_sequential_equals_the_stacked_path():
+    torch.manual_seed(0)
+    model = StackedMLP([6, 8, 8, 3], "relu", seeds=[3, 4])
+    task = Task(TaskSpec(name="fc2", input_dim=6, output_dim=3))
+    x, y = task.sample(200, torch.Generator().manual_seed(2))
+    loss, layers = probe_stacked(model, task, x, y, "centered", 1e-4)
+    for k in range(2):
+        table = measure(model.member(k), x, y, task.loss)
+        assert list(table["layer"]) == [1, 2, 3]
+        assert table["probe_loss"].iloc[0] == pytest.approx(loss[k].item(), rel=1e-5)
+        for l, (metrics, _) in enumerate(layers):
+            for col in METRIC_COLUMNS:
+                a, b = table[col].iloc[l], metrics[col][k].item()
+                assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-4, abs=1e-6), col
+
+
+def test_measure_counts_tokens_as_samples_and_removes_its_hooks():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.GELU(), nn.Linear(5, 3))
+    x = torch.randn(7, 10, 4)  # (batch, tokens, features)
+    y = torch.randn(7, 10, 3)
+    per_sample = lambda out, y: 0.5 * ((out - y) ** 2).sum(-1)  # noqa: E731
+    table = measure(net, x, y, per_sample)
+    flat = measure(net, x.reshape(70, 4), y.reshape(70, 3), per_sample)
+    cols = [c for c in METRIC_COLUMNS]
+    assert table[cols].equals(flat[cols]) or (table[cols] - flat[cols]).abs().max().max() < 1e-9
+    for m in net.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+
+
+def test_measure_removes_hooks_when_the_loss_fails_and_restores_requires_grad():
+    net = nn.Sequential(nn.Linear(3, 3))
+    net[0].weight.requires_grad_(False)
+
+    def bad_loss(out, y):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        measure(net, torch.randn(4, 3), None, bad_loss)
+    assert not net[0]._forward_hooks
+    assert net[0].weight.requires_grad is False
+
+
+def test_measure_names_the_reason_for_nan_alignments():
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 1))
+    table = measure(net, torch.randn(50, 4), torch.randn(50, 1), lambda o, y: ((o - y) ** 2).sum(-1))
+    last = table.iloc[-1]
+    assert math.isnan(last["rga_b"]) and "rga_b: 1x1 matrix" in last["nan_reason"]
