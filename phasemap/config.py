@@ -255,7 +255,7 @@ def _build(cls, data: Any, path: str, problems: list[str]):
             continue
         if typing.get_origin(typ) is tuple:
             item = typing.get_args(typ)[0]
-            items = raw if isinstance(raw, list) else [raw]
+            items = list(raw) if isinstance(raw, (list, tuple)) else [raw]
             if not items and f.name != "steps":
                 problems.append(f"{where}: must not be empty")
                 continue

@@ -86,8 +86,17 @@ def alignment_reason(A: torch.Tensor) -> str:
 
 
 def descending_eigvals(C: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues of symmetric C (..., d, d), largest first, negatives (rounding) set to 0."""
-    return torch.linalg.eigvalsh(C).flip(-1).clamp_min(0.0)
+    """Eigenvalues of symmetric PSD C (..., d, d), largest first, rounding negatives set to 0.
+
+    Matrices with non-finite entries (a diverged member) give NaN without failing the batch.
+    """
+    finite = torch.isfinite(C).all(-1).all(-1)  # (...)
+    safe = torch.where(finite[..., None, None], C, 0.0)
+    try:
+        eig = torch.linalg.eigvalsh(safe).flip(-1)
+    except torch.linalg.LinAlgError:  # rare convergence failure: PSD, so singular values agree
+        eig = torch.linalg.svdvals(safe)
+    return torch.where(finite[..., None], eig.clamp_min(0.0), torch.nan)
 
 
 def effective_rank(eigs: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,102 @@
+"""Configs: every file in configs/ validates; bad input lists every problem with its path."""
+
+from pathlib import Path
+
+import pytest
+
+from phasemap import ConfigError, load_config, parse_config
+from phasemap.cli import main
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert len(cfg.members) >= 1
+
+
+def test_members_are_the_product_of_member_lists():
+    cfg = parse_config({"optimizer": {"lr": [0.1, 0.01], "weight_decay": [0, 1e-3, 1e-2]}, "train": {"seed": [0, 1]}})
+    assert len(cfg.members) == 12
+    assert {(m.lr, m.weight_decay, m.seed) for m in cfg.members} == {
+        (lr, wd, s) for lr in (0.1, 0.01) for wd in (0.0, 1e-3, 1e-2) for s in (0, 1)
+    }
+
+
+def test_yaml_exponent_without_dot_reads_as_a_number(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optimizer:\n  weight_decay: 1e-3\n")
+    assert load_config(f).optimizer.weight_decay == (1e-3,)
+
+
+def test_every_problem_is_reported_at_once_with_path_and_value():
+    bad = {
+        "model": {"width": 0, "activation": "swish", "colour": "red"},
+        "optimizer": {"name": "lion", "weight_decay": -1e-4},
+        "train": {"steps": "many"},
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(bad)
+    text = str(err.value)
+    for needle in [
+        "model.width: `width >= 1` must hold, but got 0",
+        "model.activation:",
+        "'swish'",
+        "model.colour: unknown key",
+        "optimizer.name:",
+        "'lion'",
+        "optimizer.weight_decay: `weight_decay >= 0` must hold, but got -0.0001",
+        "train.steps: must be an integer, but got 'many'",
+    ]:
+        assert needle in text, needle
+    assert len(err.value.problems) == 6
+
+
+def test_batch_larger_than_probe_set_is_an_error():
+    with pytest.raises(ConfigError, match=r"train.batch_size: .*batch_size=500, n_samples=100"):
+        parse_config({"train": {"batch_size": 500}, "probe": {"n_samples": 100}})
+
+
+def test_momentum_with_adam_is_an_error():
+    with pytest.raises(ConfigError, match="optimizer.momentum: momentum applies to sgd only"):
+        parse_config({"optimizer": {"name": "adam", "momentum": 0.9}})
+
+
+def test_probe_schedule_includes_first_and_last_step():
+    cfg = parse_config({"train": {"steps": 1000}, "probe": {"count": 4}})
+    assert cfg.probe_steps() == [0, 1, 10, 100, 1000]
+    cfg = parse_config({"train": {"steps": 50}, "probe": {"steps": [5, 20]}})
+    assert cfg.probe_steps() == [0, 5, 20, 50]
+
+
+def test_member_config_hash_is_the_same_in_a_pack_and_alone():
+    pack = parse_config({"optimizer": {"weight_decay": [0, 1e-3]}})
+    alone = parse_config({"optimizer": {"weight_decay": 1e-3}})
+    assert pack.member_config(pack.members[1]).config_hash() == alone.config_hash()
+    assert pack.config_hash() != alone.config_hash()
+
+
+def test_cli_validate_exits_2_and_names_field_and_value(tmp_path, capsys):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model:\n  width: 0\noptimizer:\n  name: sgdd\n")
+    assert main(["validate", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "model.width" in err and "got 0" in err and "optimizer.name" in err and "'sgdd'" in err
+
+
+def test_cli_run_with_bad_config_starts_nothing(tmp_path, capsys):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model:\n  depth: -1\n")
+    out = tmp_path / "out"
+    assert main(["run", str(f), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_cli_missing_file_and_bad_yaml(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "file not found" in capsys.readouterr().err
+    f = tmp_path / "broken.yaml"
+    f.write_text("model: [unclosed\n")
+    assert main(["validate", str(f)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err

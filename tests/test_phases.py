@@ -1,0 +1,89 @@
+"""Phase labels (paper Table 1) and critical depth on planted values."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phasemap.phases import ALIGNMENT_COLUMNS, NUMBERED_PHASES, critical_depth, critical_depth_of, label_phases, phase_of
+
+HIGH, LOW = 0.95, 0.2
+
+
+def row(backward, forward, status="ok"):
+    r = {f"{rel.lower()}_a": HIGH if rel in backward else LOW for rel in ("RGA", "RWA", "GWA")}
+    r.update({f"{rel.lower()}_b": HIGH if rel in forward else LOW for rel in ("RGA", "RWA", "GWA")})
+    r["status"] = status
+    return r
+
+
+TABLE_1 = [
+    ({"RGA", "RWA", "GWA"}, {"RGA", "RWA", "GWA"}, "CRH"),
+    ({"RGA", "RWA", "GWA"}, {"RGA"}, "backward-CRH"),
+    ({"RGA", "RWA", "GWA"}, set(), "backward-CRH"),
+    ({"RWA", "GWA"}, {"RGA", "RWA", "GWA"}, "forward-CRH"),
+    ({"RGA"}, {"RGA"}, "1"),
+    ({"RWA"}, {"RWA"}, "2"),
+    ({"GWA"}, {"GWA"}, "3"),
+    ({"RGA"}, {"RWA"}, "4"),
+    ({"RWA"}, {"RGA"}, "5"),
+    ({"RGA"}, {"GWA"}, "6"),
+    ({"GWA"}, {"RGA"}, "7"),
+    ({"RWA"}, {"GWA"}, "8"),
+    ({"GWA"}, {"RWA"}, "9"),
+    ({"RGA", "RWA"}, set(), "a:RGA+RWA|b:-"),
+    (set(), {"GWA"}, "a:-|b:GWA"),
+    ({"RWA"}, {"RGA", "GWA"}, "a:RWA|b:RGA+GWA"),
+    (set(), set(), "none"),
+]
+
+
+@pytest.mark.parametrize("backward,forward,expected", TABLE_1)
+def test_each_table_1_combination_gives_its_phase(backward, forward, expected):
+    assert phase_of(backward, forward) == expected
+    table = pd.DataFrame([row(backward, forward)])
+    assert label_phases(table, tau=0.9).iloc[0] == expected
+
+
+def test_all_nine_numbered_phases_are_distinct():
+    assert sorted(NUMBERED_PHASES.values()) == [str(i) for i in range(1, 10)]
+
+
+def test_relabelling_at_another_threshold_changes_the_phase():
+    table = pd.DataFrame([{c: 0.85 for c in ALIGNMENT_COLUMNS}])
+    assert label_phases(table, 0.9).iloc[0] == "none"
+    assert label_phases(table, 0.8).iloc[0] == "CRH"
+
+
+def test_nan_does_not_hold_and_diverged_rows_are_labelled():
+    r = {c: 0.95 for c in ALIGNMENT_COLUMNS}
+    r["rga_b"] = r["rwa_b"] = r["gwa_b"] = float("nan")  # a 1x1 output layer
+    table = pd.DataFrame([r, dict(row({"RGA"}, {"RGA"}), status="diverged")])
+    assert list(label_phases(table, 0.9)) == ["backward-CRH", "diverged"]
+
+
+@pytest.mark.parametrize(
+    "alphas,expected",
+    [
+        ([0.1, 0.5, 0.95, 0.97], 3.0),
+        ([0.95, 0.2, 0.95, 0.97], 3.0),  # a later dip resets: every layer from l* must align
+        ([0.95, 0.96, 0.97, 0.99], 1.0),
+        ([0.95, 0.96, 0.97, 0.5], math.nan),
+        ([0.1, float("nan"), 0.99], 3.0),
+    ],
+)
+def test_critical_depth_of_a_network(alphas, expected):
+    got = critical_depth_of(np.array(alphas), 0.9)
+    assert (math.isnan(got) and math.isnan(expected)) or got == expected
+
+
+def test_critical_depth_table_uses_hidden_layers_only_and_reports_fraction():
+    rows = []
+    for member, alphas in enumerate([[0.1, 0.2, 0.95, 0.99], [0.1, 0.2, 0.3, 0.4]]):
+        for layer, a in enumerate(alphas + [0.99], start=1):  # layer 5 = output, ignored
+            rows.append({"run_id": "r", "member": member, "step": 10, "layer": layer, "depth": 4,
+                         "rga_b": a, "status": "ok"})
+    cd = critical_depth(pd.DataFrame(rows), "rga_b", 0.9)
+    assert cd["l_star"].iloc[0] == 3.0 and cd["l_star_frac"].iloc[0] == 0.75
+    assert math.isnan(cd["l_star"].iloc[1])

@@ -1,0 +1,149 @@
+"""Training a pack: equivalence with single runs, optimizers, divergence, records on disk."""
+
+import math
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from phasemap import SCHEMA, parse_config, read_records, train_pack
+from phasemap.cli import main
+from phasemap.config import TaskSpec
+from phasemap.models import StackedMLP
+from phasemap.optim import make_optimizer
+from phasemap.probes import METRIC_COLUMNS
+from phasemap.tasks import Task
+
+
+def small(**over):
+    data = {
+        "name": "t",
+        "task": {"name": "fc1", "input_dim": 8, "teacher_width": 8},
+        "model": {"depth": 3, "width": 8, "activation": "relu"},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "train": {"steps": 40, "batch_size": 16, "device": "cpu", "check_every": 10},
+        "probe": {"n_samples": 64, "steps": [10, 25]},
+    }
+    for key, value in over.items():
+        section, field = key.split("__")
+        data.setdefault(section, {})[field] = value
+    return parse_config(data)
+
+
+def test_pack_of_four_equals_four_single_runs(tmp_path):
+    pack = small(optimizer__weight_decay=[0.0, 1e-3], train__seed=[0, 1])
+    packed = train_pack(pack, root=str(tmp_path / "pack")).records
+    assert packed["member"].nunique() == 4
+    cols = ["train_loss", "probe_loss"] + METRIC_COLUMNS
+    for k, member in enumerate(pack.members):
+        alone = train_pack(pack.member_config(member), root=str(tmp_path / f"alone{k}")).records
+        mine = packed[packed["member"] == k].reset_index(drop=True)
+        assert list(mine["config_hash"].unique()) == list(alone["config_hash"].unique())
+        assert list(mine["step"]) == list(alone["step"])
+        pd.testing.assert_frame_equal(mine[cols], alone[cols], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_stacked_optimizers_match_torch_optim(name):
+    torch.manual_seed(0)
+    model = StackedMLP([4, 6, 3], "tanh", seeds=[0, 1])
+    lr, wd, mom = [0.05, 0.01], [1e-2, 0.0], [0.9, 0.5]
+    opt = make_optimizer(name, model.parameters(), lr, wd, mom if name == "sgd" else [0, 0], (0.9, 0.99), 1e-8)
+    refs, ref_opts = [], []
+    for k in range(2):
+        net = model.member(k)
+        refs.append(net)
+        if name == "sgd":
+            ref_opts.append(torch.optim.SGD(net.parameters(), lr=lr[k], momentum=mom[k], weight_decay=wd[k]))
+        else:
+            cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+            ref_opts.append(cls(net.parameters(), lr=lr[k], betas=(0.9, 0.99), eps=1e-8, weight_decay=wd[k]))
+    for step in range(5):
+        x, y = torch.randn(10, 4), torch.randn(10, 3)
+        opt.zero_grad()
+        (0.5 * ((model(x) - y) ** 2).sum(-1)).mean(1).sum().backward()
+        opt.step()
+        for k in range(2):
+            ref_opts[k].zero_grad()
+            (0.5 * ((refs[k](x) - y) ** 2).sum(-1)).mean().backward()
+            ref_opts[k].step()
+    for k in range(2):
+        assert torch.allclose(model.member(k)[0].weight, refs[k][0].weight, atol=1e-6)
+        assert torch.allclose(model.member(k)[2].bias, refs[k][2].bias, atol=1e-6)
+
+
+def test_training_reduces_the_loss_on_every_task(tmp_path):
+    for task in ({"name": "fc1", "input_dim": 8}, {"name": "fc2", "input_dim": 8, "output_dim": 4},
+                 {"name": "clusters", "input_dim": 8, "n_classes": 3}):
+        cfg = parse_config({**small().to_dict(), "task": task, "train": {**small().to_dict()["train"], "steps": 150}})
+        table = train_pack(cfg, root=str(tmp_path)).records
+        first = table[table["step"] == 0]["probe_loss"].iloc[0]
+        last = table[table["step"] == 150]["probe_loss"].iloc[0]
+        assert last < first, task["name"]
+
+
+def test_diverged_member_is_recorded_and_the_others_go_on(tmp_path):
+    cfg = small(optimizer__lr=[0.05, 1e6], train__steps=60)
+    result = train_pack(cfg, root=str(tmp_path))
+    assert result.status == ["ok", "diverged"]
+    recs = read_records(str(tmp_path))
+    bad = recs[recs["member"] == 1]
+    assert (bad["status"] == "diverged").sum() == cfg.model.depth + 1  # one row per layer
+    div_step = bad.loc[bad["status"] == "diverged", "step"].iloc[0]
+    assert 0 < div_step <= 10  # lr 1e6 blows up within a few steps; found at the first check
+    assert (bad.loc[bad["status"] == "ok", "step"] < div_step).all()  # last finite records kept
+    good = recs[recs["member"] == 0]
+    assert set(good["status"]) == {"ok"} and good["step"].max() == 60
+    assert good[["rga_a", "rwa_a", "gwa_a"]].notna().all().all()
+
+
+def test_cli_run_of_a_diverging_config_exits_zero(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "task: {name: fc1, input_dim: 8, teacher_width: 8}\nmodel: {depth: 2, width: 8}\n"
+        "optimizer: {lr: 1.0e+6}\ntrain: {steps: 30, batch_size: 16, check_every: 10}\nprobe: {n_samples: 32}\n"
+    )
+    assert main(["run", str(f), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "1 diverged" in capsys.readouterr().out
+    recs = read_records(str(tmp_path / "out"))
+    assert "diverged" in set(recs["status"])
+
+
+def test_parquet_round_trip_keeps_every_column_and_type(tmp_path):
+    result = train_pack(small(), root=str(tmp_path))
+    files = list(tmp_path.rglob("part-*.parquet"))
+    assert files and all(pq.read_schema(f).remove_metadata().equals(SCHEMA.remove_metadata()) for f in files)
+    back = read_records(str(tmp_path))
+    assert list(back.columns) == SCHEMA.names
+    key = ["member", "step", "layer"]
+    pd.testing.assert_frame_equal(
+        back.sort_values(key).reset_index(drop=True), result.records.sort_values(key).reset_index(drop=True)
+    )
+    assert back["schema_version"].unique().tolist() == [1]
+    assert back["phasemap_version"].iloc[0]
+
+
+def test_rerun_overwrites_and_never_duplicates(tmp_path):
+    cfg = small()
+    train_pack(cfg, root=str(tmp_path))
+    train_pack(cfg, root=str(tmp_path))
+    recs = read_records(str(tmp_path))
+    assert not recs.duplicated(["run_id", "member", "step", "layer"]).any()
+    assert len(recs) == len(cfg.probe_steps()) * (cfg.model.depth + 1)
+    assert list(tmp_path.rglob("_COMPLETE.json"))
+    assert not list(tmp_path.rglob("_tmp-*"))
+
+
+def test_teachers_are_seeded_and_fc2_inputs_are_correlated():
+    spec = TaskSpec(name="fc2", input_dim=20, output_dim=5, phi=0.1)
+    a, b = Task(spec), Task(spec)
+    xa, ya = a.sample(500, torch.Generator().manual_seed(3))
+    xb, yb = b.sample(500, torch.Generator().manual_seed(3))
+    assert torch.equal(xa, xb) and torch.equal(ya, yb) and ya.shape == (500, 5)
+    assert (xa**2).sum(1).mean().item() == pytest.approx(20, rel=0.2)  # E|x|^2 = d
+    corr = torch.corrcoef(xa.T)
+    off = corr[~torch.eye(20, dtype=bool)]
+    assert off.mean() > 0.5  # small phi: strongly correlated inputs
+    iso, _ = Task(TaskSpec(name="fc1", input_dim=20)).sample(2000, torch.Generator().manual_seed(0))
+    assert torch.corrcoef(iso.T)[~torch.eye(20, dtype=bool)].abs().mean() < 0.05
