@@ -6,7 +6,8 @@ collect a layer's `h_a, h_b, g_b, W`:
 - `measure` for any `torch.nn.Module`, by hooks on its `nn.Linear` layers.
 
 For a linear layer h_b = W h_a + b, the per-sample gradient g_a = -dl/dh_a through the layer
-is W^T g_b, so only g_b needs autograd. Probe maths runs in float64.
+is W^T g_b, so only g_b needs autograd. Sums over samples run in the activations' dtype,
+the (d, d) matrices, alignments and spectra in float64.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def second_moment(v: torch.Tensor, kind: str = "centered") -> tuple[torch.Tensor
     keep = norms > 0
     n = keep.sum(-2, keepdim=True).clamp_min(1)  # (..., 1, 1)
     if kind == "centered":
-        u = torch.where(keep, v / norms.clamp_min(torch.finfo(v.dtype).tiny), 0.0)
+        u = v / norms.clamp_min(torch.finfo(v.dtype).tiny)  # zero rows stay zero
         u = (u - u.sum(-2, keepdim=True) / n) * keep
     elif kind == "raw":
         u = v
@@ -148,19 +149,22 @@ def layer_metrics(
     h_a (K, N, d_in), h_b and g_b (K, N, d_out), W (K, d_out, d_in); g_b = -dl/dh_b per
     sample. Returns ({column: (K,) tensor}, [reason per member why some value is NaN]).
     """
-    h_a, h_b, g_b, W = (t.detach().to(torch.float64) for t in (h_a, h_b, g_b, W))
+    h_a, h_b, g_b, W = (t.detach() for t in (h_a, h_b, g_b, W))
     g_a = g_b @ W  # (K, N, d_in): g_a = W^T g_b per sample
+    W = W.to(torch.float64)
     out: dict[str, torch.Tensor] = {}
     mats = {}
     for side, h, g, Z in (("a", h_a, g_a, W.transpose(1, 2) @ W), ("b", h_b, g_b, W @ W.transpose(1, 2))):
+        # sample-sized maths in the activations' dtype; the (d, d) matrices in float64
         H, u_h, zero_h = second_moment(h, covariance)
         G, u_g, zero_g = second_moment(g, covariance)
+        H, G = H.to(torch.float64), G.to(torch.float64)
         out[f"n_zero_h_{side}"], out[f"n_zero_g_{side}"] = zero_h, zero_g
         out[f"rga_{side}"] = alignment(H, G)
         out[f"rwa_{side}"] = alignment(H, Z)
         out[f"gwa_{side}"] = alignment(G, Z)
         if side == "b":
-            cross = u_g.transpose(1, 2) @ u_h  # cov(g_b, h_b), up to a scale alignment ignores
+            cross = (u_g.transpose(1, 2) @ u_h).to(torch.float64)  # cov(g_b, h_b), up to a scale
             out["cross_b"] = alignment(cross + cross.transpose(1, 2), Z)
         eig = descending_eigvals(torch.stack([H, G, Z], 1))  # (K, 3, d): one call per side
         eig_h, eig_g, eig_z = eig.unbind(1)
