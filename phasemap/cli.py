@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .train import train_pack
 
-    bar = tqdm(total=cfg.train.steps, desc=cfg.name, unit="step", disable=args.no_progress)
+    bar = tqdm(total=cfg.train.steps, desc=cfg.name, unit="step", disable=args.no_progress,
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)
     try:
         result = train_pack(cfg, progress=lambda s: bar.update(1) if s > 0 else None)
     except RuntimeError as e:  # e.g. device='cuda' without CUDA

@@ -112,6 +112,8 @@ class TrainSpec:
     device: str = field(default="auto", metadata=_check(f"device in {DEVICES}", lambda v: v in DEVICES))
     # how often (steps) divergence is checked between probes; a check syncs with the device
     check_every: int = field(default=100, metadata=_check("check_every >= 1", lambda v: v >= 1))
+    # how often (steps) the state is checkpointed, so a killed run resumes where it was
+    checkpoint_every: int = field(default=1000, metadata=_check("checkpoint_every >= 1", lambda v: v >= 1))
 
 
 @dataclass(frozen=True)

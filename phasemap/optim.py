@@ -31,6 +31,19 @@ class StackedOptimizer:
         for p in self.params:
             p.grad = None
 
+    def state(self) -> dict:
+        """Everything needed to continue exactly where this optimizer stands."""
+        return {"t": self.t, "lr": self.lr, "buffers": self._buffers()}
+
+    def load_state(self, state: dict) -> None:
+        self.t = state["t"]
+        self.lr = state["lr"].to(self.lr.device)
+        for mine, saved in zip(self._buffers(), state["buffers"]):
+            mine.copy_(saved)
+
+    def _buffers(self) -> list[torch.Tensor]:
+        return []
+
     def freeze(self, members: torch.Tensor) -> None:
         """Stop updating members where `members` is true (for example after divergence)."""
         self.lr = torch.where(members, torch.zeros_like(self.lr), self.lr)
@@ -41,6 +54,9 @@ class SGD(StackedOptimizer):
         super().__init__(params, lr, weight_decay)
         self.momentum = torch.tensor(momentum, dtype=torch.float32, device=self.lr.device)
         self.buffers = [torch.zeros_like(p) for p in self.params]
+
+    def _buffers(self):
+        return self.buffers
 
     @torch.no_grad()
     def step(self) -> None:
@@ -61,6 +77,9 @@ class Adam(StackedOptimizer):
         self.betas, self.eps, self.decoupled = betas, eps, decoupled
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
+
+    def _buffers(self):
+        return self.m + self.v
 
     @torch.no_grad()
     def step(self) -> None:

@@ -23,7 +23,6 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from . import __version__
 from .probes import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -95,32 +94,58 @@ def to_table(rows: list[dict]) -> pa.Table:
 
 
 def write_part(root: str, sweep_id: str, run_id: str, step: int, rows: list[dict]) -> str | None:
-    """Atomically write the rows produced at `step`; returns the file path (None if no rows)."""
+    """Atomically write the rows produced at `step`; returns the file name (None if no rows)."""
     if not rows:
         return None
+    sink = pa.BufferOutputStream()
+    pq.write_table(to_table(rows), sink)
+    name = f"part-{step:09d}.parquet"
+    write_file(root, sweep_id, run_id, name, sink.getvalue().to_pybytes())
+    return name
+
+
+def write_file(root: str, sweep_id: str, run_id: str, name: str, data: bytes) -> None:
+    """Atomically write one file of a run's folder (temp name, then rename)."""
     fs, folder = run_dir(root, sweep_id, run_id)
     fs.create_dir(folder, recursive=True)
-    final = f"{folder}/part-{step:09d}.parquet"
-    tmp = f"{folder}/_tmp-{uuid.uuid4().hex}.parquet"
+    tmp = f"{folder}/_tmp-{uuid.uuid4().hex}"
     with fs.open_output_stream(tmp) as f:
-        pq.write_table(to_table(rows), f)
-    fs.move(tmp, final)
-    return final
+        f.write(data)
+    fs.move(tmp, f"{folder}/{name}")
+
+
+def read_file(root: str, sweep_id: str, run_id: str, name: str) -> bytes | None:
+    """A file of a run's folder, or None if it is not there."""
+    fs, folder = run_dir(root, sweep_id, run_id)
+    path = f"{folder}/{name}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def delete_file(root: str, sweep_id: str, run_id: str, name: str) -> None:
+    fs, folder = run_dir(root, sweep_id, run_id)
+    if fs.get_file_info(f"{folder}/{name}").type == pafs.FileType.File:
+        fs.delete_file(f"{folder}/{name}")
 
 
 def mark_complete(root: str, sweep_id: str, run_id: str, summary: dict) -> None:
-    """Write the run's completion marker (atomically); readers of status trust only this."""
-    fs, folder = run_dir(root, sweep_id, run_id)
-    fs.create_dir(folder, recursive=True)
-    tmp = f"{folder}/_tmp-{uuid.uuid4().hex}.json"
-    with fs.open_output_stream(tmp) as f:
-        f.write(json.dumps(summary, indent=2, default=str).encode())
-    fs.move(tmp, f"{folder}/{COMPLETE}")
+    """Write the run's completion marker; status and resume trust only this."""
+    write_file(root, sweep_id, run_id, COMPLETE, json.dumps(summary, indent=2, default=str).encode())
 
 
 def is_complete(root: str, sweep_id: str, run_id: str) -> bool:
     fs, folder = run_dir(root, sweep_id, run_id)
     return fs.get_file_info(f"{folder}/{COMPLETE}").type == pafs.FileType.File
+
+
+def read_run(root: str, sweep_id: str, run_id: str) -> pd.DataFrame:
+    """The records of one run."""
+    fs, folder = run_dir(root, sweep_id, run_id)
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return SCHEMA.empty_table().to_pandas()
+    return ds.dataset(folder, filesystem=fs, format="parquet", schema=SCHEMA).to_table().to_pandas()
 
 
 def clear_run(root: str, sweep_id: str, run_id: str) -> None:

@@ -8,11 +8,15 @@ members at once.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -35,7 +39,6 @@ class RunResult:
     run_id: str
     records: pd.DataFrame
     status: list[str]  # per member: ok | diverged
-    files: list[str] = field(default_factory=list)
     seconds: float = 0.0
     probe_seconds: float = 0.0
 
@@ -85,16 +88,24 @@ def _member_columns(cfg: RunConfig, sweep_id: str, trial_id: str, run_id: str) -
     return cols
 
 
+CHECKPOINT = "_checkpoint.pt"
+ATTEMPT = "_ATTEMPT.json"
+
+
 def train_pack(
     cfg: RunConfig,
     root: str | None = None,
     trial_id: str | None = None,
     progress: Callable[[int], None] | None = None,
+    resume: bool = True,
 ) -> RunResult:
     """Train every member of `cfg` as one stacked model; write records under `root`.
 
     A member whose loss (or probe) becomes non-finite is recorded as `diverged` at the
-    first such step and frozen; the others go on. Returns the records written.
+    first such step and frozen; the others go on. The state is checkpointed in the run's
+    folder every `train.checkpoint_every` steps; with resume=True an unfinished earlier
+    attempt continues from its checkpoint (same numbers as an uninterrupted run), otherwise
+    the run starts afresh. Returns the records of the whole run.
     """
     t_start = time.perf_counter()
     root = root or cfg.storage.root
@@ -123,16 +134,31 @@ def train_pack(
 
     probe_at = set(cfg.probe_steps())
     base = _member_columns(cfg, sweep_id, trial_id, run_id)
-    records.clear_run(root, sweep_id, run_id)  # a fresh attempt: no stale parts survive
-    log.info("run %s: K=%d members, dims %s, %d steps, device %s", run_id, K, dims, steps, device)
-
     diverged_at = torch.full((K,), -1, dtype=torch.long, device=device)  # first non-finite step
     status = ["ok"] * K
     all_rows: list[dict] = []
-    files: list[str] = []
     probe_seconds = 0.0
 
-    for step in range(steps + 1):
+    start = 0
+    saved = records.read_file(root, sweep_id, run_id, CHECKPOINT) if resume else None
+    if saved is not None and not records.is_complete(root, sweep_id, run_id):
+        state = torch.load(io.BytesIO(saved), map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state(state["optimizer"])
+        data_gen.set_state(state["data_gen"])
+        diverged_at, status, start = state["diverged_at"].to(device), state["status"], state["step"]
+        earlier = records.read_run(root, sweep_id, run_id)
+        all_rows = earlier[earlier["step"] < start].to_dict("records") if len(earlier) else []
+        log.info("run %s: resuming at step %d of %d", run_id, start, steps)
+    else:
+        records.clear_run(root, sweep_id, run_id)  # a fresh attempt: no stale parts survive
+    records.write_file(root, sweep_id, run_id, ATTEMPT, json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "from_step": start}).encode())
+    log.info("run %s: K=%d members, dims %s, %d steps, device %s", run_id, K, dims, steps, device)
+
+    for step in range(start, steps + 1):
+        if step > start and step % cfg.train.checkpoint_every == 0:
+            _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, diverged_at, status)
         # every step draws a fresh batch (online training); the loss is the train loss at `step`
         x, y = task.sample(cfg.train.batch_size, data_gen)
         loss = task.loss(model(x), y).mean(1)  # (K,)
@@ -165,13 +191,12 @@ def train_pack(
             newly = [k for k in range(K) if status[k] == "ok" and first_bad[k] >= 0]
             for k in newly:
                 status[k] = "diverged"
+                diverged_at[k] = first_bad[k]
                 log.warning("run %s member %d diverged at step %d", run_id, k, first_bad[k])
                 rows.extend(_diverged_rows(base[k], first_bad[k], dims))
             if newly:
                 opt.freeze(torch.tensor([k in newly for k in range(K)], device=device))
-            path = records.write_part(root, sweep_id, run_id, step, rows)
-            if path:
-                files.append(path)
+            records.write_part(root, sweep_id, run_id, step, rows)
             all_rows.extend(rows)
         if progress is not None:
             progress(step)
@@ -185,10 +210,19 @@ def train_pack(
     records.mark_complete(
         root, sweep_id, run_id,
         {"run_id": run_id, "members": K, "status": status, "rows": len(all_rows), "seconds": seconds,
-         "config": cfg.to_dict()},
+         "probe_seconds": probe_seconds, "config": cfg.to_dict()},
     )
+    records.delete_file(root, sweep_id, run_id, CHECKPOINT)
     table = records.to_table(all_rows).to_pandas()
-    return RunResult(run_id, table, status, files, seconds, probe_seconds)
+    return RunResult(run_id, table, status, seconds, probe_seconds)
+
+
+def _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, diverged_at, status) -> None:
+    """The state at the start of `step` (before its batch is drawn), written atomically."""
+    buf = io.BytesIO()
+    torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state(),
+                "data_gen": data_gen.get_state(), "diverged_at": diverged_at, "status": list(status)}, buf)
+    records.write_file(root, sweep_id, run_id, CHECKPOINT, buf.getvalue())
 
 
 def _diverged_rows(base: dict, step: int, dims: list[int]) -> list[dict]:

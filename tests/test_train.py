@@ -147,3 +147,37 @@ def test_teachers_are_seeded_and_fc2_inputs_are_correlated():
     assert off.mean() > 0.5  # small phi: strongly correlated inputs
     iso, _ = Task(TaskSpec(name="fc1", input_dim=20)).sample(2000, torch.Generator().manual_seed(0))
     assert torch.corrcoef(iso.T)[~torch.eye(20, dtype=bool)].abs().mean() < 0.05
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path):
+    cfg = small(optimizer__weight_decay=[0.0, 1e-3], optimizer__lr=[0.05, 1e6], train__checkpoint_every=10)
+
+    def die_at_27(step):
+        if step == 27:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_pack(cfg, root=str(tmp_path / "a"), progress=die_at_27)
+    assert list((tmp_path / "a").rglob("_checkpoint.pt")) and not list((tmp_path / "a").rglob("_COMPLETE.json"))
+    resumed = train_pack(cfg, root=str(tmp_path / "a"))
+    straight = train_pack(cfg, root=str(tmp_path / "b"))
+    assert resumed.status == straight.status == ["ok", "ok", "diverged", "diverged"]
+    key = ["member", "step", "layer"]
+    on_disk = read_records(str(tmp_path / "a")).sort_values(key).reset_index(drop=True)
+    expected = read_records(str(tmp_path / "b")).sort_values(key).reset_index(drop=True)
+    cols = [c for c in expected.columns if c not in ("trial_id",)]
+    pd.testing.assert_frame_equal(on_disk[cols], expected[cols])
+    assert len(resumed.records) == len(straight.records)
+    assert not list((tmp_path / "a").rglob("_checkpoint.pt"))  # removed once complete
+
+
+def test_without_resume_a_run_starts_afresh(tmp_path):
+    cfg = small(train__checkpoint_every=10)
+    with pytest.raises(Killed):
+        train_pack(cfg, root=str(tmp_path), progress=lambda s: (_ for _ in ()).throw(Killed) if s == 15 else None)
+    result = train_pack(cfg, root=str(tmp_path), resume=False)
+    assert len(read_records(str(tmp_path))) == len(result.records) == len(cfg.probe_steps()) * 4
