@@ -151,6 +151,11 @@ class RunConfig:
     name: str = field(
         default="run", metadata=_check("name is non-empty with no '/'", lambda v: v != "" and "/" not in v)
     )
+    # how the member lists combine: product (every combination) or zip (position by position;
+    # lists of length 1 are repeated)
+    pairing: str = field(
+        default="product", metadata=_check("pairing in ('product', 'zip')", lambda v: v in ("product", "zip"))
+    )
     task: TaskSpec = TaskSpec()
     model: ModelSpec = ModelSpec()
     optimizer: OptimizerSpec = OptimizerSpec()
@@ -160,9 +165,17 @@ class RunConfig:
 
     @property
     def members(self) -> list["Member"]:
-        o = self.optimizer
-        combos = itertools.product(o.lr, o.momentum, o.weight_decay, self.train.seed)
+        lists = self._member_lists()
+        if self.pairing == "zip":
+            n = max(len(v) for v in lists)
+            combos = zip(*(v * n if len(v) == 1 else v for v in lists))
+        else:
+            combos = itertools.product(*lists)
         return [Member(lr, m, wd, s) for lr, m, wd, s in combos]
+
+    def _member_lists(self) -> tuple:
+        o = self.optimizer
+        return (o.lr, o.momentum, o.weight_decay, self.train.seed)
 
     @property
     def output_dim(self) -> int:
@@ -186,6 +199,7 @@ class RunConfig:
         return replace(
             self,
             {
+                "pairing": "product",
                 "optimizer.lr": [member.lr],
                 "optimizer.momentum": [member.momentum],
                 "optimizer.weight_decay": [member.weight_decay],
@@ -278,6 +292,14 @@ def _build(cls, data: Any, path: str, problems: list[str]):
 
 
 def _cross_checks(cfg: RunConfig, problems: list[str]) -> None:
+    if cfg.pairing == "zip":
+        lengths = {len(v) for v in cfg._member_lists()} - {1}
+        if len(lengths) > 1:
+            problems.append(
+                f"pairing: `member lists of one length (or 1) for zip` must hold, but got lengths "
+                f"lr={len(cfg.optimizer.lr)}, momentum={len(cfg.optimizer.momentum)}, "
+                f"weight_decay={len(cfg.optimizer.weight_decay)}, seed={len(cfg.train.seed)}"
+            )
     if cfg.train.batch_size > cfg.probe.n_samples:
         problems.append(
             f"train.batch_size: `batch_size <= probe.n_samples` must hold, but got "

@@ -100,3 +100,11 @@ def test_cli_missing_file_and_bad_yaml(tmp_path, capsys):
     f.write_text("model: [unclosed\n")
     assert main(["validate", str(f)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_zip_pairing_pairs_lists_position_by_position():
+    cfg = parse_config({"pairing": "zip", "optimizer": {"lr": [0.1, 0.2, 0.3], "weight_decay": 1e-3},
+                        "train": {"seed": [5, 6, 7]}})
+    assert [(m.lr, m.weight_decay, m.seed) for m in cfg.members] == [(0.1, 1e-3, 5), (0.2, 1e-3, 6), (0.3, 1e-3, 7)]
+    with pytest.raises(ConfigError, match="pairing: .*lr=3, momentum=1, weight_decay=1, seed=2"):
+        parse_config({"pairing": "zip", "optimizer": {"lr": [0.1, 0.2, 0.3]}, "train": {"seed": [1, 2]}})

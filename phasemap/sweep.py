@@ -1,0 +1,520 @@
+"""Sweeps on Ray Tune: a sweep config expands into packs; one Tune trial trains one pack.
+
+A sweep config (YAML) holds a `base` run config (the fixed settings), `axes` (dotted field
+paths of the run config with a list of values each: a grid; or distributions for Optuna),
+the search mode, resources per trial, pack size and retries. Every trial writes its records
+itself, straight to the storage root; the driver only receives small reports.
+
+Fault tolerance: a trial whose worker dies is retried (`max_failures`) and its pack resumes
+from its last checkpoint in storage; `--resume` after the driver died runs only the packs
+without a completion marker, so it works even when Ray's own experiment folder is gone.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
+from tqdm import tqdm
+
+from . import records
+from .config import ConfigError, RunConfig, _build, _check, parse_config
+from .train import ATTEMPT, run_id_of, train_pack
+
+log = logging.getLogger(__name__)
+
+MEMBER_FIELDS = ("optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "train.seed")
+FAILED = "_FAILED.json"
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    mode: str = field(default="grid", metadata=_check("mode in ('grid', 'optuna')", lambda v: v in ("grid", "optuna")))
+    # optuna: the record column to optimise, averaged over members and hidden layers at the last step
+    objective: str = "rga_b"
+    direction: str = field(default="max", metadata=_check("direction in ('max', 'min')", lambda v: v in ("max", "min")))
+    # optuna: how many trials
+    trials: int = field(default=20, metadata=_check("trials >= 1", lambda v: v >= 1))
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    # per trial (one pack); fractional GPUs let several packs share a GPU
+    cpus: float = field(default=1.0, metadata=_check("cpus > 0", lambda v: v > 0))
+    gpus: float = field(default=0.0, metadata=_check("gpus >= 0", lambda v: v >= 0))
+
+
+@dataclass(frozen=True)
+class SweepStorage:
+    root: str = "results"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    base: dict  # the run config the axes vary (plain data, validated)
+    axes: dict  # dotted path -> list of values (grid) or distribution (optuna)
+    search: SearchSpec = SearchSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    storage: SweepStorage = SweepStorage()
+    pack_size: int = 16
+    max_failures: int = 2
+
+    @property
+    def sweep_id(self) -> str:
+        return self.name
+
+    @property
+    def root(self) -> str:
+        return self.storage.root
+
+
+_SWEEP_KEYS = {"name", "base", "axes", "search", "resources", "storage", "pack_size", "max_failures"}
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _apply(data: dict, key: str, value: Any) -> None:
+    """Set a dotted path in plain config data; a mapping value sets each of its fields."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _apply(data, f"{key}.{k}", v)
+        return
+    node = data
+    *parents, last = key.split(".")
+    for k in parents:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError([f"axes.{key}: {k!r} is not a section"])
+    node[last] = value
+
+
+def _with(base: dict, changes: dict[str, Any]) -> dict:
+    data = copy.deepcopy(base)
+    for key, value in changes.items():
+        _apply(data, key, value)
+    return data
+
+
+def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
+    """Validate a sweep config; every problem (base, axes, combinations) at once."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"must be a mapping, but got {data!r}"], source)
+    for key in data:
+        if key not in _SWEEP_KEYS:
+            problems.append(f"{key}: unknown key (known: {', '.join(sorted(_SWEEP_KEYS))})")
+    name = data.get("name", "sweep")
+    if not isinstance(name, str) or not name or "/" in name:
+        problems.append(f"name: `name is a non-empty string with no '/'` must hold, but got {name!r}")
+    search = _build(SearchSpec, data.get("search"), "search", problems)
+    resources = _build(ResourcesSpec, data.get("resources"), "resources", problems)
+    storage = _build(SweepStorage, data.get("storage"), "storage", problems)
+    for key in ("pack_size", "max_failures"):
+        value = data.get(key, 16 if key == "pack_size" else 2)
+        low = 1 if key == "pack_size" else 0
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            problems.append(f"{key}: `{key} >= {low}` must hold (an integer), but got {value!r}")
+    base = data.get("base") or {}
+    if not isinstance(base, dict):
+        problems.append(f"base: must be a mapping (a run config), but got {base!r}")
+        base = {}
+    base = dict(base)
+    try:
+        parse_config(base)
+    except ConfigError as e:
+        problems += [f"base.{p}" for p in e.problems]
+    axes = data.get("axes") or {}
+    if not isinstance(axes, dict) or not axes:
+        problems.append(f"axes: must be a non-empty mapping of field path -> values, but got {axes!r}")
+        axes = {}
+    mode = search.mode
+    for key, values in axes.items():
+        where = f"axes.{key}"
+        if mode == "grid" and (not isinstance(values, list) or not values):
+            problems.append(f"{where}: a grid axis must be a non-empty list, but got {values!r}")
+            continue
+        for i, value in enumerate(_axis_examples(values, where, problems) if mode == "optuna" else values):
+            try:
+                parse_config(_with(base, {key: value}))
+            except ConfigError as e:
+                problems += [f"{where}[{i}] = {value!r}: {p}" for p in e.problems]
+    if name and "sweep_id" in base.get("storage", {}):
+        problems.append("base.storage.sweep_id: set by the sweep's name; remove it")
+    cfg = SweepConfig(name, base, axes, search, resources, storage, data.get("pack_size", 16), data.get("max_failures", 2))
+    if not problems and mode == "grid":
+        seen = set()
+        for combo in grid_points(cfg):
+            try:
+                parse_config(_with(base, combo))
+            except ConfigError as e:
+                for p in e.problems:
+                    if p not in seen:
+                        seen.add(p)
+                        problems.append(f"axes combination {combo}: {p}")
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def _axis_examples(spec: Any, where: str, problems: list[str]) -> list:
+    """Values to validate an Optuna axis with: its choices, or its bounds."""
+    if isinstance(spec, list) and spec:
+        return spec
+    if isinstance(spec, dict) and {"low", "high"} <= set(spec) and set(spec) <= {"low", "high", "log", "type"}:
+        kind = spec.get("type", "float")
+        low, high = spec["low"], spec["high"]
+        if kind not in ("float", "int") or not all(isinstance(v, (int, float)) for v in (low, high)) or low >= high:
+            problems.append(f"{where}: `low < high, type in (float, int)` must hold, but got {spec!r}")
+            return []
+        if spec.get("log") and low <= 0:
+            problems.append(f"{where}: `low > 0` must hold for a log axis, but got {spec!r}")
+            return []
+        return [int(low), int(high)] if kind == "int" else [float(low), float(high)]
+    problems.append(f"{where}: an optuna axis is a list of choices or {{low, high, log, type}}, but got {spec!r}")
+    return []
+
+
+def load_sweep(path: str, overrides: list[str] | None = None) -> SweepConfig:
+    """Read and validate a sweep config file; `overrides` are `dotted.path=value` strings."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"file not found: {str(p)!r}"], str(p))
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}"], str(p)) from None
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError([f"override {item!r}: must be key.path=value"], str(p))
+        if isinstance(data, dict):
+            _apply(data, key, yaml.safe_load(text))
+    return parse_sweep(data, str(p))
+
+
+def is_sweep_file(path: str) -> bool:
+    """True when a YAML file is a sweep config (it has `axes`), not a run config."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "axes" in data
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def grid_points(cfg: SweepConfig) -> list[dict]:
+    """Every combination of the axes, as {dotted path: value}."""
+    keys = list(cfg.axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*(cfg.axes[k] for k in keys))]
+
+
+def expand(cfg: SweepConfig) -> list[RunConfig]:
+    """The grid as packs: single configs grouped by shape, at most `pack_size` members each.
+
+    Configs that differ only in member fields (lr, momentum, weight decay, seed) share a pack;
+    the order is deterministic, so pack ids are stable for a given file.
+    """
+    groups: dict[str, list] = {}
+    shapes: dict[str, RunConfig] = {}
+    for combo in grid_points(cfg):
+        run = parse_config(_with(cfg.base, combo))
+        for member in run.members:
+            single = run.member_config(member)
+            shape = dict(single.to_dict())
+            for path in MEMBER_FIELDS:
+                section, key = path.split(".")
+                shape[section] = {k: v for k, v in shape[section].items() if k != key}
+            key = json.dumps(shape, sort_keys=True, default=list)
+            groups.setdefault(key, [])
+            if member not in groups[key]:
+                groups[key].append(member)
+            shapes.setdefault(key, single)
+    packs = []
+    for key, members in groups.items():
+        template = shapes[key]
+        for i in range(0, len(members), cfg.pack_size):
+            chunk = members[i : i + cfg.pack_size]
+            data = template.to_dict()
+            data["name"] = cfg.name
+            data["pairing"] = "zip"
+            data["optimizer"].update(lr=[m.lr for m in chunk], momentum=[m.momentum for m in chunk],
+                                     weight_decay=[m.weight_decay for m in chunk])
+            data["train"]["seed"] = [m.seed for m in chunk]
+            data["storage"] = {"root": cfg.root, "sweep_id": cfg.sweep_id}
+            packs.append(parse_config(json.loads(json.dumps(data, default=list))))
+    return packs
+
+
+# ----------------------------------------------------------------------------- the trial
+
+
+def _objective(table, column: str) -> float:
+    ok = table[(table["status"] == "ok") & (table["layer"] <= table["depth"])]
+    if not len(ok):
+        return float("nan")
+    last = ok[ok["step"] == ok["step"].max()]
+    return float(last[column].mean())
+
+
+def _trainable(config: dict, job: dict) -> None:
+    """One Tune trial: build the pack's config, train it, report a small summary."""
+    import torch
+
+    started = time.time()
+    torch.set_num_threads(max(1, int(job["cpus"])))
+    if "pack" in config:
+        cfg = parse_config(config["pack"])
+    else:  # optuna: the sampled values applied to the base
+        changes = {job["axes"][int(name[1:])]: value for name, value in config.items()}
+        changes = {k: (job["choices"][k][v] if k in job["choices"] else v) for k, v in changes.items()}
+        data = _with(job["base"], changes)
+        data["name"] = job["sweep_id"]
+        data["storage"] = {"root": job["root"], "sweep_id": job["sweep_id"]}
+        cfg = parse_config(data)
+    run_id = run_id_of(cfg)
+    records.delete_file(job["root"], job["sweep_id"], run_id, FAILED)
+    try:
+        result = train_pack(cfg, root=job["root"], trial_id=tune.get_context().get_trial_id(), resume=True)
+    except Exception as e:
+        records.write_file(job["root"], job["sweep_id"], run_id, FAILED,
+                           json.dumps({"error": repr(e), "time": time.time()}).encode())
+        raise
+    tune.report({
+        "objective": _objective(result.records, job["objective"]),
+        "run_id": run_id,
+        "members": len(result.status),
+        "diverged": result.status.count("diverged"),
+        "train_seconds": result.seconds,
+        "probe_seconds": result.probe_seconds,
+        "trial_seconds": time.time() - started,
+    })
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    packs: int  # packs in the sweep
+    ran: int  # trials run now
+    skipped: int  # packs already complete (resume)
+    failed: list[str]
+    wall_seconds: float
+    trials: list[dict]  # per trial: run_id, wall and train seconds
+
+
+class SweepError(RuntimeError):
+    pass
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join a cluster (`address` or RAY_ADDRESS), or start a local Ray on this machine."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # JSON results only (below)
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only Ray
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    address: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    num_cpus: int | None = None,
+) -> SweepResult:
+    """Run a sweep with Ray Tune; see the module docstring."""
+    t0 = time.time()
+    root, sweep_id = cfg.root, cfg.sweep_id
+    job = {"root": root, "sweep_id": sweep_id, "objective": cfg.search.objective, "cpus": cfg.resources.cpus,
+           "base": cfg.base, "axes": list(cfg.axes), "choices": {}}
+    if cfg.search.mode == "grid":
+        packs = expand(cfg)
+        done = [p for p in packs if records.is_complete(root, sweep_id, run_id_of(p))]
+        if done and not (resume or overwrite):
+            raise SweepError(
+                f"sweep {sweep_id!r} already has {len(done)} of {len(packs)} packs complete under {root!r}: "
+                f"use --resume to run only the rest, or --overwrite to start again"
+            )
+        if overwrite:
+            for p in packs:
+                records.clear_run(root, sweep_id, run_id_of(p))
+            done = []
+        todo = [p for p in packs if p not in done]
+        if not todo:
+            return SweepResult(sweep_id, len(packs), 0, len(done), [], time.time() - t0, [])
+        param_space = {"pack": tune.grid_search([p.to_dict() for p in todo])}
+        tune_config = tune.TuneConfig(reuse_actors=True, trial_dirname_creator=_short_name)
+        n_trials, n_packs, skipped = len(todo), len(packs), len(done)
+    else:
+        if resume:
+            raise SweepError("--resume applies to grid sweeps; an optuna sweep starts a new study")
+        from ray.tune.search.optuna import OptunaSearch
+
+        param_space = {}
+        for i, (key, spec) in enumerate(cfg.axes.items()):
+            if isinstance(spec, list):
+                job["choices"][key] = spec
+                param_space[f"p{i}"] = tune.choice(list(range(len(spec))))
+            elif spec.get("type", "float") == "int":
+                param_space[f"p{i}"] = (tune.lograndint if spec.get("log") else tune.randint)(spec["low"], spec["high"] + 1)
+            else:
+                param_space[f"p{i}"] = (tune.loguniform if spec.get("log") else tune.uniform)(spec["low"], spec["high"])
+        search = OptunaSearch(seed=cfg.search.seed)
+        tune_config = tune.TuneConfig(search_alg=search, num_samples=cfg.search.trials, metric="objective",
+                                      mode=cfg.search.direction, reuse_actors=True,
+                                      trial_dirname_creator=_short_name)
+        n_trials = n_packs = cfg.search.trials
+        skipped = 0
+
+    start_ray(address, num_cpus)
+    fs, base_path = records.filesystem(root)
+    callback = _Progress(n_trials, enabled=progress)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, job=job), {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus}
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(
+            name=f"{sweep_id}-{int(t0)}",
+            storage_path=f"{base_path}/_tune",
+            storage_filesystem=fs,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            verbose=0,
+            callbacks=[callback, JsonLoggerCallback()],
+        ),
+    )
+    grid = tuner.fit()
+    callback.close()
+    failed = [str(r.error) for r in grid if r.error is not None]
+    return SweepResult(sweep_id, n_packs, n_trials, skipped, failed, time.time() - t0, callback.finished)
+
+
+def _short_name(trial) -> str:
+    return trial.trial_id
+
+
+class _Progress(tune.Callback):
+    """Trials done / running / failed and the time left, on a progress bar."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.bar = tqdm(total=total, unit="trial", desc="sweep", disable=not enabled)
+        self.running: dict[str, float] = {}
+        self.failed = self.retried = 0
+        self.finished: list[dict] = []
+
+    def _show(self):
+        self.bar.set_postfix(running=len(self.running), failed=self.failed, retried=self.retried)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.setdefault(trial.trial_id, time.time())
+        self._show()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.retried += 1
+        self._show()
+
+    def _end(self, trial, ok):
+        started = self.running.pop(trial.trial_id, time.time())
+        last = trial.last_result or {}
+        self.finished.append({"trial_id": trial.trial_id, "ok": ok, "wall_seconds": time.time() - started,
+                              **{k: last[k] for k in ("run_id", "train_seconds", "objective") if k in last}})
+        self.bar.update(1)
+        self._show()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.failed += 1
+        self._end(trial, False)
+
+    def close(self):
+        self.bar.close()
+
+
+# ----------------------------------------------------------------------------- status
+
+
+def sweep_status(cfg: SweepConfig) -> list[dict]:
+    """Per pack of a grid sweep: complete, running, failed or missing, from storage alone."""
+    rows = []
+    for pack in expand(cfg):
+        run_id = run_id_of(pack)
+        state = "missing"
+        if records.is_complete(cfg.root, cfg.sweep_id, run_id):
+            state = "complete"
+        elif records.read_file(cfg.root, cfg.sweep_id, run_id, FAILED) is not None:
+            state = "failed"
+        else:
+            attempt = records.read_file(cfg.root, cfg.sweep_id, run_id, ATTEMPT)
+            if attempt is not None:
+                info = json.loads(attempt)
+                state = "running" if _alive(info) else "interrupted"
+        rows.append({"run_id": run_id, "members": len(pack.members), "state": state})
+    return rows
+
+
+def _alive(info: dict) -> bool:
+    """Whether an attempt's process still runs (known only on its own host; assume yes elsewhere)."""
+    import socket
+
+    if info.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (ProcessLookupError, ValueError, KeyError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def overhead_summary(result: SweepResult, slots: float) -> str:
+    """Time a trial spends outside training and probing, two ways.
+
+    Per trial: from Tune's trial start to its completion, minus train_pack's own time.
+    Whole sweep: wall time x concurrent slots, minus all training, per trial (this also
+    counts Ray's start, worker start-up and scheduling gaps).
+    """
+    pairs = [(t["wall_seconds"], t["train_seconds"]) for t in result.trials if "train_seconds" in t]
+    if not pairs:
+        return "no trial timings"
+    n = len(pairs)
+    per_trial = [w - s for w, s in pairs]
+    whole = (result.wall_seconds * slots - sum(s for _, s in pairs)) / n
+    return (f"{n} trials, {slots:g} at a time: training+probes {sum(s for _, s in pairs) / n:.1f} s per trial; "
+            f"Ray overhead per trial {sum(per_trial) / n:.2f} s inside the trial (max {max(per_trial):.2f}), "
+            f"{whole:.1f} s counting start-up and scheduling (wall {result.wall_seconds:.1f} s)")
+
+
+__all__ = ["SweepConfig", "SweepResult", "SweepError", "expand", "load_sweep", "parse_sweep", "run_sweep",
+           "sweep_status"]

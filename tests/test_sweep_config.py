@@ -1,0 +1,96 @@
+"""Sweep configs: validation before Ray starts, grid expansion into packs (no Ray needed)."""
+
+from pathlib import Path
+
+import pytest
+
+from phasemap import ConfigError
+from phasemap.cli import main
+from phasemap.sweep import expand, load_sweep, parse_sweep
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def sweep(**over):
+    data = {
+        "name": "s",
+        "base": {"task": {"name": "fc1", "input_dim": 8}, "train": {"steps": 20, "batch_size": 16},
+                 "probe": {"n_samples": 32}},
+        "axes": {"model.depth": [1, 2], "optimizer.weight_decay": [0.0, 1e-3, 1e-2], "train.seed": [0, 1]},
+    }
+    data.update(over)
+    return parse_sweep(data)
+
+
+def test_grid_groups_configs_of_one_shape_into_packs():
+    packs = expand(sweep())
+    assert len(packs) == 2  # one per depth
+    assert sorted(len(p.members) for p in packs) == [6, 6]
+    members = {(p.model.depth, m.weight_decay, m.seed) for p in packs for m in p.members}
+    assert len(members) == 12
+
+
+def test_pack_size_splits_packs_and_ids_are_stable():
+    packs = expand(sweep(pack_size=4))
+    assert sorted(len(p.members) for p in packs) == [2, 2, 4, 4]
+    again = expand(sweep(pack_size=4))
+    assert [p.config_hash() for p in packs] == [p.config_hash() for p in again]
+    hashes = [p.member_config(m).config_hash() for p in packs for m in p.members]
+    assert len(set(hashes)) == 12
+
+
+def test_a_mapping_axis_sets_several_fields():
+    cfg = sweep(axes={"optimizer": [{"name": "sgd", "lr": 0.1, "momentum": 0.9}, {"name": "adam", "lr": 1e-3}]})
+    packs = expand(cfg)
+    assert {(p.optimizer.name, p.optimizer.lr[0], p.optimizer.momentum[0]) for p in packs} == {
+        ("sgd", 0.1, 0.9), ("adam", 1e-3, 0.0)}
+
+
+def test_bad_sweep_lists_every_problem_before_anything_starts():
+    with pytest.raises(ConfigError) as err:
+        parse_sweep({
+            "name": "s",
+            "base": {"model": {"width": 0}},
+            "axes": {"model.depth": [2, -1], "optimizer.name": ["sgd", "rmsprop"], "model.colour": ["red"]},
+            "resources": {"gpus": -1},
+            "pack_size": 0,
+            "flavour": 1,
+        })
+    text = str(err.value)
+    for needle in ["base.model.width: `width >= 1` must hold, but got 0",
+                   "axes.model.depth[1] = -1: model.depth: `depth >= 1` must hold, but got -1",
+                   "axes.optimizer.name[1] = 'rmsprop'", "axes.model.colour[0] = 'red': model.colour: unknown key",
+                   "resources.gpus: `gpus >= 0` must hold, but got -1", "pack_size: `pack_size >= 1`",
+                   "flavour: unknown key"]:
+        assert needle in text, needle
+
+
+def test_combinations_are_checked_too():
+    with pytest.raises(ConfigError, match=r"axes combination .*batch_size: `batch_size <= probe.n_samples`"):
+        sweep(axes={"train.batch_size": [16, 64], "probe.n_samples": [32, 128]})
+
+
+def test_optuna_axes_are_distributions_or_choices():
+    cfg = sweep(axes={"optimizer.lr": {"low": 1e-4, "high": 1e-1, "log": True}, "model.depth": [1, 2]},
+                search={"mode": "optuna", "trials": 3})
+    assert cfg.search.trials == 3
+    with pytest.raises(ConfigError, match="axes.optimizer.lr: `low > 0` must hold for a log axis"):
+        sweep(axes={"optimizer.lr": {"low": 0, "high": 1, "log": True}}, search={"mode": "optuna"})
+
+
+@pytest.mark.parametrize("name", ["quick.yaml", "cluster.yaml"])
+def test_shipped_sweeps_validate(name):
+    cfg = load_sweep(CONFIGS / name)
+    n = sum(len(p.members) for p in expand(cfg))
+    assert n >= (24 if name == "quick.yaml" else 200)
+
+
+def test_cli_validate_and_status_of_a_sweep(tmp_path, capsys):
+    assert main(["validate", str(CONFIGS / "quick.yaml")]) == 0
+    assert "48 configs in 16 packs" in capsys.readouterr().out
+    assert main(["status", str(CONFIGS / "quick.yaml"), "--out", str(tmp_path)]) == 0
+    assert "16 missing of 16 packs" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\naxes:\n  model.width: [0]\n")
+    assert main(["sweep", str(bad), "--out", str(tmp_path)]) == 2
+    assert "axes.model.width[0] = 0" in capsys.readouterr().err
