@@ -67,7 +67,8 @@ def test_bad_sweep_lists_every_problem_before_anything_starts():
 
 def test_combinations_are_checked_too():
     with pytest.raises(ConfigError, match=r"axes combination .*batch_size: `batch_size <= probe.n_samples`"):
-        sweep(axes={"train.batch_size": [16, 64], "probe.n_samples": [32, 128]})
+        sweep(base={"train": {"batch_size": 16}, "probe": {"n_samples": 128}},
+              axes={"train.batch_size": [16, 64], "probe.n_samples": [32, 128]})
 
 
 def test_optuna_axes_are_distributions_or_choices():
