@@ -5,7 +5,8 @@ The public surface:
 - `train_pack`: train a pack of K stacked networks with probes, writing Parquet records;
 - `measure`: the per-layer CRH/PAH table of any `torch.nn.Module`;
 - `label_phases`, `critical_depth`: phases and critical depth from alignment columns;
-- `read_records`, `SCHEMA`: the records dataset and its one schema.
+- `load`, `sql`, `SCHEMA`: the records dataset (pandas or DuckDB SQL) and its one schema;
+- `aggregate`, `plots`: tables (phase grids, critical-depth maps, curves) and their figures.
 """
 
 __version__ = "0.1.0"
@@ -13,7 +14,8 @@ __version__ = "0.1.0"
 from .config import ConfigError, RunConfig, load_config, parse_config
 from .phases import critical_depth, label_phases
 from .probes import measure
-from .records import SCHEMA, read_records
+from .query import load, sql
+from .records import SCHEMA
 from .train import RunResult, train_pack
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "load_config",
     "measure",
     "parse_config",
-    "read_records",
+    "load",
+    "sql",
     "train_pack",
 ]

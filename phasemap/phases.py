@@ -45,48 +45,50 @@ def phase_of(backward: frozenset | set, forward: frozenset | set) -> str:
     return f"a:{name(a)}|b:{name(b)}"
 
 
+def _code_labels() -> np.ndarray:
+    """The phase of each 6-bit code: bits 0-2 backward RGA/RWA/GWA, bits 3-5 forward."""
+    labels = []
+    for code in range(64):
+        a = {r for i, r in enumerate(RELATIONS) if code >> i & 1}
+        b = {r for i, r in enumerate(RELATIONS) if code >> (i + 3) & 1}
+        labels.append(phase_of(a, b))
+    return np.array(labels, dtype=object)
+
+
+_LABELS = _code_labels()
+
+
 def label_phases(table: pd.DataFrame, tau: float) -> pd.Series:
     """Phase of every row at threshold tau; a relation holds when alignment >= tau.
 
     NaN alignments do not hold. Rows whose `status` is 'diverged' are labelled 'diverged'.
     """
-    holds = {c: (table[c].to_numpy(dtype=float) >= tau) for c in ALIGNMENT_COLUMNS}
-    labels = []
-    for i in range(len(table)):
-        a = {r for r in RELATIONS if holds[f"{r.lower()}_a"][i]}
-        b = {r for r in RELATIONS if holds[f"{r.lower()}_b"][i]}
-        labels.append(phase_of(a, b))
-    out = pd.Series(labels, index=table.index, name="phase", dtype=object)
+    code = np.zeros(len(table), dtype=np.int64)
+    for bit, col in enumerate(ALIGNMENT_COLUMNS):  # rga_a rwa_a gwa_a rga_b rwa_b gwa_b
+        code |= (table[col].to_numpy(dtype=float) >= tau).astype(np.int64) << bit
+    labels = _LABELS[code]
     if "status" in table:
-        out[table["status"].to_numpy() == "diverged"] = "diverged"
-    return out
-
-
-def critical_depth_of(alphas: np.ndarray, tau: float) -> float:
-    """Smallest 1-based hidden-layer index l* with alpha >= tau at l* and every later layer.
-
-    `alphas` are a network's hidden layers in order; NaN if the last layer is below tau.
-    """
-    ok = np.asarray(alphas, dtype=float) >= tau
-    if ok.size == 0 or not ok[-1]:
-        return float("nan")
-    bad = np.flatnonzero(~ok)
-    return float(bad[-1] + 2) if bad.size else 1.0
+        labels = np.where(table["status"].to_numpy() == "diverged", "diverged", labels)
+    return pd.Series(labels, index=table.index, name="phase", dtype=object)
 
 
 def critical_depth(table: pd.DataFrame, relation: str, tau: float, by: list[str] | None = None) -> pd.DataFrame:
     """Critical depth per network (and step) for one alignment column, e.g. 'rga_b'.
 
-    Uses the hidden layers (layer <= depth). Returns one row per group with `l_star` and
-    `l_star_frac` = l*/depth (NaN when no suffix of layers aligns).
+    Uses the hidden layers (1 <= layer <= depth) of rows with status ok. Returns one row
+    per group of `by` (default: run_id, member, step) with `depth`, `l_star` and
+    `l_star_frac` = l*/depth; NaN when no suffix of layers aligns or a layer is missing.
     """
-    by = by or ["run_id", "member", "step"]
-    hidden = table[table["layer"] <= table["depth"]]
+    by = list(by or ["run_id", "member", "step"])
+    hidden = table[(table["layer"] <= table["depth"]) & (table["layer"] >= 1)]
     if "status" in hidden:
         hidden = hidden[hidden["status"] == "ok"]
-    rows = []
-    for key, group in hidden.sort_values("layer").groupby(by, sort=True):
-        depth = int(group["depth"].iloc[0])
-        l_star = critical_depth_of(group[relation].to_numpy(), tau) if len(group) == depth else float("nan")
-        rows.append((*(key if isinstance(key, tuple) else (key,)), depth, l_star, l_star / depth))
-    return pd.DataFrame(rows, columns=[*by, "depth", "l_star", "l_star_frac"])
+    below = np.where(hidden[relation].to_numpy(dtype=float) >= tau, 0, hidden["layer"].to_numpy())
+    grouped = hidden.assign(_below=below).groupby(by, sort=True)
+    extra = {} if "depth" in by else {"depth": ("depth", "first")}
+    out = grouped.agg(**extra, _n=("layer", "nunique"), _last_bad=("_below", "max")).reset_index()
+    l_star = (out["_last_bad"] + 1).astype(float)
+    undefined = (out["_last_bad"] >= out["depth"]) | (out["_n"] != out["depth"])
+    out["l_star"] = l_star.where(~undefined)
+    out["l_star_frac"] = out["l_star"] / out["depth"]
+    return out.drop(columns=["_n", "_last_bad"])

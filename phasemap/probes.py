@@ -147,7 +147,8 @@ def layer_metrics(
     """Every CRH/PAH metric of one linear layer, batched over a leading K.
 
     h_a (K, N, d_in), h_b and g_b (K, N, d_out), W (K, d_out, d_in); g_b = -dl/dh_b per
-    sample. Returns ({column: (K,) tensor}, [reason per member why some value is NaN]).
+    sample. Returns ({column: (K,) tensor, plus the spectra `eig_{h,g,z}_{a,b}`: (K, d)
+    descending}, [reason per member why some value is NaN]).
     """
     h_a, h_b, g_b, W = (t.detach() for t in (h_a, h_b, g_b, W))
     g_a = g_b @ W  # (K, N, d_in): g_a = W^T g_b per sample
@@ -168,6 +169,7 @@ def layer_metrics(
             out["cross_b"] = alignment(cross + cross.transpose(1, 2), Z)
         eig = descending_eigvals(torch.stack([H, G, Z], 1))  # (K, 3, d): one call per side
         eig_h, eig_g, eig_z = eig.unbind(1)
+        out[f"eig_h_{side}"], out[f"eig_g_{side}"], out[f"eig_z_{side}"] = eig_h, eig_g, eig_z  # (K, d)
         out[f"erank_h_{side}"] = effective_rank(eig_h)
         for pair, (ea, eb) in zip(PAH_PAIRS, ((eig_h, eig_g), (eig_h, eig_z), (eig_g, eig_z))):
             k, r2, n = power_law_fit(ea, eb, pah_floor)

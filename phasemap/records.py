@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 COMPLETE = "_COMPLETE.json"
+SPECTRA = "_spectra.parquet"  # eigenvalues at the last probe; beside, not in, the records
 
 _ID_FIELDS = [
     ("schema_version", pa.int16()),
@@ -155,8 +156,27 @@ def clear_run(root: str, sweep_id: str, run_id: str) -> None:
         fs.delete_dir(folder)
 
 
-def read_records(root: str, columns: list[str] | None = None, filter=None) -> pd.DataFrame:
-    """Every record under a storage root as a DataFrame (optionally some columns, a filter)."""
+SPECTRA_SCHEMA = pa.schema([
+    ("sweep_id", pa.string()), ("run_id", pa.string()), ("member", pa.int32()), ("config_hash", pa.string()),
+    ("step", pa.int64()), ("layer", pa.int32()),
+    ("side", pa.string()),  # a (input side) | b (output side)
+    ("matrix", pa.string()),  # H | G | Z
+    ("rank", pa.int32()),  # 1 = largest eigenvalue
+    ("eigenvalue", pa.float64()),
+])
+
+
+def write_spectra(root: str, sweep_id: str, run_id: str, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.cast(SPECTRA_SCHEMA), sink)
+    write_file(root, sweep_id, run_id, SPECTRA, sink.getvalue().to_pybytes())
+
+
+def read_spectra(root: str, run_id: str | None = None) -> pd.DataFrame:
+    """Eigenvalues of H, G, Z at the last probe of every run (or one run) under a root."""
     fs, base = filesystem(root)
-    dataset = ds.dataset(base, filesystem=fs, format="parquet", schema=SCHEMA)
-    return dataset.to_table(columns=columns, filter=filter).to_pandas()
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    files = [i.path for i in infos if i.base_name == SPECTRA and (run_id is None or f"/run={run_id}/" in i.path)]
+    if not files:
+        return SPECTRA_SCHEMA.empty_table().to_pandas()
+    return ds.dataset(files, filesystem=fs, format="parquet", schema=SPECTRA_SCHEMA).to_table().to_pandas()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from . import __version__, records
@@ -187,6 +188,8 @@ def train_pack(
                                    train_loss=train_loss[k], probe_loss=probe_loss[k], nan_reason=reasons[k])
                         row.update({c: metrics[c][k].item() for c in METRIC_COLUMNS})
                         rows.append(row)
+                if step == steps:
+                    _write_spectra(root, sweep_id, run_id, step, layers, base, status, first_bad)
                 probe_seconds += time.perf_counter() - t0
             newly = [k for k in range(K) if status[k] == "ok" and first_bad[k] >= 0]
             for k in newly:
@@ -223,6 +226,30 @@ def _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, diverge
     torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state(),
                 "data_gen": data_gen.get_state(), "diverged_at": diverged_at, "status": list(status)}, buf)
     records.write_file(root, sweep_id, run_id, CHECKPOINT, buf.getvalue())
+
+
+def _write_spectra(root, sweep_id, run_id, step, layers, base, status, first_bad) -> None:
+    """Eigenvalues of H, G, Z per member, layer and side at the last probe (for spectra plots)."""
+    cols = {n: [] for n in records.SPECTRA_SCHEMA.names}
+    for k, b in enumerate(base):
+        if status[k] != "ok" or first_bad[k] >= 0:
+            continue
+        for l, (metrics, _) in enumerate(layers):
+            for side in "ab":
+                for matrix in "hgz":
+                    eig = metrics[f"eig_{matrix}_{side}"][k].tolist()
+                    n = len(eig)
+                    cols["sweep_id"] += [sweep_id] * n
+                    cols["run_id"] += [run_id] * n
+                    cols["member"] += [k] * n
+                    cols["config_hash"] += [b["config_hash"]] * n
+                    cols["step"] += [step] * n
+                    cols["layer"] += [l + 1] * n
+                    cols["side"] += [side] * n
+                    cols["matrix"] += [matrix.upper()] * n
+                    cols["rank"] += list(range(1, n + 1))
+                    cols["eigenvalue"] += eig
+    records.write_spectra(root, sweep_id, run_id, pa.table(cols, schema=records.SPECTRA_SCHEMA))
 
 
 def _diverged_rows(base: dict, step: int, dims: list[int]) -> list[dict]:

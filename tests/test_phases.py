@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phasemap.phases import ALIGNMENT_COLUMNS, NUMBERED_PHASES, critical_depth, critical_depth_of, label_phases, phase_of
+from phasemap.phases import ALIGNMENT_COLUMNS, NUMBERED_PHASES, critical_depth, label_phases, phase_of
 
 HIGH, LOW = 0.95, 0.2
 
@@ -74,8 +74,16 @@ def test_nan_does_not_hold_and_diverged_rows_are_labelled():
     ],
 )
 def test_critical_depth_of_a_network(alphas, expected):
-    got = critical_depth_of(np.array(alphas), 0.9)
+    depth = len(alphas)
+    table = pd.DataFrame({"run_id": "r", "member": 0, "step": 1, "depth": depth,
+                          "layer": np.arange(1, depth + 1), "rga_b": alphas})
+    got = critical_depth(table, "rga_b", 0.9)["l_star"].iloc[0]
     assert (math.isnan(got) and math.isnan(expected)) or got == expected
+
+
+def test_critical_depth_is_undefined_when_a_hidden_layer_is_missing():
+    table = pd.DataFrame({"run_id": "r", "member": 0, "step": 1, "depth": 3, "layer": [1, 3], "rga_b": [0.95, 0.95]})
+    assert math.isnan(critical_depth(table, "rga_b", 0.9)["l_star"].iloc[0])
 
 
 def test_critical_depth_table_uses_hidden_layers_only_and_reports_fraction():

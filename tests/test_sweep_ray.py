@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from phasemap import read_records
+from phasemap import load
 from phasemap.sweep import expand, parse_sweep, run_sweep, sweep_status
 from phasemap.train import run_id_of
 
@@ -43,7 +43,7 @@ def sweep_data(root, name="s", steps=60, **over):
 
 def check_dataset(root, cfg):
     """Every config of the grid exactly once per (step, layer); every pack complete."""
-    recs = read_records(str(root))
+    recs = load(str(root))
     packs = expand(cfg)
     n_configs = sum(len(p.members) for p in packs)
     assert recs["config_hash"].nunique() == n_configs
@@ -83,7 +83,7 @@ def test_optuna_sweep(tmp_path, local_ray):
     cfg = parse_sweep(data)
     result = run_sweep(cfg, progress=False)
     assert result.failed == [] and len(result.trials) == 3
-    recs = read_records(str(tmp_path))
+    recs = load(str(tmp_path))
     assert recs["run_id"].nunique() == 3 and recs["lr"].nunique() == 3
     assert all(0.001 <= lr <= 0.1 for lr in recs["lr"].unique())
     assert not recs.duplicated(["config_hash", "step", "layer"]).any()

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from phasemap import SCHEMA, parse_config, read_records, train_pack
+from phasemap import SCHEMA, parse_config, load, train_pack
 from phasemap.cli import main
 from phasemap.config import TaskSpec
 from phasemap.models import StackedMLP
@@ -87,7 +87,7 @@ def test_diverged_member_is_recorded_and_the_others_go_on(tmp_path):
     cfg = small(optimizer__lr=[0.05, 1e6], train__steps=60)
     result = train_pack(cfg, root=str(tmp_path))
     assert result.status == ["ok", "diverged"]
-    recs = read_records(str(tmp_path))
+    recs = load(str(tmp_path))
     bad = recs[recs["member"] == 1]
     assert (bad["status"] == "diverged").sum() == cfg.model.depth + 1  # one row per layer
     div_step = bad.loc[bad["status"] == "diverged", "step"].iloc[0]
@@ -106,7 +106,7 @@ def test_cli_run_of_a_diverging_config_exits_zero(tmp_path, capsys):
     )
     assert main(["run", str(f), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     assert "1 diverged" in capsys.readouterr().out
-    recs = read_records(str(tmp_path / "out"))
+    recs = load(str(tmp_path / "out"))
     assert "diverged" in set(recs["status"])
 
 
@@ -114,7 +114,7 @@ def test_parquet_round_trip_keeps_every_column_and_type(tmp_path):
     result = train_pack(small(), root=str(tmp_path))
     files = list(tmp_path.rglob("part-*.parquet"))
     assert files and all(pq.read_schema(f).remove_metadata().equals(SCHEMA.remove_metadata()) for f in files)
-    back = read_records(str(tmp_path))
+    back = load(str(tmp_path))
     assert list(back.columns) == SCHEMA.names
     key = ["member", "step", "layer"]
     pd.testing.assert_frame_equal(
@@ -128,7 +128,7 @@ def test_rerun_overwrites_and_never_duplicates(tmp_path):
     cfg = small()
     train_pack(cfg, root=str(tmp_path))
     train_pack(cfg, root=str(tmp_path))
-    recs = read_records(str(tmp_path))
+    recs = load(str(tmp_path))
     assert not recs.duplicated(["run_id", "member", "step", "layer"]).any()
     assert len(recs) == len(cfg.probe_steps()) * (cfg.model.depth + 1)
     assert list(tmp_path.rglob("_COMPLETE.json"))
@@ -167,8 +167,8 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path):
     straight = train_pack(cfg, root=str(tmp_path / "b"))
     assert resumed.status == straight.status == ["ok", "ok", "diverged", "diverged"]
     key = ["member", "step", "layer"]
-    on_disk = read_records(str(tmp_path / "a")).sort_values(key).reset_index(drop=True)
-    expected = read_records(str(tmp_path / "b")).sort_values(key).reset_index(drop=True)
+    on_disk = load(str(tmp_path / "a")).sort_values(key).reset_index(drop=True)
+    expected = load(str(tmp_path / "b")).sort_values(key).reset_index(drop=True)
     cols = [c for c in expected.columns if c not in ("trial_id",)]
     pd.testing.assert_frame_equal(on_disk[cols], expected[cols])
     assert len(resumed.records) == len(straight.records)
@@ -180,4 +180,4 @@ def test_without_resume_a_run_starts_afresh(tmp_path):
     with pytest.raises(Killed):
         train_pack(cfg, root=str(tmp_path), progress=lambda s: (_ for _ in ()).throw(Killed) if s == 15 else None)
     result = train_pack(cfg, root=str(tmp_path), resume=False)
-    assert len(read_records(str(tmp_path))) == len(result.records) == len(cfg.probe_steps()) * 4
+    assert len(load(str(tmp_path))) == len(result.records) == len(cfg.probe_steps()) * 4

@@ -1,0 +1,176 @@
+"""Reduce records to plain tables: phase grids, critical-depth maps, curves.
+
+Every function takes a records DataFrame (from `phasemap.load`) and returns a tidy table
+that tests check by value and `plots` only draws. By default each network (sweep, run,
+member) contributes its last record (the last probe, or the step it diverged at).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .phases import ALIGNMENT_COLUMNS, critical_depth, label_phases
+
+NETWORK = ["sweep_id", "run_id", "member"]
+# config columns a sweep varies; seeds are what cells aggregate over
+AXES = ["task", "depth", "width", "activation", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+        "steps", "input_dim", "output_dim", "covariance"]
+SEEDS = ["seed", "data_seed"]
+
+
+def varying_axes(df: pd.DataFrame) -> list[str]:
+    """The config columns that take more than one value in `df` (in AXES order)."""
+    return [c for c in AXES if c in df and df[c].nunique(dropna=False) > 1]
+
+
+def last_records(df: pd.DataFrame) -> pd.DataFrame:
+    """Each network's rows at its last step (its final probe, or where it diverged)."""
+    last = df.groupby(NETWORK, sort=False)["step"].transform("max")
+    return df[df["step"] == last]
+
+
+def pick_layer(df: pd.DataFrame, layer: int | float | str) -> pd.DataFrame:
+    """Rows of one layer per network.
+
+    layer: an int (1-based index), a float in (0, 1] (that fraction of the depth, rounded up,
+    among hidden layers), "last" (last hidden layer), "output", or "each" (all rows).
+    """
+    if layer == "each":
+        return df
+    depth = df["depth"].to_numpy()
+    if layer == "last":
+        target = depth
+    elif layer == "output":
+        target = depth + 1
+    elif isinstance(layer, float) and 0 < layer <= 1:
+        target = np.clip(np.ceil(layer * depth), 1, depth)
+    elif isinstance(layer, (int, np.integer)) and not isinstance(layer, bool) and layer >= 1:
+        target = np.full(len(df), layer)
+    else:
+        raise ValueError(f"`layer is an index >= 1, a fraction in (0, 1], 'last', 'output' or 'each'`"
+                         f" must hold, but got {layer!r}")
+    return df[df["layer"].to_numpy() == target]
+
+
+def parse_layer(text: str) -> int | float | str:
+    """A layer option from the command line: '3', '0.5', 'last', 'output', 'each'."""
+    if text in ("last", "output", "each"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _complete(table: pd.DataFrame, keys: list[str], universe: pd.DataFrame) -> pd.DataFrame:
+    """Every combination of the keys' observed values, cells without data included (n = 0)."""
+    levels = [sorted(universe[k].dropna().unique()) for k in keys]
+    full = pd.MultiIndex.from_product(levels, names=keys).to_frame(index=False)
+    out = full.merge(table, on=keys, how="left")
+    out["n"] = out["n"].fillna(0).astype(int)
+    return out
+
+
+def phase_grid(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    *,
+    layer: int | float | str = "last",
+    tau: float = 0.9,
+    facets: Sequence[str] = (),
+    columns: Sequence[str] = ALIGNMENT_COLUMNS,
+) -> pd.DataFrame:
+    """Majority phase per cell of (facets, y, x) at threshold tau, with its share.
+
+    One row per cell: `n` networks, `phase` (the most frequent; ties go to the name first in
+    sort order), `share` of networks in it, and `<col>_mean`, `<col>_std` for `columns`.
+    Cells with no data have n = 0 and phase NaN.
+    """
+    keys = [*facets, y, x] + (["layer"] if layer == "each" else [])
+    rows = pick_layer(last_records(df), layer).copy()
+    rows["phase"] = label_phases(rows, tau)
+    counts = rows.groupby(keys + ["phase"], sort=True).size().rename("count").reset_index()
+    counts = counts.sort_values(keys + ["count", "phase"], ascending=[True] * len(keys) + [False, True])
+    top = counts.drop_duplicates(keys)[keys + ["phase", "count"]]
+    stats = rows.groupby(keys, sort=True)[list(columns)].agg(["mean", "std"])
+    stats.columns = [f"{c}_{s}" for c, s in stats.columns]
+    n = rows.groupby(keys, sort=True).size().rename("n")
+    table = top.merge(n.reset_index(), on=keys).merge(stats.reset_index(), on=keys)
+    table["share"] = table.pop("count") / table["n"]
+    return _complete(table, keys, rows if layer == "each" else df)
+
+
+def critical_depth_map(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    *,
+    relation: str = "rga_b",
+    tau: float = 0.9,
+    facets: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Critical depth l* per cell of (facets, y, x), networks (seeds) aggregated.
+
+    One row per cell: `n` networks that finished, `n_aligned` of them with an aligned suffix,
+    `l_star_mean`, `l_star_frac_mean` (l*/depth) and `l_star_frac_std` over those, and
+    `n_diverged`. Cells with no data have n = 0.
+    """
+    keys = [*facets, y, x]
+    last = last_records(df)
+    per_net = critical_depth(last, relation, tau, by=NETWORK + [k for k in keys if k not in NETWORK])
+    grouped = per_net.groupby(keys, sort=True)
+    table = grouped.agg(
+        n=("l_star", "size"),
+        n_aligned=("l_star", "count"),
+        l_star_mean=("l_star", "mean"),
+        l_star_frac_mean=("l_star_frac", "mean"),
+        l_star_frac_std=("l_star_frac", "std"),
+    ).reset_index()
+    diverged = last[last["status"] == "diverged"].drop_duplicates(NETWORK).groupby(keys).size().rename("n_diverged")
+    table = table.merge(diverged.reset_index(), on=keys, how="outer")
+    out = _complete(table, keys, df)
+    out["n_aligned"] = out["n_aligned"].fillna(0).astype(int)
+    out["n_diverged"] = out["n_diverged"].fillna(0).astype(int)
+    return out
+
+
+def _config_keys(df: pd.DataFrame, by: Sequence[str] | None) -> list[str]:
+    return list(by) if by is not None else varying_axes(df)
+
+
+def layer_profile(df: pd.DataFrame, columns: Sequence[str] = ALIGNMENT_COLUMNS, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """Alignment by layer at the last step: mean and std over seeds per config and layer."""
+    keys = _config_keys(df, by) + ["layer"]
+    rows = last_records(df)
+    rows = rows[rows["status"] == "ok"]
+    table = rows.groupby(keys, sort=True)[list(columns)].agg(["mean", "std"])
+    table.columns = [f"{c}_{s}" for c, s in table.columns]
+    return table.join(rows.groupby(keys, sort=True).size().rename("n")).reset_index()
+
+
+def evolution(df: pd.DataFrame, column: str = "rga_b", layer: int | float | str = "last",
+              by: Sequence[str] | None = None) -> pd.DataFrame:
+    """One alignment column over training steps: mean and std over seeds per config."""
+    keys = _config_keys(df, by) + ["step"]
+    rows = pick_layer(df[df["status"] == "ok"], layer)
+    table = rows.groupby(keys, sort=True)[column].agg(["mean", "std", "size"])
+    return table.rename(columns={"mean": f"{column}_mean", "std": f"{column}_std", "size": "n"}).reset_index()
+
+
+def pah_table(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """PAH exponents per config, layer, side and pair at the last step (mean over seeds)."""
+    keys = _config_keys(df, by) + ["layer"]
+    rows = last_records(df)
+    rows = rows[rows["status"] == "ok"]
+    parts = []
+    for side in "ab":
+        for pair in ("hg", "hz", "gz"):
+            col = f"pah_{pair}_{side}"
+            g = rows.groupby(keys, sort=True).agg(exponent=(col, "mean"), exponent_std=(col, "std"),
+                                                    r2=(f"{col}_r2", "mean"), n_eigs=(f"{col}_n", "mean"))
+            parts.append(g.reset_index().assign(side=side, pair=pair))
+    return pd.concat(parts, ignore_index=True)
