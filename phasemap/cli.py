@@ -19,6 +19,11 @@ EPILOG = """examples:
   phasemap validate configs/fc1.yaml
   phasemap run configs/default.yaml --out results
   phasemap run configs/fc1.yaml --steps 2000 --set optimizer.weight_decay=[0,1e-3]
+  phasemap sweep configs/quick.yaml            # the main job: a grid on a local Ray
+  phasemap status configs/quick.yaml
+  phasemap query results "SELECT depth, weight_decay, avg(rga_b) FROM records GROUP BY ALL"
+  phasemap plot results phase-diagram --out phases.png
+  phasemap report results --out report
 
 A run config describes one pack: members are the product of the lists given for
 optimizer.lr, optimizer.momentum, optimizer.weight_decay and train.seed; they train as one
@@ -64,10 +69,93 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    q = sub.add_parser("query", help="run SQL over the records (DuckDB view `records`)",
+                       description="Run DuckDB SQL over every record under ROOT, exposed as the view `records` "
+                       "(hive columns `sweep` and `run` included).",
+                       epilog='example: phasemap query results "SELECT weight_decay, layer, avg(rga_b) FROM records '
+                       'WHERE step = steps GROUP BY ALL ORDER BY ALL"')
+    q.add_argument("root", help="storage root (folder or s3:// URI)")
+    q.add_argument("sql", help="a SQL query over the view `records`")
+    q.add_argument("--out", help="write the result to a .csv or .parquet file instead of printing it")
+    q.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
+
+    from .report import KINDS
+
+    pl = sub.add_parser("plot", help="draw one figure from the records", description="Draw one figure kind from "
+                        "the records under ROOT. Axes default to the sweep's varying columns (x: weight decay, "
+                        "y: depth, a third varying column as panels).")
+    pl.add_argument("root", help="storage root")
+    pl.add_argument("kind", choices=KINDS)
+    pl.add_argument("--out", required=True, help="figure file: .png, .svg or .pdf")
+    _figure_options(pl)
+
+    rp = sub.add_parser("report", help="every figure of a sweep plus an index.html")
+    rp.add_argument("root", help="storage root")
+    rp.add_argument("--out", default="report", help="output folder (default: report)")
+    _figure_options(rp)
+
     st = sub.add_parser("status", help="what of a sweep is complete, running, failed or missing (from storage)")
     st.add_argument("config", help="YAML sweep config")
     st.add_argument("--out", help="storage root; default: the config's storage.root")
     return p
+
+
+def _figure_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sweep", help="only this sweep id")
+    p.add_argument("--where", help="SQL condition on records, e.g. \"optimizer = 'sgd' AND width = 64\"")
+    p.add_argument("--x", help="column on the x axis (default: weight_decay if it varies)")
+    p.add_argument("--y", help="column on the y axis (default: depth if it varies)")
+    p.add_argument("--facet", help="column whose values become panels")
+    p.add_argument("--layer", default="last", help="layer: index, fraction of depth (0.5), last, output, each")
+    p.add_argument("--tau", type=float, default=0.9, help="alignment threshold for phases (default 0.9)")
+    p.add_argument("--relation", default="rga_b", help="alignment column for critical depth and evolution")
+    p.add_argument("--run", help="spectra: run id (default: the first run)")
+    p.add_argument("--member", type=int, default=0, help="spectra: member of the run (default 0)")
+    p.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
+
+
+def _records_for_figures(args) -> pd.DataFrame:
+    from .query import load, sql
+
+    if args.where:
+        sweep = f" AND sweep_id = '{args.sweep}'" if args.sweep else ""
+        return sql(args.root, f"SELECT * FROM records WHERE ({args.where}){sweep}", strict=args.strict)
+    return load(args.root, filters={"sweep_id": args.sweep} if args.sweep else None, strict=args.strict)
+
+
+def _data_command(args) -> int:
+    import duckdb
+
+    from .aggregate import parse_layer
+    from .plots import save
+    from .query import DatasetError, sql
+    from .report import FigureOptions, make_figure, write_report
+
+    try:
+        if args.command == "query":
+            table = sql(args.root, args.sql, strict=args.strict)
+            if args.out:
+                if args.out.endswith(".parquet"):
+                    table.to_parquet(args.out, index=False)
+                else:
+                    table.to_csv(args.out, index=False)
+                print(f"{len(table)} rows -> {args.out}")
+            else:
+                with pd.option_context("display.max_rows", 200, "display.width", 200):
+                    print(table.to_string(index=False, max_rows=200))
+            return 0
+        df = _records_for_figures(args)
+        opts = FigureOptions(x=args.x, y=args.y, facet=args.facet, layer=parse_layer(args.layer), tau=args.tau,
+                             relation=args.relation, run_id=args.run, member=args.member)
+        if args.command == "plot":
+            fig, _, caption = make_figure(df, args.kind, opts, args.root)
+            print(f"{save(fig, args.out)}: {caption}")
+        else:
+            print(f"report: {write_report(df, args.root, args.out, opts)}")
+        return 0
+    except (DatasetError, ValueError, duckdb.Error) as e:  # DuckDB's errors (bad SQL) name the problem
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def _load(args):
@@ -109,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         for name in ("ray", "ray.tune", "ray.train"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    if args.command in ("query", "plot", "report"):
+        return _data_command(args)
     try:
         cfg = _load(args)
     except ConfigError as e:

@@ -22,7 +22,9 @@ from .records import SCHEMA, SCHEMA_VERSION, filesystem
 
 log = logging.getLogger(__name__)
 
-PARTITIONING = ds.partitioning(pa.schema([("sweep", pa.string()), ("run", pa.string())]), flavor="hive")
+_HIVE = pa.schema([("sweep", pa.string()), ("run", pa.string())])
+PARTITIONING = ds.partitioning(_HIVE, flavor="hive")
+DATASET_SCHEMA = pa.unify_schemas([SCHEMA, _HIVE])  # the records plus their folders' keys
 
 
 class DatasetError(RuntimeError):
@@ -40,7 +42,7 @@ class Scan:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def dataset(self) -> ds.Dataset:
-        return ds.dataset(self.files, filesystem=self.fs, format="parquet", schema=SCHEMA,
+        return ds.dataset(self.files, filesystem=self.fs, format="parquet", schema=DATASET_SCHEMA,
                           partition_base_dir=self.base, partitioning=PARTITIONING)
 
 
@@ -121,7 +123,7 @@ def sql(root: str, query: str, strict: bool = False) -> pd.DataFrame:
     found = scan(root, strict)
     con = duckdb.connect()
     try:
-        dataset = found.dataset() if found.files else SCHEMA.empty_table()
+        dataset = found.dataset() if found.files else DATASET_SCHEMA.empty_table()
         con.register("records", dataset)
         return con.execute(query).df()
     finally:

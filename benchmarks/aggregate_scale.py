@@ -1,0 +1,74 @@
+"""Aggregation at scale: a synthetic dataset of ~1 million records, written as Parquet, read
+back and reduced to a phase grid and a critical-depth map. Prints times and peak memory.
+
+    python benchmarks/aggregate_scale.py
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from synthetic import million_rows  # noqa: E402
+
+from phasemap import load  # noqa: E402
+from phasemap.aggregate import critical_depth_map, phase_grid  # noqa: E402
+from phasemap.records import SCHEMA  # noqa: E402
+
+
+def peak_mb() -> float:
+    """Peak resident memory of this process (VmHWM; unlike ru_maxrss it is not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(label, fn):
+    t0 = time.perf_counter()
+    out = fn()
+    print(f"{label:<40} {time.perf_counter() - t0:7.2f} s   peak RSS {peak_mb():7.0f} MB")
+    return out
+
+
+def aggregate(root: str) -> None:
+    """Read and aggregate in a fresh process, so peak memory is the aggregation's own."""
+    cols = ["sweep_id", "run_id", "member", "step", "layer", "depth", "width", "weight_decay", "status",
+            "rga_a", "rwa_a", "gwa_a", "rga_b", "rwa_b", "gwa_b"]
+    print(f"fresh process: {peak_mb():.0f} MB after imports")
+    records = timed("load (15 columns)", lambda: load(root, columns=cols))
+    grid = timed("phase grid (wd x depth, facet width)", lambda: phase_grid(
+        records, "weight_decay", "depth", facets=["width"], tau=0.9))
+    cd = timed("critical-depth map (wd x depth, facet width)", lambda: critical_depth_map(
+        records, "weight_decay", "depth", facets=["width"], relation="rga_b", tau=0.9))
+    print(f"phase grid: {len(grid)} cells; critical-depth map: {len(cd)} cells")
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--aggregate":
+        return aggregate(sys.argv[2])
+    df = timed("synthesise records", million_rows)
+    print(f"{len(df):,} rows, {df.groupby(['run_id', 'member']).ngroups:,} networks, "
+          f"{df['run_id'].nunique()} runs")
+    with tempfile.TemporaryDirectory() as root:
+        def write():
+            for (sweep, run), part in df.groupby(["sweep_id", "run_id"]):
+                folder = Path(root) / f"sweep={sweep}" / f"run={run}"
+                folder.mkdir(parents=True)
+                pq.write_table(pa.Table.from_pandas(part, schema=SCHEMA, preserve_index=False),
+                               folder / "part-000000001.parquet")
+
+        timed("write Parquet (one file per run)", write)
+        subprocess.run([sys.executable, __file__, "--aggregate", root], check=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""Figures: draw the tables of `aggregate` (and the spectra beside the records), nothing else.
+
+One fixed colour per phase in every figure, from Paul Tol's colour-blind-safe schemes;
+cells with no data are hatched, never coloured as a phase. Save as PNG, SVG or PDF.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+PHASE_COLORS = {
+    "CRH": "#332288",
+    "backward-CRH": "#4477AA",
+    "forward-CRH": "#88CCEE",
+    "1": "#117733",
+    "2": "#44AA99",
+    "3": "#999933",
+    "4": "#DDCC77",
+    "5": "#CC6677",
+    "6": "#882255",
+    "7": "#AA4499",
+    "8": "#EE7733",
+    "9": "#CCBB44",
+    "other": "#BBBBBB",  # combinations outside Table 1, e.g. a:RGA+RWA|b:-
+    "none": "#F2F2F2",
+    "diverged": "#000000",
+}
+NO_DATA_HATCH = "////"
+# one colour per line, colour-blind safe (Tol bright)
+LINE_COLORS = ["#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#BBBBBB", "#000000"]
+RELATION_NAMES = {"rga": "RGA (H~G)", "rwa": "RWA (H~Z)", "gwa": "GWA (G~Z)"}
+AXIS_LABELS = {
+    "weight_decay": "weight decay γ",
+    "lr": "learning rate η",
+    "batch_size": "batch size B",
+    "depth": "depth D (hidden layers)",
+    "width": "width d",
+    "momentum": "momentum",
+    "optimizer": "optimizer",
+    "activation": "activation",
+    "step": "training step",
+    "layer": "layer l",
+}
+FORMATS = (".png", ".svg", ".pdf")
+
+
+def phase_color(phase) -> str:
+    if phase is None or (isinstance(phase, float) and math.isnan(phase)):
+        return "#FFFFFF"
+    return PHASE_COLORS.get(str(phase), PHASE_COLORS["other"])
+
+
+def _style() -> None:
+    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+                         "figure.dpi": 150, "savefig.bbox": "tight", "axes.spines.top": False,
+                         "axes.spines.right": False})
+
+
+def _is_log_spaced(values: Sequence) -> bool:
+    v = np.array(sorted({float(x) for x in values if isinstance(x, (int, float, np.number)) and x > 0}))
+    if len(v) < 3:
+        return False
+    ratios = v[1:] / v[:-1]
+    return bool(ratios.min() > 1.5 and ratios.max() / ratios.min() < 2.5)
+
+
+def axis_label(name: str, values: Sequence | None = None) -> str:
+    label = AXIS_LABELS.get(name, name.replace("_", " "))
+    if values is not None and _is_log_spaced(values):
+        label += " (log scale)"
+    return label
+
+
+def _tick(v, scientific: bool | None = None) -> str:
+    """A tick label; scientific (1e-3) for small or large floats, or when told to."""
+    if isinstance(v, (float, np.floating)):
+        if v == 0:
+            return "0"
+        if scientific or (scientific is None and (abs(v) < 1e-2 or abs(v) >= 1e4)):
+            mant, exp = f"{v:.1e}".split("e")
+            mant = mant.rstrip("0").rstrip(".")
+            return f"{mant}e{int(exp)}"
+        return f"{v:g}"
+    return str(v)
+
+
+def _ticks(values) -> list[str]:
+    """Tick labels in one style per axis: all scientific if any value needs it."""
+    nonzero = [abs(float(v)) for v in values if isinstance(v, (float, np.floating)) and v != 0]
+    sci = bool(nonzero) and (min(nonzero) < 1e-2 or max(nonzero) >= 1e4)
+    return [_tick(v, sci) for v in values]
+
+
+def save(fig, path: str) -> str:
+    if not str(path).endswith(FORMATS):
+        raise ValueError(f"`figure file ends with one of {FORMATS}` must hold, but got {path!r}")
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _facet_axes(table: pd.DataFrame, facet: str | None, width: float = 3.6, height: float = 3.0):
+    values = list(pd.unique(table[facet])) if facet else [None]
+    values = sorted(values, key=lambda v: (str(type(v)), v)) if facet else values
+    fig, axes = plt.subplots(1, len(values), figsize=(width * len(values) + 1.2, height), squeeze=False)
+    return fig, list(zip(values, axes[0]))
+
+
+def _grid_cells(sub: pd.DataFrame, x: str, y: str):
+    xs = sorted(sub[x].dropna().unique())
+    ys = sorted(sub[y].dropna().unique())
+    return xs, ys, {(r[x], r[y]): r for _, r in sub.iterrows()}
+
+
+def phase_diagram(grid: pd.DataFrame, x: str, y: str, facet: str | None = None, title: str = ""):
+    """A phase grid (from aggregate.phase_grid) as coloured cells with each majority's share."""
+    _style()
+    fig, panels = _facet_axes(grid, facet)
+    seen = set()
+    for value, ax in panels:
+        sub = grid if facet is None else grid[grid[facet] == value]
+        xs, ys, cells = _grid_cells(sub, x, y)
+        for i, xv in enumerate(xs):
+            for j, yv in enumerate(ys):
+                r = cells.get((xv, yv))
+                empty = r is None or r["n"] == 0
+                phase = None if empty else r["phase"]
+                ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor=phase_color(phase),
+                                           edgecolor="#888888", linewidth=0.5, hatch=NO_DATA_HATCH if empty else None))
+                if not empty:
+                    seen.add(phase if phase in PHASE_COLORS else "other")
+                    dark = phase in ("CRH", "backward-CRH", "6", "diverged", "1")
+                    ax.text(i, j, f"{phase}\n{r['share']:.0%}" if phase in PHASE_COLORS else f"other\n{r['share']:.0%}",
+                            ha="center", va="center", fontsize=7, color="white" if dark else "black")
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_ylim(-0.5, len(ys) - 0.5)
+        ax.set_xticks(range(len(xs)), _ticks(xs), rotation=45 if len(xs) > 4 else 0)
+        ax.set_yticks(range(len(ys)), _ticks(ys))
+        ax.set_xlabel(axis_label(x, xs))
+        ax.set_ylabel(axis_label(y, ys))
+        if facet:
+            ax.set_title(f"{axis_label(facet)} = {_tick(value)}")
+    handles = [Patch(facecolor=PHASE_COLORS[p], edgecolor="#888888", label=p) for p in PHASE_COLORS if p in seen]
+    handles.append(Patch(facecolor="white", edgecolor="#888888", hatch=NO_DATA_HATCH, label="no data"))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="phase")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def critical_depth_figure(cd: pd.DataFrame, x: str, y: str, facet: str | None = None, title: str = ""):
+    """A critical-depth map (from aggregate.critical_depth_map): l*/D as colour, l* written in."""
+    _style()
+    fig, panels = _facet_axes(cd, facet, height=3.4)
+    fig.set_layout_engine("constrained")
+    cmap = plt.get_cmap("viridis")
+    for value, ax in panels:
+        sub = cd if facet is None else cd[cd[facet] == value]
+        xs, ys, cells = _grid_cells(sub, x, y)
+        for i, xv in enumerate(xs):
+            for j, yv in enumerate(ys):
+                r = cells.get((xv, yv))
+                empty = r is None or r["n"] == 0
+                frac = None if empty else r["l_star_frac_mean"]
+                aligned = frac is not None and not math.isnan(frac)
+                color = cmap(frac) if aligned else "#FFFFFF" if empty else "#DDDDDD"
+                ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor=color, edgecolor="#888888",
+                                           linewidth=0.5, hatch=NO_DATA_HATCH if empty else None))
+                if aligned:
+                    ax.text(i, j, f"{r['l_star_mean']:.1f}\n({int(r['n_aligned'])}/{int(r['n'])})", ha="center", va="center",
+                            fontsize=7, color="white" if frac < 0.6 else "black")
+                elif not empty:
+                    ax.text(i, j, "none", ha="center", va="center", fontsize=7, color="#444444")
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_ylim(-0.5, len(ys) - 0.5)
+        ax.set_xticks(range(len(xs)), _ticks(xs), rotation=45 if len(xs) > 4 else 0)
+        ax.set_yticks(range(len(ys)), _ticks(ys))
+        ax.set_xlabel(axis_label(x, xs))
+        ax.set_ylabel(axis_label(y, ys))
+        if facet:
+            ax.set_title(f"{axis_label(facet)} = {_tick(value)}")
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
+    fig.colorbar(sm, ax=[a for _, a in panels], label="critical depth l*/D (cells: mean l*, aligned/all)")
+    handles = [Patch(facecolor="#DDDDDD", edgecolor="#888888", label="no aligned suffix"),
+               Patch(facecolor="white", edgecolor="#888888", hatch=NO_DATA_HATCH, label="no data")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+SYMBOLS = {"weight_decay": "γ", "lr": "η", "batch_size": "B", "depth": "D", "width": "d"}
+
+
+def _series_label(row: pd.Series, keys: Sequence[str]) -> str:
+    return ", ".join(f"{SYMBOLS.get(k, k)} = {_tick(row[k])}" for k in keys) or "all"
+
+
+def layers_figure(profile: pd.DataFrame, keys: Sequence[str], title: str = ""):
+    """Alignment by layer (aggregate.layer_profile): six panels, one line per config."""
+    _style()
+    fig, axes = plt.subplots(2, 3, figsize=(10, 5.6), sharex=True, sharey=True)
+    groups = list(profile.groupby(list(keys), sort=True)) if keys else [((), profile)]
+    for (gi, (name, sub)) in enumerate(groups[: len(LINE_COLORS) * 2]):
+        row = sub.iloc[0]
+        for si, side in enumerate("ba"):
+            for ri, rel in enumerate(("rga", "rwa", "gwa")):
+                ax = axes[si, ri]
+                col = f"{rel}_{side}"
+                ax.errorbar(sub["layer"], sub[f"{col}_mean"], yerr=sub[f"{col}_std"].fillna(0),
+                            color=LINE_COLORS[gi % len(LINE_COLORS)], linestyle="-" if gi < len(LINE_COLORS) else "--",
+                            marker="o", markersize=3, capsize=2, label=_series_label(row, keys) if (si, ri) == (0, 0) else None)
+                ax.set_title(f"{RELATION_NAMES[rel]}, {'forward (b)' if side == 'b' else 'backward (a)'}")
+                ax.set_ylim(-1.05, 1.05)
+                ax.axhline(0, color="#CCCCCC", linewidth=0.5)
+    for ax in axes[1]:
+        ax.set_xlabel("layer l (last = output)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("alignment α")
+    fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def evolution_figure(evo: pd.DataFrame, column: str, keys: Sequence[str], title: str = ""):
+    """One alignment column over training steps (aggregate.evolution), one line per config."""
+    _style()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    groups = list(evo.groupby(list(keys), sort=True)) if keys else [((), evo)]
+    for gi, (_, sub) in enumerate(groups[: len(LINE_COLORS) * 2]):
+        sub = sub[sub["step"] > 0] if (evo["step"] > 0).any() else sub
+        color = LINE_COLORS[gi % len(LINE_COLORS)]
+        mean, std = sub[f"{column}_mean"], sub[f"{column}_std"].fillna(0)
+        ax.plot(sub["step"], mean, color=color, marker="o", markersize=3,
+                linestyle="-" if gi < len(LINE_COLORS) else "--", label=_series_label(sub.iloc[0], keys))
+        ax.fill_between(sub["step"], mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("training step (log scale)")
+    ax.set_ylabel(f"alignment α ({column})")
+    ax.set_ylim(-1.05, 1.05)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def spectra_figure(spectra: pd.DataFrame, records: pd.DataFrame, side: str = "b", title: str = ""):
+    """log-log eigenvalues of H against G per layer of one network, with the fitted exponent
+    from the records and reference power laws k = 1/3, 1/2, 1, 2, 3 (paper Fig. 3, 20)."""
+    _style()
+    sizes = spectra[(spectra["side"] == side) & (spectra["matrix"] == "H")].groupby("layer").size()
+    layers = sorted(sizes[sizes > 1].index)  # a 1x1 matrix has no spectrum to compare
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers) + 0.5, 2.8), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        s = spectra[(spectra["layer"] == layer) & (spectra["side"] == side)]
+        h = s[s["matrix"] == "H"].sort_values("rank")["eigenvalue"].to_numpy()
+        g = s[s["matrix"] == "G"].sort_values("rank")["eigenvalue"].to_numpy()
+        rec = records[records["layer"] == layer]
+        k = rec[f"pah_hg_{side}"].iloc[0] if len(rec) else float("nan")
+        n = int(rec[f"pah_hg_{side}_n"].iloc[0]) if len(rec) else 0
+        keep = (h > 0) & (g > 0)
+        ax.loglog(g[keep], h[keep], "o", markersize=2.5, color="#4477AA", label="eigenvalues")
+        if keep.sum() >= 2:
+            g0, h0 = g[keep][0], h[keep][0]
+            grid = np.geomspace(g[keep].min(), g0, 20)
+            for ref, style in ((1 / 3, ":"), (0.5, "-."), (1, "--"), (2, "-"), (3, (0, (1, 3)))):
+                ax.loglog(grid, h0 * (grid / g0) ** ref, linestyle=style, color="#999999", linewidth=0.7)
+                ax.annotate(f"{ref:.2g}", (grid[0], h0 * (grid[0] / g0) ** ref), fontsize=6, color="#777777")
+            if not math.isnan(k) and n >= 2:
+                used = np.arange(len(g)) < n
+                gf, hf = g[used & keep], h[used & keep]
+                if len(gf):
+                    c = np.exp(np.mean(np.log(hf) - k * np.log(gf)))
+                    ax.loglog(gf, c * gf**k, color="#EE6677", linewidth=1.2, label=f"fit k = {k:.2f}")
+        if keep.any():
+            ax.set_ylim(h[keep].min() / 3, h[keep].max() * 3)  # reference lines must not rescale the data
+        ax.set_title(f"layer {layer}: k = {k:.2f}" if not math.isnan(k) else f"layer {layer}")
+        ax.set_xlabel(f"λ of G_{side} (log)")
+        ax.set_ylabel(f"λ of H_{side} (log)")
+    axes[0][0].legend(frameon=False, loc="lower right")
+    if title:
+        fig.suptitle(title + "  (grey: λ_H ∝ λ_G^k for k = 1/3, 1/2, 1, 2, 3)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,144 @@
+"""From records to figures: pick axes, aggregate, draw; `write_report` does every kind.
+
+The choices a person would make by hand: x is weight decay when it varies, y is depth;
+a third varying axis becomes panels (facets); layer and curve figures show one depth.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from dataclasses import dataclass
+
+import pandas as pd
+
+from . import aggregate, plots, records
+
+log = logging.getLogger(__name__)
+
+KINDS = ("phase-diagram", "critical-depth", "layers", "evolution", "spectra")
+PREFERRED_X = ("weight_decay", "lr", "batch_size", "width", "momentum", "depth", "optimizer")
+PREFERRED_Y = ("depth", "batch_size", "width", "optimizer", "lr", "weight_decay", "momentum")
+
+
+@dataclass
+class FigureOptions:
+    x: str | None = None
+    y: str | None = None
+    facet: str | None = None
+    layer: int | float | str = "last"
+    tau: float = 0.9
+    relation: str = "rga_b"
+    run_id: str | None = None
+    member: int = 0
+
+
+def choose_axes(df: pd.DataFrame, opts: FigureOptions) -> tuple[str, str, str | None]:
+    varying = aggregate.varying_axes(df)
+    x = opts.x or next((a for a in PREFERRED_X if a in varying), None) or "weight_decay"
+    y = opts.y or next((a for a in PREFERRED_Y if a in varying and a != x), None) or "depth"
+    if x == y:
+        raise ValueError(f"`x != y` must hold, but got x={x!r}, y={y!r}")
+    facet = opts.facet or next((a for a in varying if a not in (x, y)), None)
+    for name in (x, y, facet):
+        if name is not None and name not in df:
+            raise ValueError(f"`axis is a record column` must hold, but got {name!r}")
+    return x, y, facet
+
+
+def _one_depth(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    if df["depth"].nunique() > 1:
+        depth = int(df["depth"].max())
+        return df[df["depth"] == depth], f"depth {depth}"
+    return df, f"depth {int(df['depth'].iloc[0])}"
+
+
+def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | None = None):
+    """The figure of one kind from records; returns (figure, the table it draws, caption)."""
+    if kind not in KINDS:
+        raise ValueError(f"`kind in {KINDS}` must hold, but got {kind!r}")
+    if df.empty:
+        raise ValueError("no records to draw (check the root and --where)")
+    x, y, facet = choose_axes(df, opts)
+    others = [a for a in aggregate.varying_axes(df) if a not in (x, y, facet)]
+    pooled = f"; pooled over {', '.join(others)}" if others else ""
+    facets = [facet] if facet else []
+    if kind == "phase-diagram":
+        table = aggregate.phase_grid(df, x, y, layer=opts.layer, tau=opts.tau, facets=facets)
+        caption = (f"Majority phase (paper Table 1) at layer {opts.layer!r}, τ = {opts.tau}, over {y} × {x}; "
+                   f"share of networks in it{pooled}.")
+        where = {"last": "the last hidden layer", "output": "the output layer", "each": "every layer"}.get(
+            opts.layer, f"layer {opts.layer}")
+        return plots.phase_diagram(table, x, y, facet, title=f"Phases at {where}, τ = {opts.tau}"), table, caption
+    if kind == "critical-depth":
+        table = aggregate.critical_depth_map(df, x, y, relation=opts.relation, tau=opts.tau, facets=facets)
+        caption = (f"Critical depth l* for {opts.relation} ≥ {opts.tau}: the first hidden layer from which every "
+                   f"later hidden layer aligns; colour l*/D{pooled}.")
+        fig = plots.critical_depth_figure(table, x, y, facet, title=f"Critical depth ({opts.relation} ≥ {opts.tau})")
+        return fig, table, caption
+    if kind == "layers":
+        sub, which = _one_depth(df)
+        keys = [k for k in (x, facet) if k and k != "depth" and sub[k].nunique() > 1]
+        table = aggregate.layer_profile(sub, by=keys)
+        caption = f"Alignment by layer at the last step, {which}; mean ± std over seeds{pooled}."
+        return plots.layers_figure(table, keys, title=f"Alignment by layer ({which})"), table, caption
+    if kind == "evolution":
+        keys = [k for k in (x, facet) if k and df[k].nunique() > 1]
+        table = aggregate.evolution(df, opts.relation, layer=opts.layer, by=keys)
+        caption = (f"{opts.relation} at layer {opts.layer!r} over training; mean ± std over seeds and "
+                   f"{', '.join(a for a in aggregate.varying_axes(df) if a not in keys) or 'nothing else'}.")
+        return plots.evolution_figure(table, opts.relation, keys, title=f"{opts.relation} over training"), table, caption
+    # spectra: one network's eigenvalues at its last probe
+    if root is None:
+        raise ValueError("spectra need the storage root")
+    run_id, member = opts.run_id, opts.member
+    if run_id is None:  # the most aligned network: its spectra are the ones worth a look
+        hidden = aggregate.last_records(df)
+        hidden = hidden[(hidden["status"] == "ok") & (hidden["layer"] <= hidden["depth"])]
+        best = hidden.groupby(["run_id", "member"])[opts.relation].mean().idxmax()
+        run_id, member = best[0], int(best[1])
+    spectra = records.read_spectra(root, run_id)
+    spectra = spectra[spectra["member"] == member]
+    if spectra.empty:
+        raise ValueError(f"`run {run_id!r} member {member} has spectra` must hold (they are written at the "
+                         f"last probe of a finished run), but none were found under {root}")
+    net = df[(df["run_id"] == run_id) & (df["member"] == member)]
+    net = net[net["step"] == net["step"].max()]
+    side = opts.relation[-1] if opts.relation[-1] in "ab" else "b"
+    row = net.iloc[0]
+    title = f"{run_id} member {member}: depth {row['depth']}, width {row['width']}, γ = {row['weight_decay']:g}"
+    caption = (f"Eigenvalues of H_{side} against G_{side} per layer (log-log) for one network, the fitted PAH exponent "
+               f"k (red) and reference slopes 1/3, 1/2, 1, 2, 3 (grey).")
+    return plots.spectra_figure(spectra, net, side=side, title=title), spectra, caption
+
+
+def write_report(df: pd.DataFrame, root: str, out_dir: str, opts: FigureOptions) -> str:
+    """Every figure kind as PNG and PDF plus an index.html; returns the index's path."""
+    os.makedirs(out_dir, exist_ok=True)
+    entries = []
+    for kind in KINDS:
+        try:
+            fig, _, caption = make_figure(df, kind, opts, root)
+        except ValueError as e:
+            log.warning("report: no %s figure: %s", kind, e)
+            entries.append((kind, None, f"not drawn: {e}"))
+            continue
+        png = os.path.join(out_dir, f"{kind}.png")
+        fig.savefig(os.path.join(out_dir, f"{kind}.pdf"))
+        plots.save(fig, png)
+        entries.append((kind, f"{kind}.png", caption))
+    sweeps = ", ".join(sorted(df["sweep_id"].unique()))
+    body = [f"<h1>phasemap report: {html.escape(sweeps)}</h1>",
+            f"<p>{len(df):,} records, {df.groupby(aggregate.NETWORK).ngroups} networks, "
+            f"varying: {html.escape(', '.join(aggregate.varying_axes(df)) or 'nothing')}. τ = {opts.tau}.</p>"]
+    for kind, png, caption in entries:
+        body.append(f"<h2>{kind}</h2>")
+        if png:
+            body.append(f'<p><a href="{kind}.pdf"><img src="{png}" style="max-width:100%"></a></p>')
+        body.append(f"<p>{html.escape(caption)}</p>")
+    index = os.path.join(out_dir, "index.html")
+    with open(index, "w") as f:
+        f.write("<!doctype html><meta charset='utf-8'><title>phasemap report</title>"
+                "<body style='font-family:sans-serif;max-width:1100px;margin:auto'>" + "\n".join(body) + "</body>")
+    return index
