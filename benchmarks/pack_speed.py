@@ -21,7 +21,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--ks", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--device", default="auto")
-    p.add_argument("--probe-samples", type=int, default=2000)
+    p.add_argument("--probe-samples", type=int, default=1000)
     args = p.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
     print(f"fc1, depth 4, width 100, batch 100, {args.steps} steps, default probe schedule "

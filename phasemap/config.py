@@ -119,7 +119,7 @@ class TrainSpec:
 @dataclass(frozen=True)
 class ProbeSpec:
     # fresh samples, never trained on, used for every probe
-    n_samples: int = field(default=2000, metadata=_check("n_samples >= 2", lambda v: v >= 2))
+    n_samples: int = field(default=1000, metadata=_check("n_samples >= 2", lambda v: v >= 2))
     # log-spaced probe count (step 0 and the last step are always probed) ...
     count: int = field(default=8, metadata=_check("count >= 0", lambda v: v >= 0))
     # ... or explicit steps (overrides count when given)

@@ -95,3 +95,18 @@ def test_cli_validate_and_status_of_a_sweep(tmp_path, capsys):
     bad.write_text("name: x\naxes:\n  model.width: [0]\n")
     assert main(["sweep", str(bad), "--out", str(tmp_path)]) == 2
     assert "axes.model.width[0] = 0" in capsys.readouterr().err
+
+
+def test_auto_pack_size_follows_network_size_and_device():
+    from phasemap import parse_config
+    from phasemap.sweep import auto_pack_size
+
+    fc1 = parse_config({"model": {"depth": 4, "width": 100}, "train": {"batch_size": 100}})
+    assert auto_pack_size(fc1, gpu=False) == 8
+    big = parse_config({"model": {"depth": 12, "width": 512}, "train": {"batch_size": 512}, "probe": {"n_samples": 3000}})
+    assert auto_pack_size(big, gpu=False) == 1
+    assert auto_pack_size(fc1, gpu=True) > 100 and auto_pack_size(big, gpu=True) < auto_pack_size(fc1, gpu=True)
+    cfg = sweep(axes={"optimizer.weight_decay": [0.0, 1e-4, 1e-3, 1e-2, 1e-1], "train.seed": [0, 1, 2, 3]},
+                base={**sweep().base, "task": {"name": "fc1", "input_dim": 100}, "model": {"depth": 4, "width": 100},
+                      "train": {"steps": 10, "batch_size": 100}, "probe": {"n_samples": 200}})
+    assert sorted(len(p.members) for p in expand(cfg)) == [4, 8, 8]
