@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11 + pip):
-#   make demo   install into .venv, then run the default job (local records under results/)
+#   make demo   install into .venv, then run the main job: the quick sweep on a local Ray
+#               (records under results/, figures under report/)
 #   make test   install into .venv, then run the tests
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,10 +17,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: install
-	$(BIN)/phasemap run configs/default.yaml --out results
+	$(BIN)/phasemap sweep configs/quick.yaml --out results --resume
+	$(BIN)/phasemap report results --sweep quick --out report
 
 test: install
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) results report
