@@ -61,7 +61,7 @@ def local_ray():
     import ray
 
     os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -155,8 +155,13 @@ def test_killed_driver_then_resume_runs_only_what_is_missing(tmp_path):
     driver = _start_driver(config)
     try:
         _wait(lambda: len(list(root.rglob("_COMPLETE.json"))) >= 1, 120, "a first complete pack")
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started ...
         driver.wait(timeout=30)
+        for attempt in root.rglob("_ATTEMPT.json"):  # ... and its workers, in sessions of their own
+            try:
+                os.kill(json.loads(attempt.read_text())["pid"], signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
