@@ -84,6 +84,13 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(root)
 
 
+def resolve_root(root: str) -> str:
+    """A local root made absolute (workers run in folders of their own); URIs unchanged."""
+    import os
+
+    return root if "://" in root else os.path.abspath(root)
+
+
 def run_dir(root: str, sweep_id: str, run_id: str) -> tuple[pafs.FileSystem, str]:
     fs, base = filesystem(root)
     return fs, f"{base}/sweep={sweep_id}/run={run_id}"

@@ -13,6 +13,7 @@ without a completion marker, so it works even when Ray's own experiment folder i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import logging
@@ -375,6 +376,8 @@ def run_sweep(
 ) -> SweepResult:
     """Run a sweep with Ray Tune; see the module docstring."""
     t0 = time.time()
+    # trials run in folders of their own: a relative root must mean the driver's folder
+    cfg = dataclasses.replace(cfg, storage=SweepStorage(records.resolve_root(cfg.root)))
     root, sweep_id = cfg.root, cfg.sweep_id
     job = {"root": root, "sweep_id": sweep_id, "objective": cfg.search.objective, "cpus": cfg.resources.cpus,
            "base": cfg.base, "axes": list(cfg.axes), "choices": {}}

@@ -66,11 +66,12 @@ def local_ray():
     ray.shutdown()
 
 
-def test_grid_sweep_end_to_end(tmp_path, local_ray):
-    cfg = parse_sweep(sweep_data(tmp_path))
+def test_grid_sweep_end_to_end(tmp_path, local_ray, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative root means the driver's folder, not the workers'
+    cfg = parse_sweep(sweep_data("rel"))
     result = run_sweep(cfg, progress=False)
     assert result.failed == [] and result.ran == 2 == result.packs
-    recs = check_dataset(tmp_path, cfg)
+    recs = check_dataset(tmp_path / "rel", cfg)
     assert set(recs["sweep_id"]) == {"s"} and set(recs["status"]) == {"ok"}
     assert all("train_seconds" in t for t in result.trials)
 
