@@ -52,6 +52,7 @@ AXIS_LABELS = {
     "layer": "layer l",
 }
 FORMATS = (".png", ".svg", ".pdf")
+SPECTRUM_FLOOR = 1e-8
 
 
 def phase_color(phase) -> str:
@@ -271,7 +272,8 @@ def spectra_figure(spectra: pd.DataFrame, records: pd.DataFrame, side: str = "b"
         rec = records[records["layer"] == layer]
         k = rec[f"pah_hg_{side}"].iloc[0] if len(rec) else float("nan")
         n = int(rec[f"pah_hg_{side}_n"].iloc[0]) if len(rec) else 0
-        keep = (h > 0) & (g > 0)
+        # below ~1e-8 of the largest, eigenvalues of float32 sums are rounding, not spectrum
+        keep = (h > SPECTRUM_FLOOR * h.max(initial=0)) & (g > SPECTRUM_FLOOR * g.max(initial=0))
         ax.loglog(g[keep], h[keep], "o", markersize=2.5, color="#4477AA", label="eigenvalues")
         if keep.sum() >= 2:
             g0, h0 = g[keep][0], h[keep][0]
@@ -292,6 +294,6 @@ def spectra_figure(spectra: pd.DataFrame, records: pd.DataFrame, side: str = "b"
         ax.set_ylabel(f"λ of H_{side} (log)")
     axes[0][0].legend(frameon=False, loc="lower right")
     if title:
-        fig.suptitle(title + "  (grey: λ_H ∝ λ_G^k for k = 1/3, 1/2, 1, 2, 3)")
+        fig.suptitle(title + "  (grey: λ_H ∝ λ_G^k for k = 1/3, 1/2, 1, 2, 3; λ < 1e-8 λ_max not drawn)")
     fig.tight_layout()
     return fig
