@@ -328,8 +328,23 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run config, apply `key.path=value` overrides, validate."""
+def set_path(data: dict, key: str, value: Any) -> None:
+    """Set a dotted path in plain config data; a mapping value sets each of its fields."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            set_path(data, f"{key}.{k}", v)
+        return
+    node = data
+    *parents, last = key.split(".")
+    for k in parents:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError([f"{key}: {k!r} is not a section"])
+    node[last] = value
+
+
+def read_yaml(path: str | Path, overrides: list[str] | None = None) -> Any:
+    """A YAML file as plain data, with `key.path=value` overrides (values read as YAML)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"file not found: {str(path)!r}"], str(path))
@@ -337,38 +352,22 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError([f"not valid YAML: {e}"], str(path)) from None
-    problems: list[str] = []
     for item in overrides or []:
         key, sep, text = item.partition("=")
-        if not sep or not key:
-            problems.append(f"override {item!r}: must be key.path=value")
-            continue
-        _set_path(data, key.split("."), yaml.safe_load(text), problems, item)
-    if problems:
-        raise ConfigError(problems, str(path))
-    return parse_config(data, str(path))
+        if not sep or not key or not isinstance(data, dict):
+            raise ConfigError([f"override {item!r}: must be key.path=value"], str(path))
+        set_path(data, key, yaml.safe_load(text))
+    return data
 
 
-def _set_path(data: Any, keys: list[str], value: Any, problems: list[str], item: str) -> None:
-    node = data
-    for k in keys[:-1]:
-        if not isinstance(node, dict):
-            problems.append(f"override {item!r}: {k!r} is not a section")
-            return
-        node = node.setdefault(k, {})
-    if not isinstance(node, dict):
-        problems.append(f"override {item!r}: not a section")
-        return
-    node[keys[-1]] = value
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply `key.path=value` overrides, validate."""
+    return parse_config(read_yaml(path, overrides), str(path))
 
 
 def replace(cfg: RunConfig, changes: dict[str, Any]) -> RunConfig:
     """A validated copy of `cfg` with dotted-path fields changed."""
-    data = cfg.to_dict()
-    data = json.loads(json.dumps(data, default=list))
-    problems: list[str] = []
+    data = json.loads(json.dumps(cfg.to_dict(), default=list))
     for key, value in changes.items():
-        _set_path(data, key.split("."), value, problems, key)
-    if problems:
-        raise ConfigError(problems)
+        set_path(data, key, value)
     return parse_config(data)

@@ -123,34 +123,49 @@ def _grid_cells(sub: pd.DataFrame, x: str, y: str):
     return xs, ys, {(r[x], r[y]): r for _, r in sub.iterrows()}
 
 
+def _cells(table: pd.DataFrame, x: str, y: str, facet: str | None, panels):
+    """Every cell of every panel as (ax, i, j, its row, or None where there is no data)."""
+    for value, ax in panels:
+        sub = table if facet is None else table[table[facet] == value]
+        xs, ys, cells = _grid_cells(sub, x, y)
+        for i, xv in enumerate(xs):
+            for j, yv in enumerate(ys):
+                r = cells.get((xv, yv))
+                yield ax, i, j, (None if r is None or r["n"] == 0 else r)
+        _label_grid(ax, xs, ys, x, y, facet, value)
+
+
+def _cell(ax, i: int, j: int, color, empty: bool) -> None:
+    ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor=color, edgecolor="#888888", linewidth=0.5,
+                               hatch=NO_DATA_HATCH if empty else None))
+
+
+def _label_grid(ax, xs, ys, x: str, y: str, facet: str | None, value) -> None:
+    """Limits, ticks and labels of a grid of cells; the panel's facet value as its title."""
+    ax.set_xlim(-0.5, len(xs) - 0.5)
+    ax.set_ylim(-0.5, len(ys) - 0.5)
+    ax.set_xticks(range(len(xs)), _ticks(xs), rotation=45 if len(xs) > 4 else 0)
+    ax.set_yticks(range(len(ys)), _ticks(ys))
+    ax.set_xlabel(axis_label(x, xs))
+    ax.set_ylabel(axis_label(y, ys))
+    if facet:
+        ax.set_title(f"{axis_label(facet)} = {_tick(value)}")
+
+
 def phase_diagram(grid: pd.DataFrame, x: str, y: str, facet: str | None = None, title: str = ""):
     """A phase grid (from aggregate.phase_grid) as coloured cells with each majority's share."""
     _style()
     fig, panels = _facet_axes(grid, facet)
     seen = set()
-    for value, ax in panels:
-        sub = grid if facet is None else grid[grid[facet] == value]
-        xs, ys, cells = _grid_cells(sub, x, y)
-        for i, xv in enumerate(xs):
-            for j, yv in enumerate(ys):
-                r = cells.get((xv, yv))
-                empty = r is None or r["n"] == 0
-                phase = None if empty else r["phase"]
-                ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor=phase_color(phase),
-                                           edgecolor="#888888", linewidth=0.5, hatch=NO_DATA_HATCH if empty else None))
-                if not empty:
-                    seen.add(phase if phase in PHASE_COLORS else "other")
-                    dark = phase in ("CRH", "backward-CRH", "6", "diverged", "1")
-                    ax.text(i, j, f"{phase}\n{r['share']:.0%}" if phase in PHASE_COLORS else f"other\n{r['share']:.0%}",
-                            ha="center", va="center", fontsize=7, color="white" if dark else "black")
-        ax.set_xlim(-0.5, len(xs) - 0.5)
-        ax.set_ylim(-0.5, len(ys) - 0.5)
-        ax.set_xticks(range(len(xs)), _ticks(xs), rotation=45 if len(xs) > 4 else 0)
-        ax.set_yticks(range(len(ys)), _ticks(ys))
-        ax.set_xlabel(axis_label(x, xs))
-        ax.set_ylabel(axis_label(y, ys))
-        if facet:
-            ax.set_title(f"{axis_label(facet)} = {_tick(value)}")
+    for ax, i, j, r in _cells(grid, x, y, facet, panels):
+        phase = None if r is None else r["phase"]
+        _cell(ax, i, j, phase_color(phase), empty=r is None)
+        if r is not None:
+            name = phase if phase in PHASE_COLORS else "other"
+            seen.add(name)
+            dark = phase in ("CRH", "backward-CRH", "6", "diverged", "1")
+            ax.text(i, j, f"{name}\n{r['share']:.0%}", ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")
     handles = [Patch(facecolor=PHASE_COLORS[p], edgecolor="#888888", label=p) for p in PHASE_COLORS if p in seen]
     handles.append(Patch(facecolor="white", edgecolor="#888888", hatch=NO_DATA_HATCH, label="no data"))
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="phase")
@@ -166,31 +181,15 @@ def critical_depth_figure(cd: pd.DataFrame, x: str, y: str, facet: str | None = 
     fig, panels = _facet_axes(cd, facet, height=3.4)
     fig.set_layout_engine("constrained")
     cmap = plt.get_cmap("viridis")
-    for value, ax in panels:
-        sub = cd if facet is None else cd[cd[facet] == value]
-        xs, ys, cells = _grid_cells(sub, x, y)
-        for i, xv in enumerate(xs):
-            for j, yv in enumerate(ys):
-                r = cells.get((xv, yv))
-                empty = r is None or r["n"] == 0
-                frac = None if empty else r["l_star_frac_mean"]
-                aligned = frac is not None and not math.isnan(frac)
-                color = cmap(frac) if aligned else "#FFFFFF" if empty else "#DDDDDD"
-                ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor=color, edgecolor="#888888",
-                                           linewidth=0.5, hatch=NO_DATA_HATCH if empty else None))
-                if aligned:
-                    ax.text(i, j, f"{r['l_star_mean']:.1f}\n({int(r['n_aligned'])}/{int(r['n'])})", ha="center", va="center",
-                            fontsize=7, color="white" if frac < 0.6 else "black")
-                elif not empty:
-                    ax.text(i, j, "none", ha="center", va="center", fontsize=7, color="#444444")
-        ax.set_xlim(-0.5, len(xs) - 0.5)
-        ax.set_ylim(-0.5, len(ys) - 0.5)
-        ax.set_xticks(range(len(xs)), _ticks(xs), rotation=45 if len(xs) > 4 else 0)
-        ax.set_yticks(range(len(ys)), _ticks(ys))
-        ax.set_xlabel(axis_label(x, xs))
-        ax.set_ylabel(axis_label(y, ys))
-        if facet:
-            ax.set_title(f"{axis_label(facet)} = {_tick(value)}")
+    for ax, i, j, r in _cells(cd, x, y, facet, panels):
+        frac = None if r is None else r["l_star_frac_mean"]
+        aligned = frac is not None and not math.isnan(frac)
+        _cell(ax, i, j, cmap(frac) if aligned else "#FFFFFF" if r is None else "#DDDDDD", empty=r is None)
+        if aligned:
+            ax.text(i, j, f"{r['l_star_mean']:.1f}\n({int(r['n_aligned'])}/{int(r['n'])})", ha="center",
+                    va="center", fontsize=7, color="white" if frac < 0.6 else "black")
+        elif r is not None:
+            ax.text(i, j, "none", ha="center", va="center", fontsize=7, color="#444444")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
     fig.colorbar(sm, ax=[a for _, a in panels], label="critical depth l*/D (cells: mean l*, aligned/all)")
     handles = [Patch(facecolor="#DDDDDD", edgecolor="#888888", label="no aligned suffix"),

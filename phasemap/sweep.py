@@ -28,7 +28,7 @@ from ray.tune.logger import JsonLoggerCallback
 from tqdm import tqdm
 
 from . import records
-from .config import ConfigError, RunConfig, _build, _check, parse_config
+from .config import ConfigError, RunConfig, _build, _check, parse_config, read_yaml, set_path
 from .train import ATTEMPT, run_id_of, train_pack
 
 log = logging.getLogger(__name__)
@@ -86,25 +86,10 @@ _SWEEP_KEYS = {"name", "base", "axes", "search", "resources", "storage", "pack_s
 # ----------------------------------------------------------------------------- config
 
 
-def _apply(data: dict, key: str, value: Any) -> None:
-    """Set a dotted path in plain config data; a mapping value sets each of its fields."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _apply(data, f"{key}.{k}", v)
-        return
-    node = data
-    *parents, last = key.split(".")
-    for k in parents:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ConfigError([f"axes.{key}: {k!r} is not a section"])
-    node[last] = value
-
-
 def _with(base: dict, changes: dict[str, Any]) -> dict:
     data = copy.deepcopy(base)
     for key, value in changes.items():
-        _apply(data, key, value)
+        set_path(data, key, value)
     return data
 
 
@@ -193,22 +178,7 @@ def _axis_examples(spec: Any, where: str, problems: list[str]) -> list:
 
 def load_sweep(path: str, overrides: list[str] | None = None) -> SweepConfig:
     """Read and validate a sweep config file; `overrides` are `dotted.path=value` strings."""
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError([f"file not found: {str(p)!r}"], str(p))
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError([f"not valid YAML: {e}"], str(p)) from None
-    for item in overrides or []:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError([f"override {item!r}: must be key.path=value"], str(p))
-        if isinstance(data, dict):
-            _apply(data, key, yaml.safe_load(text))
-    return parse_sweep(data, str(p))
+    return parse_sweep(read_yaml(path, overrides), str(path))
 
 
 def is_sweep_file(path: str) -> bool:
