@@ -245,7 +245,7 @@ def _sweep_command(args, cfg) -> int:
             print(f"{args.config}: ok (optuna sweep {cfg.sweep_id!r}: {cfg.search.trials} trials)")
         return 0
     if args.command == "status":
-        rows = pd.DataFrame(sweep_status(cfg))
+        rows = pd.DataFrame(sweep_status(cfg), columns=["run_id", "members", "state"])
         counts = rows["state"].value_counts()
         print(f"sweep {cfg.sweep_id!r} under {cfg.root}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in
               ("complete", "running", "interrupted", "failed", "missing")) + f" of {len(rows)} packs")

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.fs as pafs
 import yaml
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
@@ -462,10 +463,19 @@ class _Progress(tune.Callback):
 
 
 def sweep_status(cfg: SweepConfig) -> list[dict]:
-    """Per pack of a grid sweep: complete, running, failed or missing, from storage alone."""
+    """Per pack: complete, running, interrupted, failed or missing, from storage alone.
+
+    A grid sweep knows its packs in advance; an Optuna sweep's runs are those found in storage.
+    """
+    if cfg.search.mode == "grid":
+        packs = [(run_id_of(p), len(p.members)) for p in expand(cfg)]
+    else:
+        fs, base = records.filesystem(cfg.root)
+        folder = f"{base}/sweep={cfg.sweep_id}"
+        found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        packs = [(i.base_name[len("run="):], None) for i in found if i.base_name.startswith("run=")]
     rows = []
-    for pack in expand(cfg):
-        run_id = run_id_of(pack)
+    for run_id, members in packs:
         state = "missing"
         if records.is_complete(cfg.root, cfg.sweep_id, run_id):
             state = "complete"
@@ -474,9 +484,8 @@ def sweep_status(cfg: SweepConfig) -> list[dict]:
         else:
             attempt = records.read_file(cfg.root, cfg.sweep_id, run_id, ATTEMPT)
             if attempt is not None:
-                info = json.loads(attempt)
-                state = "running" if _alive(info) else "interrupted"
-        rows.append({"run_id": run_id, "members": len(pack.members), "state": state})
+                state = "running" if _alive(json.loads(attempt)) else "interrupted"
+        rows.append({"run_id": run_id, "members": members, "state": state})
     return rows
 
 

@@ -110,3 +110,11 @@ def test_auto_pack_size_follows_network_size_and_device():
                 base={**sweep().base, "task": {"name": "fc1", "input_dim": 100}, "model": {"depth": 4, "width": 100},
                       "train": {"steps": 10, "batch_size": 100}, "probe": {"n_samples": 200}})
     assert sorted(len(p.members) for p in expand(cfg)) == [4, 8, 8]
+
+
+def test_status_of_an_optuna_sweep_with_nothing_run(tmp_path, capsys):
+    cfg = tmp_path / "opt.yaml"
+    cfg.write_text("name: o\nstorage: {root: %s}\naxes:\n  optimizer.lr: {low: 0.001, high: 0.1, log: true}\n"
+                   "search: {mode: optuna, trials: 2}\n" % tmp_path)
+    assert main(["status", str(cfg)]) == 0
+    assert "0 complete" in capsys.readouterr().out

@@ -93,6 +93,7 @@ def test_optuna_sweep(tmp_path, local_ray):
         run = recs[(recs["run_id"] == t["run_id"]) & (recs["layer"] <= recs["depth"])]
         assert t["objective"] == pytest.approx(run[run["step"] == run["step"].max()]["rga_b"].mean())
     assert len(set(objectives)) == 3
+    assert [r["state"] for r in sweep_status(cfg)] == ["complete"] * 3  # runs found in storage
 
 
 def _start_driver(config_path, *extra):
