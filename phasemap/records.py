@@ -148,19 +148,23 @@ def is_complete(root: str, sweep_id: str, run_id: str) -> bool:
     return fs.get_file_info(f"{folder}/{COMPLETE}").type == pafs.FileType.File
 
 
-def read_run(root: str, sweep_id: str, run_id: str) -> pd.DataFrame:
-    """The records of one run."""
-    fs, folder = run_dir(root, sweep_id, run_id)
-    if fs.get_file_info(folder).type != pafs.FileType.Directory:
-        return SCHEMA.empty_table().to_pandas()
-    return ds.dataset(folder, filesystem=fs, format="parquet", schema=SCHEMA).to_table().to_pandas()
-
-
 def clear_run(root: str, sweep_id: str, run_id: str) -> None:
     """Remove a run's folder so a fresh attempt starts clean (no stale parts)."""
     fs, folder = run_dir(root, sweep_id, run_id)
     if fs.get_file_info(folder).type == pafs.FileType.Directory:
         fs.delete_dir(folder)
+
+
+def read_run(root: str, sweep_id: str, run_id: str, before_step: int | None = None) -> pd.DataFrame:
+    """The records of one run (only its parts written at steps before `before_step`, if given)."""
+    fs, folder = run_dir(root, sweep_id, run_id)
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    parts = [i.path for i in infos if i.base_name.startswith("part-") and i.base_name.endswith(".parquet")]
+    if before_step is not None:
+        parts = [p for p in parts if int(p.rsplit("part-", 1)[1].split(".")[0]) < before_step]
+    if not parts:
+        return SCHEMA.empty_table().to_pandas()
+    return ds.dataset(sorted(parts), filesystem=fs, format="parquet", schema=SCHEMA).to_table().to_pandas()
 
 
 SPECTRA_SCHEMA = pa.schema([

@@ -148,8 +148,8 @@ def train_pack(
         opt.load_state(state["optimizer"])
         data_gen.set_state(state["data_gen"])
         diverged_at, status, start = state["diverged_at"].to(device), state["status"], state["step"]
-        earlier = records.read_run(root, sweep_id, run_id)
-        all_rows = earlier[earlier["step"] < start].to_dict("records") if len(earlier) else []
+        # rows of parts written before the checkpoint; later parts are written again, same names
+        all_rows = records.read_run(root, sweep_id, run_id, before_step=start).to_dict("records")
         log.info("run %s: resuming at step %d of %d", run_id, start, steps)
     else:
         records.clear_run(root, sweep_id, run_id)  # a fresh attempt: no stale parts survive
