@@ -150,6 +150,13 @@ def layer_metrics(
     sample. Returns ({column: (K,) tensor, plus the spectra `eig_{h,g,z}_{a,b}`: (K, d)
     descending}, [reason per member why some value is NaN]).
     """
+    out, mats = _layer_matrices(h_a, h_b, g_b, W, covariance)
+    eigs = {side: descending_eigvals(m) for side, m in mats.items()}
+    return _spectral_metrics(out, mats, eigs, pah_floor)
+
+
+def _layer_matrices(h_a, h_b, g_b, W, covariance: str):
+    """Alignments and zero counts of one layer, and its (K, 3, d, d) stacks [H, G, Z] per side."""
     h_a, h_b, g_b, W = (t.detach() for t in (h_a, h_b, g_b, W))
     g_a = g_b @ W  # (K, N, d_in): g_a = W^T g_b per sample
     W = W.to(torch.float64)
@@ -167,16 +174,34 @@ def layer_metrics(
         if side == "b":
             cross = (u_g.transpose(1, 2) @ u_h).to(torch.float64)  # cov(g_b, h_b), up to a scale
             out["cross_b"] = alignment(cross + cross.transpose(1, 2), Z)
-        eig = descending_eigvals(torch.stack([H, G, Z], 1))  # (K, 3, d): one call per side
+        mats[side] = torch.stack([H, G, Z], 1)  # (K, 3, d, d)
+    return out, mats
+
+
+def _spectral_metrics(out: dict, mats: dict, eigs: dict, pah_floor: float):
+    """Effective ranks and PAH fits from each side's eigenvalues (K, 3, d); NaN reasons."""
+    for side, eig in eigs.items():
         eig_h, eig_g, eig_z = eig.unbind(1)
         out[f"eig_h_{side}"], out[f"eig_g_{side}"], out[f"eig_z_{side}"] = eig_h, eig_g, eig_z  # (K, d)
         out[f"erank_h_{side}"] = effective_rank(eig_h)
         for pair, (ea, eb) in zip(PAH_PAIRS, ((eig_h, eig_g), (eig_h, eig_z), (eig_g, eig_z))):
             k, r2, n = power_law_fit(ea, eb, pah_floor)
             out[f"pah_{pair}_{side}"], out[f"pah_{pair}_{side}_r2"], out[f"pah_{pair}_{side}_n"] = k, r2, n
-        mats[side] = (H, G, Z)
-    reasons = [_nan_reasons(out, mats, k) for k in range(W.shape[0])]
-    return out, reasons
+    triples = {side: m.unbind(1) for side, m in mats.items()}
+    K = next(iter(mats.values())).shape[0]
+    return out, [_nan_reasons(out, triples, k) for k in range(K)]
+
+
+def _batched_eigvals(stacks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """descending_eigvals of many (K, 3, d, d) stacks: one call per distinct d, not per stack."""
+    out: list[torch.Tensor | None] = [None] * len(stacks)
+    sizes = sorted({m.shape[-1] for m in stacks})
+    for d in sizes:
+        idx = [i for i, m in enumerate(stacks) if m.shape[-1] == d]
+        eig = descending_eigvals(torch.cat([stacks[i] for i in idx]))  # (sum of K, 3, d)
+        for i, part in zip(idx, eig.split([stacks[i].shape[0] for i in idx])):
+            out[i] = part
+    return out
 
 
 def _nan_reasons(out: dict, mats: dict, k: int) -> str:
@@ -202,9 +227,10 @@ def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str
         loss = task.loss(out, y)  # (K, N) per-sample losses
         # the sum's gradient w.r.t. h_b holds every sample's own dl/dh_b (no batch coupling)
         grads = torch.autograd.grad(loss.sum(), h_bs)
-    layers = []
-    for l, W in enumerate(model.weights):
-        layers.append(layer_metrics(h_as[l], h_bs[l], -grads[l], W, covariance, pah_floor))
+    per_layer = [_layer_matrices(h_as[l], h_bs[l], -grads[l], W, covariance) for l, W in enumerate(model.weights)]
+    stacks = [mats[side] for _, mats in per_layer for side in "ab"]
+    eigs = iter(_batched_eigvals(stacks))  # every layer and side in as few calls as there are widths
+    layers = [_spectral_metrics(out, mats, {side: next(eigs) for side in "ab"}, pah_floor) for out, mats in per_layer]
     return loss.detach().mean(1), layers
 
 
