@@ -187,9 +187,15 @@ def _spectral_metrics(out: dict, mats: dict, eigs: dict, pah_floor: float):
         for pair, (ea, eb) in zip(PAH_PAIRS, ((eig_h, eig_g), (eig_h, eig_z), (eig_g, eig_z))):
             k, r2, n = power_law_fit(ea, eb, pah_floor)
             out[f"pah_{pair}_{side}"], out[f"pah_{pair}_{side}_r2"], out[f"pah_{pair}_{side}_n"] = k, r2, n
-    triples = {side: m.unbind(1) for side, m in mats.items()}
     K = next(iter(mats.values())).shape[0]
-    return out, [_nan_reasons(out, triples, k) for k in range(K)]
+    reasons = [""] * K
+    undefined = {c: torch.isnan(out[c]).nonzero().flatten().tolist() for s in mats for c in
+                 (f"rga_{s}", f"rwa_{s}", f"gwa_{s}")}
+    if any(undefined.values()):  # rare (1x1 outputs, dead layers): explain only those members
+        triples = {side: m.unbind(1) for side, m in mats.items()}
+        for k in sorted({k for ks in undefined.values() for k in ks}):
+            reasons[k] = _nan_reasons(out, triples, k)
+    return out, reasons
 
 
 def _batched_eigvals(stacks: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -177,16 +177,18 @@ def train_pack(
                 )
                 probe_loss = probe_loss.tolist()
                 train_loss = loss.detach().tolist()
+                # one host transfer per layer and column, not one per member (each is a sync on a GPU)
+                values = [{c: metrics[c].tolist() for c in METRIC_COLUMNS} for metrics, _ in layers]
                 for k in range(K):
                     if status[k] == "ok" and first_bad[k] < 0 and not math.isfinite(probe_loss[k]):
                         first_bad[k] = step  # finite batch loss but the probe blew up
                     if status[k] != "ok" or first_bad[k] >= 0:
                         continue
-                    for l, (metrics, reasons) in enumerate(layers):
+                    for l, (_, reasons) in enumerate(layers):
                         row = dict(base[k])
                         row.update(step=step, layer=l + 1, dim_in=dims[l], dim_out=dims[l + 1], status="ok",
                                    train_loss=train_loss[k], probe_loss=probe_loss[k], nan_reason=reasons[k])
-                        row.update({c: metrics[c][k].item() for c in METRIC_COLUMNS})
+                        row.update({c: v[k] for c, v in values[l].items()})
                         rows.append(row)
                 if step == steps:
                     _write_spectra(root, sweep_id, run_id, step, layers, base, status, first_bad)
@@ -231,13 +233,15 @@ def _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, diverge
 def _write_spectra(root, sweep_id, run_id, step, layers, base, status, first_bad) -> None:
     """Eigenvalues of H, G, Z per member, layer and side at the last probe (for spectra plots)."""
     cols = {n: [] for n in records.SPECTRA_SCHEMA.names}
+    spectra = [{(side, matrix): metrics[f"eig_{matrix}_{side}"].tolist() for side in "ab" for matrix in "hgz"}
+               for metrics, _ in layers]  # (K, d) each: one host transfer apiece
     for k, b in enumerate(base):
         if status[k] != "ok" or first_bad[k] >= 0:
             continue
-        for l, (metrics, _) in enumerate(layers):
+        for l, layer_spectra in enumerate(spectra):
             for side in "ab":
                 for matrix in "hgz":
-                    eig = metrics[f"eig_{matrix}_{side}"][k].tolist()
+                    eig = layer_spectra[(side, matrix)][k]
                     n = len(eig)
                     cols["sweep_id"] += [sweep_id] * n
                     cols["run_id"] += [run_id] * n
