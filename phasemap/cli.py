@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import pandas as pd
@@ -161,7 +162,14 @@ def _data_command(args) -> int:
 def _load(args):
     from .sweep import is_sweep_file, load_sweep
 
-    if args.command in ("sweep", "status") or is_sweep_file(args.config):
+    sweep_file = is_sweep_file(args.config)
+    if args.command in ("sweep", "status") and not sweep_file and os.path.isfile(args.config):
+        raise ConfigError([f"a run config (no `axes`): `phasemap {args.command}` takes a sweep config; "
+                           f"train a run config with `phasemap run {args.config}`"], args.config)
+    if args.command == "run" and sweep_file:
+        raise ConfigError([f"a sweep config (it has `axes`): run it with `phasemap sweep {args.config}`"],
+                          args.config)
+    if args.command in ("sweep", "status") or sweep_file:
         overrides = list(getattr(args, "set", []))
         if getattr(args, "out", None):
             overrides.append(f"storage.root={args.out}")

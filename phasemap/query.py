@@ -49,10 +49,13 @@ class Scan:
 def scan(root: str, strict: bool = False, sweep_id: str | None = None) -> Scan:
     """Find the record files under `root` (one sweep's only, if given) and check each footer."""
     fs, base = filesystem(root)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        raise DatasetError(f"`the storage root is a folder of records` must hold, but {root!r} does not exist")
     start = f"{base}/sweep={sweep_id}" if sweep_id else base
     if fs.get_file_info(start).type != pafs.FileType.Directory:
         if strict:
             raise DatasetError(f"`{start} is a folder of records` must hold, but it does not exist")
+        log.warning("no sweep %r under %s", sweep_id, root)
         return Scan(root, fs, base)
     found = Scan(root, fs, base)
     for info in fs.get_file_info(pafs.FileSelector(start, recursive=True)):

@@ -108,3 +108,11 @@ def test_zip_pairing_pairs_lists_position_by_position():
     assert [(m.lr, m.weight_decay, m.seed) for m in cfg.members] == [(0.1, 1e-3, 5), (0.2, 1e-3, 6), (0.3, 1e-3, 7)]
     with pytest.raises(ConfigError, match="pairing: .*lr=3, momentum=1, weight_decay=1, seed=2"):
         parse_config({"pairing": "zip", "optimizer": {"lr": [0.1, 0.2, 0.3]}, "train": {"seed": [1, 2]}})
+
+
+def test_run_and_sweep_configs_are_not_mixed_up(capsys):
+    root = Path(__file__).parent.parent / "configs"
+    assert main(["run", str(root / "quick.yaml")]) == 2
+    assert "a sweep config (it has `axes`): run it with `phasemap sweep" in capsys.readouterr().err
+    assert main(["status", str(root / "default.yaml")]) == 2
+    assert "a run config (no `axes`)" in capsys.readouterr().err

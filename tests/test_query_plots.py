@@ -139,3 +139,10 @@ def test_report_writes_every_figure_and_an_index(root, tmp_path):
     for kind in ("phase-diagram", "critical-depth", "layers", "evolution"):
         assert (out / f"{kind}.png").exists() and (out / f"{kind}.pdf").exists() and f"{kind}.png" in index
     assert "spectra" in index  # no spectra for synthetic records: said so, not a crash
+
+
+def test_a_missing_root_is_an_error_not_an_empty_table(tmp_path, capsys):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load(str(tmp_path / "nope"))
+    assert main(["query", str(tmp_path / "nope"), "SELECT count(*) FROM records"]) == 2
+    assert "does not exist" in capsys.readouterr().err
