@@ -32,6 +32,12 @@ def last_records(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["step"] == last]
 
 
+def last_hidden(df: pd.DataFrame) -> pd.DataFrame:
+    """Each finished network's hidden layers (1..depth) at its last step."""
+    rows = last_records(df)
+    return rows[(rows["status"] == "ok") & (rows["layer"] <= rows["depth"])]
+
+
 def pick_layer(df: pd.DataFrame, layer: int | float | str) -> pd.DataFrame:
     """Rows of one layer per network.
 

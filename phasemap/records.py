@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 
 import pandas as pd
@@ -79,15 +80,11 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and base path of a storage root (folder or URI)."""
     if "://" in root:
         return pafs.FileSystem.from_uri(root)
-    import os
-
     return pafs.LocalFileSystem(), os.path.abspath(root)
 
 
 def resolve_root(root: str) -> str:
     """A local root made absolute (workers run in folders of their own); URIs unchanged."""
-    import os
-
     return root if "://" in root else os.path.abspath(root)
 
 

@@ -94,9 +94,7 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
         raise ValueError("spectra need the storage root")
     run_id, member = opts.run_id, opts.member
     if run_id is None:  # the most aligned network: its spectra are the ones worth a look
-        hidden = aggregate.last_records(df)
-        hidden = hidden[(hidden["status"] == "ok") & (hidden["layer"] <= hidden["depth"])]
-        best = hidden.groupby(["run_id", "member"])[opts.relation].mean().idxmax()
+        best = aggregate.last_hidden(df).groupby(["run_id", "member"])[opts.relation].mean().idxmax()
         run_id, member = best[0], int(best[1])
     spectra = records.read_spectra(root, run_id)
     spectra = spectra[spectra["member"] == member]

@@ -29,6 +29,7 @@ from ray.tune.logger import JsonLoggerCallback
 from tqdm import tqdm
 
 from . import records
+from .aggregate import last_hidden
 from .config import ConfigError, RunConfig, _build, _check, parse_config, read_yaml, set_path
 from .train import ATTEMPT, run_id_of, train_pack
 
@@ -261,11 +262,9 @@ def auto_pack_size(run: RunConfig, gpu: bool) -> int:
 
 
 def _objective(table, column: str) -> float:
-    ok = table[(table["status"] == "ok") & (table["layer"] <= table["depth"])]
-    if not len(ok):
-        return float("nan")
-    last = ok[ok["step"] == ok["step"].max()]
-    return float(last[column].mean())
+    """`column` averaged over the pack's finished members and hidden layers at the last step."""
+    rows = last_hidden(table)
+    return float(rows[column].mean()) if len(rows) else float("nan")
 
 
 def _trainable(config: dict, job: dict) -> None:
@@ -444,7 +443,7 @@ class _Progress(tune.Callback):
         started = self.running.pop(trial.trial_id, time.time())
         last = trial.last_result or {}
         self.finished.append({"trial_id": trial.trial_id, "ok": ok, "wall_seconds": time.time() - started,
-                              **{k: last[k] for k in ("run_id", "train_seconds", "objective") if k in last}})
+                              **{k: last[k] for k in ("run_id", "train_seconds", "probe_seconds", "objective") if k in last}})
         self.bar.update(1)
         self._show()
 
