@@ -1,7 +1,11 @@
 """The stacked MLP: K networks of one shape trained as one computation.
 
 Layer l (1-based) computes h_b = W_l h_a + b_l with W_l of shape (K, d_out, d_in); every
-hidden layer is followed by the activation, the last linear layer is the output.
+hidden layer is followed by the activation, the last linear layer is the output. The
+parameters are stored transposed, (K, d_in, d_out), so that the batched matmul of a
+row-major batch takes them as they are and their gradients come out contiguous (stored the
+other way, every step paid a transposing copy of each weight gradient); `weights` gives
+the (K, d_out, d_in) views.
 """
 
 from __future__ import annotations
@@ -42,14 +46,19 @@ class StackedMLP(nn.Module):
             g = torch.Generator().manual_seed(int(seed))
             for l, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
                 weights[l].append(torch.randn(d_out, d_in, generator=g) * gain / math.sqrt(d_in))
-        self.weights = nn.ParameterList(nn.Parameter(torch.stack(w)) for w in weights)
+        self.weights_t = nn.ParameterList(nn.Parameter(torch.stack(w).transpose(1, 2).contiguous()) for w in weights)
         self.biases = nn.ParameterList(
             nn.Parameter(torch.zeros(self.K, d_out)) for d_out in dims[1:]
         ) if bias else None
 
     @property
     def n_layers(self) -> int:
-        return len(self.weights)
+        return len(self.weights_t)
+
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        """W_l (K, d_out, d_in) per layer: views of the stored parameters, gradients flow."""
+        return [w.transpose(1, 2) for w in self.weights_t]
 
     def forward(self, x: torch.Tensor, keep: bool = False):
         """x: (B, d_in) shared by all members, or (K, B, d_in).
@@ -57,14 +66,14 @@ class StackedMLP(nn.Module):
         Returns the output (K, B, d_out) and, with keep=True, each layer's input h_a and
         pre-activation output h_b.
         """
-        h = x
+        h = x.expand(self.K, *x.shape[-2:])  # a shared x is a view, not K copies
         h_as, h_bs = [], []
-        for l, W in enumerate(self.weights):
-            z = torch.matmul(h, W.transpose(1, 2))  # (K, B, d_out)
-            if self.biases is not None:
-                z = z + self.biases[l].unsqueeze(1)
+        biases = self.biases if self.biases is not None else [None] * self.n_layers
+        for l, (W_t, b) in enumerate(zip(self.weights_t, biases)):
+            # (K, B, d_out); the bias add fused into the batched matmul
+            z = torch.bmm(h, W_t) if b is None else torch.baddbmm(b.unsqueeze(1), h, W_t)
             if keep:
-                h_as.append(h.expand(self.K, *h.shape[-2:]))
+                h_as.append(h)
                 h_bs.append(z)
             h = self.act(z) if l < self.n_layers - 1 else z
         return (h, h_as, h_bs) if keep else h

@@ -61,12 +61,17 @@ class SGD(StackedOptimizer):
     @torch.no_grad()
     def step(self) -> None:
         self.t += 1
+        views = {}  # per-member values shaped for each parameter rank, made once per step
         for p, buf in zip(self.params, self.buffers):
-            wd, lr, mom = (_per_member(v, p) for v in (self.weight_decay, self.lr, self.momentum))
-            d_p = p.grad + wd * p
-            # torch.optim.SGD: the first step copies d_p into the buffer
-            buf.copy_(d_p if self.t == 1 else mom * buf + d_p)
-            p.sub_(lr * buf)
+            if p.dim() not in views:
+                views[p.dim()] = [_per_member(v, p) for v in (self.weight_decay, -self.lr, self.momentum)]
+            wd, neg_lr, mom = views[p.dim()]
+            d_p = torch.addcmul(p.grad, wd, p)  # grad + wd * p
+            if self.t == 1:  # torch.optim.SGD: the first step copies d_p into the buffer
+                buf.copy_(d_p)
+            else:
+                buf.mul_(mom).add_(d_p)
+            p.addcmul_(neg_lr, buf)
 
 
 class Adam(StackedOptimizer):
@@ -86,17 +91,21 @@ class Adam(StackedOptimizer):
         self.t += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1**self.t, 1 - b2**self.t
+        views = {}  # per-member values shaped for each parameter rank, made once per step
         for p, m, v in zip(self.params, self.m, self.v):
-            wd, lr = _per_member(self.weight_decay, p), _per_member(self.lr, p)
-            grad = p.grad
+            if p.dim() not in views:
+                views[p.dim()] = [_per_member(t, p) for t in (self.weight_decay, 1 - self.lr * self.weight_decay,
+                                                               -self.lr / c1)]
+            wd, shrink, neg_step = views[p.dim()]
             if self.decoupled:
-                p.mul_(1 - lr * wd)
+                p.mul_(shrink)
+                grad = p.grad
             else:
-                grad = grad + wd * p
+                grad = torch.addcmul(p.grad, wd, p)
             m.lerp_(grad, 1 - b1)
             v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
             denom = (v / c2).sqrt_().add_(self.eps)
-            p.sub_(lr / c1 * m / denom)
+            p.addcmul_(neg_step, m.div(denom))
 
 
 def make_optimizer(name: str, params, lr, weight_decay, momentum, betas, eps) -> StackedOptimizer:

@@ -6,8 +6,8 @@ collect a layer's `h_a, h_b, g_b, W`:
 - `measure` for any `torch.nn.Module`, by hooks on its `nn.Linear` layers.
 
 For a linear layer h_b = W h_a + b, the per-sample gradient g_a = -dl/dh_a through the layer
-is W^T g_b, so only g_b needs autograd. Sums over samples run in the activations' dtype,
-the (d, d) matrices, alignments and spectra in float64.
+is W^T g_b, so only g_b needs autograd. Sums over samples and eigendecompositions run in the
+activations' dtype; the (d, d) matrices, alignments and fits in float64.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def second_moment(v: torch.Tensor, kind: str = "centered") -> tuple[torch.Tensor
     keep = norms > 0
     n = keep.sum(-2, keepdim=True).clamp_min(1)  # (..., 1, 1)
     if kind == "centered":
-        u = v / norms.clamp_min(torch.finfo(v.dtype).tiny)  # zero rows stay zero
-        u = (u - u.sum(-2, keepdim=True) / n) * keep
+        inv = keep / norms.clamp_min(torch.finfo(v.dtype).tiny)  # 0 for zero rows: they stay zero
+        mean = (inv.transpose(-1, -2) @ v) / n  # (..., 1, d): the mean unit row, without a copy
+        u = (v * inv).sub_(mean).mul_(keep)
     elif kind == "raw":
         u = v
     else:
@@ -91,7 +92,7 @@ def descending_eigvals(C: torch.Tensor) -> torch.Tensor:
 
     Matrices with non-finite entries (a diverged member) give NaN without failing the batch.
     """
-    finite = torch.isfinite(C).all(-1).all(-1)  # (...)
+    finite = torch.isfinite(C.sum((-2, -1)))  # (...): one pass; any NaN or inf makes the sum so
     safe = torch.where(finite[..., None, None], C, 0.0)
     try:
         eig = torch.linalg.eigvalsh(safe).flip(-1)
@@ -151,12 +152,12 @@ def layer_metrics(
     descending}, [reason per member why some value is NaN]).
     """
     out, mats = _layer_matrices(h_a, h_b, g_b, W, covariance)
-    eigs = {side: descending_eigvals(m) for side, m in mats.items()}
+    eigs = _layer_spectra([mats], h_a.dtype)[0]
     return _spectral_metrics(out, mats, eigs, pah_floor)
 
 
 def _layer_matrices(h_a, h_b, g_b, W, covariance: str):
-    """Alignments and zero counts of one layer, and its (K, 3, d, d) stacks [H, G, Z] per side."""
+    """Alignments and zero counts of one layer, and its float64 (H, G, Z) per side."""
     h_a, h_b, g_b, W = (t.detach() for t in (h_a, h_b, g_b, W))
     g_a = g_b @ W  # (K, N, d_in): g_a = W^T g_b per sample
     W = W.to(torch.float64)
@@ -164,7 +165,7 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str):
     mats = {}
     for side, h, g, Z in (("a", h_a, g_a, W.transpose(1, 2) @ W), ("b", h_b, g_b, W @ W.transpose(1, 2))):
         # sample-sized maths in the activations' dtype; the (d, d) matrices in float64
-        H, u_h, zero_h = second_moment(h, covariance)
+        H, u_h, zero_h = _shared_second_moment(h, covariance)
         G, u_g, zero_g = second_moment(g, covariance)
         H, G = H.to(torch.float64), G.to(torch.float64)
         out[f"n_zero_h_{side}"], out[f"n_zero_g_{side}"] = zero_h, zero_g
@@ -174,8 +175,46 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str):
         if side == "b":
             cross = (u_g.transpose(1, 2) @ u_h).to(torch.float64)  # cov(g_b, h_b), up to a scale
             out["cross_b"] = alignment(cross + cross.transpose(1, 2), Z)
-        mats[side] = torch.stack([H, G, Z], 1)  # (K, 3, d, d)
+        mats[side] = (H, G, Z)
     return out, mats
+
+
+def _shared_second_moment(h: torch.Tensor, covariance: str):
+    """second_moment of h (K, N, d); computed once when h is one input broadcast to all K.
+
+    The first layer's input is the probe set itself, the same for every member of a pack.
+    """
+    if h.shape[0] > 1 and h.stride(0) == 0:
+        C, u, zero = second_moment(h[:1], covariance)
+        K = h.shape[0]
+        return C.expand(K, -1, -1), u.expand(K, -1, -1), zero.expand(K)
+    return second_moment(h, covariance)
+
+
+def _layer_spectra(layers: list[dict], dtype: torch.dtype) -> list[dict]:
+    """Eigenvalues (K, 3, d) of [H, G, Z] per side for each layer's matrices, largest first.
+
+    The decomposition runs in `dtype`, the dtype the samples were summed in (their rounding
+    is in the matrices' small eigenvalues either way; the PAH floor sits far above it), in one
+    batched call per distinct d. Z_a = W^T W and Z_b = W W^T share their nonzero
+    eigenvalues (the squared singular values of W): the smaller is decomposed, the larger
+    side's spectrum is the same padded with zeros.
+    """
+    stacks = []
+    for mats in layers:
+        (H_a, G_a, Z_a), (H_b, G_b, Z_b) = mats["a"], mats["b"]
+        stacks += [H_a, G_a, H_b, G_b, Z_a if Z_a.shape[-1] <= Z_b.shape[-1] else Z_b]
+    eigs = iter(e.to(torch.float64) for e in _batched_eigvals([m.to(dtype) for m in stacks]))
+    spectra = []
+    for mats in layers:
+        e_ha, e_ga, e_hb, e_gb, e_z = (next(eigs) for _ in range(5))
+        sides = {}
+        for side, e_h, e_g in (("a", e_ha, e_ga), ("b", e_hb, e_gb)):
+            pad = e_h.shape[-1] - e_z.shape[-1]  # zeros, or NaN for a non-finite W
+            e_zs = torch.cat([e_z, (e_z[:, :1] * 0).expand(-1, pad)], -1) if pad else e_z
+            sides[side] = torch.stack([e_h, e_g, e_zs], 1)
+        spectra.append(sides)
+    return spectra
 
 
 def _spectral_metrics(out: dict, mats: dict, eigs: dict, pah_floor: float):
@@ -187,24 +226,21 @@ def _spectral_metrics(out: dict, mats: dict, eigs: dict, pah_floor: float):
         for pair, (ea, eb) in zip(PAH_PAIRS, ((eig_h, eig_g), (eig_h, eig_z), (eig_g, eig_z))):
             k, r2, n = power_law_fit(ea, eb, pah_floor)
             out[f"pah_{pair}_{side}"], out[f"pah_{pair}_{side}_r2"], out[f"pah_{pair}_{side}_n"] = k, r2, n
-    K = next(iter(mats.values())).shape[0]
+    K = out["rga_a"].shape[0]
     reasons = [""] * K
-    undefined = {c: torch.isnan(out[c]).nonzero().flatten().tolist() for s in mats for c in
-                 (f"rga_{s}", f"rwa_{s}", f"gwa_{s}")}
-    if any(undefined.values()):  # rare (1x1 outputs, dead layers): explain only those members
-        triples = {side: m.unbind(1) for side, m in mats.items()}
-        for k in sorted({k for ks in undefined.values() for k in ks}):
-            reasons[k] = _nan_reasons(out, triples, k)
+    undefined = torch.stack([out[f"{r}_{s}"] for s in "ab" for r in RELATIONS]).isnan().any(0)
+    for k in undefined.nonzero().flatten().tolist():  # rare (1x1 outputs, dead layers)
+        reasons[k] = _nan_reasons(out, mats, k)
     return out, reasons
 
 
 def _batched_eigvals(stacks: list[torch.Tensor]) -> list[torch.Tensor]:
-    """descending_eigvals of many (K, 3, d, d) stacks: one call per distinct d, not per stack."""
+    """descending_eigvals of many (K, d, d) stacks: one call per distinct d, not per stack."""
     out: list[torch.Tensor | None] = [None] * len(stacks)
     sizes = sorted({m.shape[-1] for m in stacks})
     for d in sizes:
         idx = [i for i, m in enumerate(stacks) if m.shape[-1] == d]
-        eig = descending_eigvals(torch.cat([stacks[i] for i in idx]))  # (sum of K, 3, d)
+        eig = descending_eigvals(torch.cat([stacks[i] for i in idx]))  # (sum of K, d)
         for i, part in zip(idx, eig.split([stacks[i].shape[0] for i in idx])):
             out[i] = part
     return out
@@ -234,9 +270,8 @@ def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str
         # the sum's gradient w.r.t. h_b holds every sample's own dl/dh_b (no batch coupling)
         grads = torch.autograd.grad(loss.sum(), h_bs)
     per_layer = [_layer_matrices(h_as[l], h_bs[l], -grads[l], W, covariance) for l, W in enumerate(model.weights)]
-    stacks = [mats[side] for _, mats in per_layer for side in "ab"]
-    eigs = iter(_batched_eigvals(stacks))  # every layer and side in as few calls as there are widths
-    layers = [_spectral_metrics(out, mats, {side: next(eigs) for side in "ab"}, pah_floor) for out, mats in per_layer]
+    spectra = _layer_spectra([mats for _, mats in per_layer], x.dtype)  # as few eigen calls as widths
+    layers = [_spectral_metrics(out, mats, eigs, pah_floor) for (out, mats), eigs in zip(per_layer, spectra)]
     return loss.detach().mean(1), layers
 
 

@@ -218,3 +218,31 @@ def test_measure_names_the_reason_for_nan_alignments():
     table = measure(net, torch.randn(50, 4), torch.randn(50, 1), lambda o, y: ((o - y) ** 2).sum(-1))
     last = table.iloc[-1]
     assert math.isnan(last["rga_b"]) and "rga_b: 1x1 matrix" in last["nan_reason"]
+
+
+def test_weight_spectra_are_shared_between_sides_and_padded_with_zeros():
+    # Z_a = W^T W (7x7, rank 3) and Z_b = W W^T (3x3) have the same nonzero eigenvalues
+    W = torch.randn(2, 3, 7, dtype=torch.float64)
+    h_a, h_b = torch.randn(2, 50, 7, dtype=torch.float64), torch.randn(2, 50, 3, dtype=torch.float64)
+    m, _ = layer_metrics(h_a, h_b, torch.randn(2, 50, 3, dtype=torch.float64), W)
+    direct_a = torch.linalg.eigvalsh(W.transpose(1, 2) @ W).flip(-1)
+    direct_b = torch.linalg.eigvalsh(W @ W.transpose(1, 2)).flip(-1)
+    assert torch.allclose(m["eig_z_b"], direct_b, rtol=1e-10)
+    assert torch.allclose(m["eig_z_a"][:, :3], direct_b, rtol=1e-10)
+    assert torch.equal(m["eig_z_a"][:, 3:], torch.zeros(2, 4, dtype=torch.float64))
+    assert torch.allclose(m["eig_z_a"], direct_a.clamp_min(0), atol=1e-12)
+
+
+def test_float32_spectra_agree_with_float64_on_a_trained_like_layer():
+    # the stacked path decomposes in the activations' dtype (float32 for training): the PAH
+    # exponents and effective ranks must match a float64 decomposition of the same samples
+    g = torch.Generator().manual_seed(0)
+    scales = torch.logspace(0, -2, 40, dtype=torch.float64)
+    h_a = torch.relu(torch.randn(1, 2000, 40, generator=g, dtype=torch.float64) * scales)
+    W = torch.randn(1, 40, 40, generator=g, dtype=torch.float64) / 40**0.5
+    h_b = h_a @ W.transpose(1, 2)
+    g_b = torch.randn(1, 2000, 40, generator=g, dtype=torch.float64) * scales.sqrt()
+    m64, _ = layer_metrics(h_a, h_b, g_b, W)
+    m32, _ = layer_metrics(h_a.float(), h_b.float(), g_b.float(), W.float())
+    for col in ("pah_hg_a", "pah_hz_a", "pah_gz_b", "erank_h_a", "erank_h_b", "rga_a", "rwa_b"):
+        assert m32[col].item() == pytest.approx(m64[col].item(), rel=1e-3), col
