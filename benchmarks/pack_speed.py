@@ -3,7 +3,7 @@
 Prints, per K, pack steps per second, member-steps per second (K networks advanced one
 step each count K) and the probes' share of the run time at the default probe schedule.
 
-    python benchmarks/pack_speed.py [--steps 1000] [--ks 1 8 32] [--device auto]
+    python benchmarks/pack_speed.py [--steps 1000] [--ks 1 8 32] [--device auto] [--threads N]
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ def main() -> None:
     p.add_argument("--ks", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--device", default="auto")
     p.add_argument("--probe-samples", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
     print(f"fc1, depth 4, width 100, batch 100, {args.steps} steps, default probe schedule "
           f"({args.probe_samples} probe samples)")
