@@ -44,7 +44,7 @@ def second_moment(v: torch.Tensor, kind: str = "centered") -> tuple[torch.Tensor
     if kind == "centered":
         inv = keep / norms.clamp_min(torch.finfo(v.dtype).tiny)  # 0 for zero rows: they stay zero
         mean = (inv.transpose(-1, -2) @ v) / n  # (..., 1, d): the mean unit row, without a copy
-        u = (v * inv).sub_(mean).mul_(keep)
+        u = torch.addcmul(-mean, v, inv).mul_(keep)
     elif kind == "raw":
         u = v
     else:
@@ -156,8 +156,12 @@ def layer_metrics(
     return _spectral_metrics(out, mats, eigs, pah_floor)
 
 
-def _layer_matrices(h_a, h_b, g_b, W, covariance: str):
-    """Alignments and zero counts of one layer, and its float64 (H, G, Z) per side."""
+def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0):
+    """Alignments and zero counts of one layer, and its float64 (H, G, Z) per side.
+
+    g_b may come as +dl/dh_b with g_sign = -1 (no negated copy of the samples): every matrix
+    but the cross term is the same for g and -g.
+    """
     h_a, h_b, g_b, W = (t.detach() for t in (h_a, h_b, g_b, W))
     g_a = g_b @ W  # (K, N, d_in): g_a = W^T g_b per sample
     W = W.to(torch.float64)
@@ -173,7 +177,7 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str):
         out[f"rwa_{side}"] = alignment(H, Z)
         out[f"gwa_{side}"] = alignment(G, Z)
         if side == "b":
-            cross = (u_g.transpose(1, 2) @ u_h).to(torch.float64)  # cov(g_b, h_b), up to a scale
+            cross = g_sign * (u_g.transpose(1, 2) @ u_h).to(torch.float64)  # cov(g_b, h_b), up to a scale
             out["cross_b"] = alignment(cross + cross.transpose(1, 2), Z)
         mats[side] = (H, G, Z)
     return out, mats
@@ -269,7 +273,8 @@ def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str
         loss = task.loss(out, y)  # (K, N) per-sample losses
         # the sum's gradient w.r.t. h_b holds every sample's own dl/dh_b (no batch coupling)
         grads = torch.autograd.grad(loss.sum(), h_bs)
-    per_layer = [_layer_matrices(h_as[l], h_bs[l], -grads[l], W, covariance) for l, W in enumerate(model.weights)]
+    per_layer = [_layer_matrices(h_as[l], h_bs[l], grads[l], W, covariance, g_sign=-1.0)
+                 for l, W in enumerate(model.weights)]
     spectra = _layer_spectra([mats for _, mats in per_layer], x.dtype)  # as few eigen calls as widths
     layers = [_spectral_metrics(out, mats, eigs, pah_floor) for (out, mats), eigs in zip(per_layer, spectra)]
     return loss.detach().mean(1), layers
