@@ -94,11 +94,92 @@ def descending_eigvals(C: torch.Tensor) -> torch.Tensor:
     """
     finite = torch.isfinite(C.sum((-2, -1)))  # (...): one pass; any NaN or inf makes the sum so
     safe = torch.where(finite[..., None, None], C, 0.0)
-    try:
-        eig = torch.linalg.eigvalsh(safe).flip(-1)
-    except torch.linalg.LinAlgError:  # rare convergence failure: PSD, so singular values agree
-        eig = torch.linalg.svdvals(safe)
+    if safe.is_cuda and safe.shape[-1] > 32 and safe[..., 0, 0].numel() >= CUDA_LOCKSTEP_EIG_BATCH:
+        # torch decomposes a batch of matrices larger than 32 on CUDA one matrix at a time
+        # (one cuSOLVER call each): thousands per probe at large K. This takes a fixed number
+        # of batched steps instead.
+        eig = batched_eigvalsh(safe).flip(-1)
+    else:
+        try:
+            eig = torch.linalg.eigvalsh(safe).flip(-1)
+        except torch.linalg.LinAlgError:  # rare convergence failure: PSD, so singular values agree
+            eig = torch.linalg.svdvals(safe)
     return torch.where(finite[..., None], eig.clamp_min(0.0), torch.nan)
+
+
+# From this many matrices on, a CUDA batch goes to batched_eigvalsh (a guess, not yet timed on
+# a GPU: benchmarks/eig_speed.py compares the two on the device at hand).
+CUDA_LOCKSTEP_EIG_BATCH = 256
+
+
+def batched_eigvalsh(A: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+    """Eigenvalues (ascending) of symmetric A (..., n, n), all matrices in lockstep.
+
+    Householder reduction to tridiagonal form (n - 2 batched steps on A's dtype), then
+    multisection on Sturm counts in float64: every eigenvalue of every matrix is narrowed
+    at once until its interval is 2^-bits of the matrix's Gershgorin range (default: 32 for
+    float32, 50 for float64). The absolute error is that of any backward-stable solver in A's
+    dtype (~eps * |A|), plus the range times 2^-bits. The number of kernel launches does not
+    grow with the batch.
+    """
+    bits = bits or (50 if A.dtype == torch.float64 else 32)
+    lead, n = A.shape[:-2], A.shape[-1]
+    A = A.reshape(-1, n, n).clone()
+    M = A.shape[0]
+    if n == 1:
+        return A.reshape(*lead, 1)
+    diag = torch.empty(M, n, dtype=A.dtype, device=A.device)
+    off = torch.empty(M, n - 1, dtype=A.dtype, device=A.device)
+    for k in range(n - 2):
+        x = A[:, k + 1:, k]  # (M, m): the column below the diagonal
+        alpha = -torch.where(x[:, 0] >= 0, 1.0, -1.0).to(A.dtype) * x.norm(dim=1)  # H x = alpha e1
+        v = x.clone()
+        v[:, 0] -= alpha
+        vv = (v * v).sum(1)
+        beta = torch.where(vv > 0, 2 / vv.clamp_min(torch.finfo(A.dtype).tiny), 0.0)  # H = I - beta v v^T
+        B = A[:, k + 1:, k + 1:]
+        p = beta[:, None] * (B @ v[:, :, None]).squeeze(2)
+        w = p - (0.5 * beta * (v * p).sum(1))[:, None] * v
+        B -= v[:, :, None] * w[:, None, :] + w[:, :, None] * v[:, None, :]  # H B H
+        diag[:, k], off[:, k] = A[:, k, k], alpha
+    diag[:, n - 2], diag[:, n - 1], off[:, n - 2] = A[:, n - 2, n - 2], A[:, n - 1, n - 1], A[:, n - 1, n - 2]
+    return _tridiagonal_eigvalsh(diag.double(), off.double(), bits).to(A.dtype).reshape(*lead, n)
+
+
+def _tridiagonal_eigvalsh(d: torch.Tensor, e: torch.Tensor, bits: int, points: int = 3) -> torch.Tensor:
+    """Eigenvalues (ascending) of the symmetric tridiagonal matrices (d (M, n), e (M, n-1)).
+
+    Each pass evaluates `points` Sturm counts per eigenvalue (log2(points + 1) bits): more
+    points mean fewer launches but more memory touched per launch.
+    """
+    M, n = d.shape
+    e2 = e * e
+    radius = torch.zeros_like(d)
+    radius[:, 1:] += e.abs()
+    radius[:, :-1] += e.abs()
+    lo, hi = (d - radius).amin(1), (d + radius).amax(1)  # Gershgorin: every eigenvalue inside
+    pad = (hi - lo).clamp_min(hi.abs().maximum(lo.abs())) * 1e-12 + torch.finfo(d.dtype).tiny
+    lo, hi = lo - pad, hi + pad
+    pivmin = torch.finfo(d.dtype).tiny * e2.amax(1).clamp_min(1.0)  # smallest pivot allowed
+    j = torch.arange(n, device=d.device)
+    a = lo[:, None].expand(M, n).clone()  # the j-th eigenvalue of each matrix lies in [a, b)
+    b = hi[:, None].expand(M, n).clone()
+    frac = torch.arange(1, points + 1, device=d.device, dtype=d.dtype) / (points + 1)
+    for _ in range(math.ceil(bits / math.log2(points + 1))):
+        x = a[..., None] + (b - a)[..., None] * frac  # (M, n, points)
+        # Sturm count: the number of eigenvalues below x is the number of negative pivots of
+        # the LDL^T factorisation of T - x I
+        q = d[:, :1, None] - x
+        q = torch.where(q.abs() < pivmin[:, None, None], -pivmin[:, None, None], q)
+        count = (q < 0).to(torch.int32)
+        for i in range(1, n):
+            q = d[:, i:i + 1, None] - x - e2[:, i - 1:i, None] / q
+            q = torch.where(q.abs() < pivmin[:, None, None], -pivmin[:, None, None], q)
+            count += q < 0
+        below = count <= j[None, :, None]  # x at or below eigenvalue j: it becomes the new a
+        a = torch.where(below, x, a[..., None]).amax(-1)
+        b = torch.where(below, b[..., None], x).amin(-1)
+    return (a + b) / 2
 
 
 def effective_rank(eigs: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from phasemap import parse_config, train_pack
 from phasemap.config import TaskSpec
 from phasemap.models import StackedMLP
-from phasemap.probes import METRIC_COLUMNS, probe_stacked
+from phasemap.probes import CUDA_LOCKSTEP_EIG_BATCH, METRIC_COLUMNS, descending_eigvals, probe_stacked
 from phasemap.tasks import Task
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -68,3 +68,15 @@ def test_a_diverging_member_on_cuda_is_recorded_and_the_other_trains_on(tmp_path
     assert result.status == ["ok", "diverged"]
     good = result.records[result.records["member"] == 0]
     assert good["step"].max() == 60 and math.isfinite(good["train_loss"].iloc[-1])
+
+
+def test_large_cuda_batches_of_spectra_equal_lapack_on_the_cpu():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(CUDA_LOCKSTEP_EIG_BATCH + 1, 100, 300, generator=g)
+    C = x @ x.transpose(1, 2) / 300
+    C[3] = float("nan")  # a diverged member's matrix
+    got = descending_eigvals(C.cuda()).cpu()
+    ref = descending_eigvals(C)
+    assert got[3].isnan().all() and ref[3].isnan().all()
+    ok = torch.arange(len(C)) != 3
+    assert torch.allclose(got[ok], ref[ok], atol=1e-5 * ref[ok].max().item())

@@ -10,6 +10,7 @@ from phasemap.models import StackedMLP
 from phasemap.probes import (
     METRIC_COLUMNS,
     alignment,
+    batched_eigvalsh,
     descending_eigvals,
     effective_rank,
     layer_metrics,
@@ -246,3 +247,20 @@ def test_float32_spectra_agree_with_float64_on_a_trained_like_layer():
     m32, _ = layer_metrics(h_a.float(), h_b.float(), g_b.float(), W.float())
     for col in ("pah_hg_a", "pah_hz_a", "pah_gz_b", "erank_h_a", "erank_h_b", "rga_a", "rwa_b"):
         assert m32[col].item() == pytest.approx(m64[col].item(), rel=1e-3), col
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lockstep_eigenvalues_equal_lapack(dtype):
+    # the CUDA path for large batches: Householder tridiagonalisation and Sturm multisection
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 3, 7, 40):
+        x = torch.randn(5, n, n, generator=g, dtype=torch.float64)
+        A = x @ x.transpose(1, 2)
+        A[0] = 0  # a zero matrix
+        A[1] = torch.diag(torch.arange(n, dtype=torch.float64) - 2)  # already diagonal, negatives
+        A[2] = torch.eye(n, dtype=torch.float64) * 3  # one eigenvalue n times
+        ref = torch.linalg.eigvalsh(A)
+        got = batched_eigvalsh(A.to(dtype)).double()
+        tol = (1e-12 if dtype == torch.float64 else 1e-5) * ref.abs().amax().clamp_min(1)
+        assert (got - ref).abs().max() <= tol, (n, dtype)
+    assert batched_eigvalsh(torch.ones(2, 3, 4, 4)).shape == (2, 3, 4)  # any leading dims
