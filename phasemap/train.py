@@ -167,8 +167,12 @@ def train_pack(
 
     start = 0
     saved = records.read_file(root, sweep_id, run_id, CHECKPOINT) if resume else None
-    if saved is not None and not records.is_complete(root, sweep_id, run_id):
-        state = torch.load(io.BytesIO(saved), map_location="cpu", weights_only=False)
+    state = torch.load(io.BytesIO(saved), map_location="cpu", weights_only=False) if saved is not None else None
+    if state is not None and not _fits(model, state["model"]):
+        log.warning("run %s: its checkpoint was written by another phasemap version (parameter layout "
+                    "differs): starting the run afresh", run_id)
+        state = None
+    if state is not None and not records.is_complete(root, sweep_id, run_id):
         model.load_state_dict(state["model"])
         opt.load_state(state["optimizer"])
         data_gen.set_state(state["data_gen"])
@@ -245,6 +249,12 @@ def train_pack(
     records.delete_file(root, sweep_id, run_id, CHECKPOINT)
     table = records.to_table(all_rows).to_pandas()
     return RunResult(run_id, table, status, seconds, probe_seconds)
+
+
+def _fits(model: torch.nn.Module, saved: dict) -> bool:
+    """Whether a saved state dict has exactly this model's parameter names and shapes."""
+    mine = model.state_dict()
+    return mine.keys() == saved.keys() and all(mine[k].shape == saved[k].shape for k in mine)
 
 
 def _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, diverged_at, status) -> None:

@@ -179,6 +179,28 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path):
     assert not list((tmp_path / "a").rglob("_checkpoint.pt"))  # removed once complete
 
 
+def test_a_checkpoint_of_another_parameter_layout_restarts_the_run(tmp_path, caplog):
+    cfg = small(train__checkpoint_every=10)
+
+    def die_at_15(step):
+        if step == 15:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_pack(cfg, root=str(tmp_path / "a"), progress=die_at_15)
+    (ckpt,) = (tmp_path / "a").rglob("_checkpoint.pt")
+    state = torch.load(ckpt, weights_only=False)  # the layout before weights were stored transposed
+    state["model"] = {k.replace("weights_t", "weights"): (v.transpose(1, 2) if "weights" in k else v)
+                      for k, v in state["model"].items()}
+    torch.save(state, ckpt)
+    with caplog.at_level("WARNING"):
+        restarted = train_pack(cfg, root=str(tmp_path / "a"))
+    assert "starting the run afresh" in caplog.text
+    straight = train_pack(cfg, root=str(tmp_path / "b"))
+    cols = ["member", "step", "layer", "train_loss", "probe_loss"] + METRIC_COLUMNS
+    pd.testing.assert_frame_equal(restarted.records[cols], straight.records[cols])
+
+
 def test_without_resume_a_run_starts_afresh(tmp_path):
     cfg = small(train__checkpoint_every=10)
     with pytest.raises(Killed):
