@@ -92,7 +92,7 @@ def descending_eigvals(C: torch.Tensor) -> torch.Tensor:
 
     Matrices with non-finite entries (a diverged member) give NaN without failing the batch.
     """
-    finite = torch.isfinite(C.sum((-2, -1)))  # (...): one pass; any NaN or inf makes the sum so
+    finite = torch.isfinite(C.abs().amax((-2, -1)))  # (...): NaN propagates through amax
     safe = torch.where(finite[..., None, None], C, 0.0)
     if safe.is_cuda and safe.shape[-1] > 32 and safe[..., 0, 0].numel() >= CUDA_LOCKSTEP_EIG_BATCH:
         # torch decomposes a batch of matrices larger than 32 on CUDA one matrix at a time
@@ -124,10 +124,13 @@ def batched_eigvalsh(A: torch.Tensor, bits: int | None = None) -> torch.Tensor:
     """
     bits = bits or (50 if A.dtype == torch.float64 else 32)
     lead, n = A.shape[:-2], A.shape[-1]
-    A = A.reshape(-1, n, n).clone()
-    M = A.shape[0]
     if n == 1:
-        return A.reshape(*lead, 1)
+        return A.reshape(*lead, 1).clone()
+    # each matrix scaled to max |entry| = 1 (as LAPACK does): norms of columns neither
+    # overflow nor underflow in A's dtype
+    scale = A.reshape(-1, n * n).abs().amax(1).clamp_min(torch.finfo(A.dtype).tiny)  # (M,)
+    A = A.reshape(-1, n, n) / scale[:, None, None]
+    M = A.shape[0]
     diag = torch.empty(M, n, dtype=A.dtype, device=A.device)
     off = torch.empty(M, n - 1, dtype=A.dtype, device=A.device)
     for k in range(n - 2):
@@ -143,7 +146,8 @@ def batched_eigvalsh(A: torch.Tensor, bits: int | None = None) -> torch.Tensor:
         B -= v[:, :, None] * w[:, None, :] + w[:, :, None] * v[:, None, :]  # H B H
         diag[:, k], off[:, k] = A[:, k, k], alpha
     diag[:, n - 2], diag[:, n - 1], off[:, n - 2] = A[:, n - 2, n - 2], A[:, n - 1, n - 1], A[:, n - 1, n - 2]
-    return _tridiagonal_eigvalsh(diag.double(), off.double(), bits).to(A.dtype).reshape(*lead, n)
+    eig = _tridiagonal_eigvalsh(diag.double(), off.double(), bits) * scale.double()[:, None]
+    return eig.to(A.dtype).reshape(*lead, n)
 
 
 def _tridiagonal_eigvalsh(d: torch.Tensor, e: torch.Tensor, bits: int, points: int = 3) -> torch.Tensor:
@@ -289,6 +293,7 @@ def _layer_spectra(layers: list[dict], dtype: torch.dtype) -> list[dict]:
     for mats in layers:
         (H_a, G_a, Z_a), (H_b, G_b, Z_b) = mats["a"], mats["b"]
         stacks += [H_a, G_a, H_b, G_b, Z_a if Z_a.shape[-1] <= Z_b.shape[-1] else Z_b]
+    dtype = torch.promote_types(dtype, torch.float32)  # no half-precision eigensolvers
     eigs = iter(e.to(torch.float64) for e in _batched_eigvals([m.to(dtype) for m in stacks]))
     spectra = []
     for mats in layers:

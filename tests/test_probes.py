@@ -264,3 +264,25 @@ def test_lockstep_eigenvalues_equal_lapack(dtype):
         tol = (1e-12 if dtype == torch.float64 else 1e-5) * ref.abs().amax().clamp_min(1)
         assert (got - ref).abs().max() <= tol, (n, dtype)
     assert batched_eigvalsh(torch.ones(2, 3, 4, 4)).shape == (2, 3, 4)  # any leading dims
+
+
+def test_lockstep_eigenvalues_at_extreme_scales_and_huge_finite_entries():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 40, 40, generator=g, dtype=torch.float64)
+    C = x @ x.transpose(1, 2)
+    ref = torch.linalg.eigvalsh(C)
+    for s in (1e20, 1e-20, 1e-30):  # float32 squares of these over- or underflow unscaled
+        got = batched_eigvalsh((C * s).float()).double() / s
+        assert torch.allclose(got, ref, atol=1e-5 * ref.abs().max().item()), s
+    huge = torch.full((1, 40, 40), 1e36) + torch.eye(40) * 1e36  # finite, but its sum overflows
+    assert descending_eigvals(huge).isfinite().all()
+
+
+def test_measure_works_on_a_bfloat16_model():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).to(torch.bfloat16)
+    x, y = torch.randn(200, 8, dtype=torch.bfloat16), torch.randn(200, 4, dtype=torch.bfloat16)
+    table = measure(net, x, y, lambda out, y: 0.5 * ((out - y) ** 2).sum(-1))
+    ref = measure(net.float(), x.float(), y.float(), lambda out, y: 0.5 * ((out - y) ** 2).sum(-1))
+    assert table["erank_h_b"].notna().all()
+    assert (table["rga_a"] - ref["rga_a"]).abs().max() < 0.05  # bfloat16 activations: ~3 digits
