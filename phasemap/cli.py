@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 import pandas as pd
 
 from . import __version__
-from .config import ConfigError, RunConfig, load_config, replace
+from .config import ConfigError, RunConfig, load_config, read_yaml, replace
 from .phases import critical_depth, label_phases
 
 EPILOG = """examples:
@@ -160,10 +159,11 @@ def _data_command(args) -> int:
 
 
 def _load(args):
-    from .sweep import is_sweep_file, load_sweep
+    from .sweep import load_sweep
 
-    sweep_file = is_sweep_file(args.config)
-    if args.command in ("sweep", "status") and not sweep_file and os.path.isfile(args.config):
+    data = read_yaml(args.config)  # a missing file or bad YAML is named here, for every command
+    sweep_file = isinstance(data, dict) and "axes" in data
+    if args.command in ("sweep", "status") and not sweep_file:
         raise ConfigError([f"a run config (no `axes`): `phasemap {args.command}` takes a sweep config; "
                            f"train a run config with `phasemap run {args.config}`"], args.config)
     if args.command == "run" and sweep_file:

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.fs as pafs
-import yaml
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from tqdm import tqdm
@@ -181,16 +180,6 @@ def _axis_examples(spec: Any, where: str, problems: list[str]) -> list:
 def load_sweep(path: str, overrides: list[str] | None = None) -> SweepConfig:
     """Read and validate a sweep config file; `overrides` are `dotted.path=value` strings."""
     return parse_sweep(read_yaml(path, overrides), str(path))
-
-
-def is_sweep_file(path: str) -> bool:
-    """True when a YAML file is a sweep config (it has `axes`), not a run config."""
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and "axes" in data
 
 
 # ----------------------------------------------------------------------------- expansion

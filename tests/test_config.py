@@ -93,13 +93,14 @@ def test_cli_run_with_bad_config_starts_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_cli_missing_file_and_bad_yaml(tmp_path, capsys):
-    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+@pytest.mark.parametrize("command", ["validate", "run", "sweep", "status"])
+def test_cli_missing_file_and_bad_yaml(tmp_path, capsys, command):
+    assert main([command, str(tmp_path / "nope.yaml")]) == 2
     assert "file not found" in capsys.readouterr().err
     f = tmp_path / "broken.yaml"
     f.write_text("model: [unclosed\n")
-    assert main(["validate", str(f)]) == 2
-    assert "not valid YAML" in capsys.readouterr().err
+    assert main([command, str(f)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err  # not "a run config" for sweep/status
 
 
 def test_zip_pairing_pairs_lists_position_by_position():
