@@ -167,12 +167,13 @@ def train_pack(
 
     start = 0
     saved = records.read_file(root, sweep_id, run_id, CHECKPOINT) if resume else None
-    state = torch.load(io.BytesIO(saved), map_location="cpu", weights_only=False) if saved is not None else None
+    resumable = saved is not None and not records.is_complete(root, sweep_id, run_id)
+    state = torch.load(io.BytesIO(saved), map_location="cpu", weights_only=False) if resumable else None
     if state is not None and not _fits(model, state["model"]):
         log.warning("run %s: its checkpoint was written by another phasemap version (parameter layout "
                     "differs): starting the run afresh", run_id)
         state = None
-    if state is not None and not records.is_complete(root, sweep_id, run_id):
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state(state["optimizer"])
         data_gen.set_state(state["data_gen"])
