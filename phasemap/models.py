@@ -60,16 +60,19 @@ class StackedMLP(nn.Module):
         """W_l (K, d_out, d_in) per layer: views of the stored parameters, gradients flow."""
         return [w.transpose(1, 2) for w in self.weights_t]
 
-    def forward(self, x: torch.Tensor, keep: bool = False):
+    def forward(self, x: torch.Tensor, keep: bool = False, members: slice = slice(None)):
         """x: (B, d_in) shared by all members, or (K, B, d_in).
 
         Returns the output (K, B, d_out) and, with keep=True, each layer's input h_a and
-        pre-activation output h_b.
+        pre-activation output h_b. `members` runs only those members (K is then their count).
         """
-        h = x.expand(self.K, *x.shape[-2:])  # a shared x is a view, not K copies
+        weights_t, biases = list(self.weights_t), self.biases or [None] * self.n_layers
+        if members != slice(None):  # a sliced view costs a zero-filled gradient in backward
+            weights_t = [W_t[members] for W_t in weights_t]
+            biases = [b if b is None else b[members] for b in biases]
+        h = x.expand(weights_t[0].shape[0], *x.shape[-2:])  # a shared x is a view, not K copies
         h_as, h_bs = [], []
-        biases = self.biases if self.biases is not None else [None] * self.n_layers
-        for l, (W_t, b) in enumerate(zip(self.weights_t, biases)):
+        for l, (W_t, b) in enumerate(zip(weights_t, biases)):
             # (K, B, d_out); the bias add fused into the batched matmul
             z = torch.bmm(h, W_t) if b is None else torch.baddbmm(b.unsqueeze(1), h, W_t)
             if keep:

@@ -44,7 +44,9 @@ def second_moment(v: torch.Tensor, kind: str = "centered") -> tuple[torch.Tensor
     if kind == "centered":
         inv = keep / norms.clamp_min(torch.finfo(v.dtype).tiny)  # 0 for zero rows: they stay zero
         mean = (inv.transpose(-1, -2) @ v) / n  # (..., 1, d): the mean unit row, without a copy
-        u = torch.addcmul(-mean, v, inv).mul_(keep)
+        u = torch.addcmul(-mean, v, inv)
+        if not bool(keep.all()):  # rare: a zero row must stay zero, not become -mean
+            u.mul_(keep)
     elif kind == "raw":
         u = v
     else:
@@ -58,14 +60,25 @@ def alignment(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 
     Undefined for 1x1 matrices and for a constant matrix (see `alignment_reason`).
     """
-    a = A.flatten(-2)
-    b = B.flatten(-2)
-    a = a - a.mean(-1, keepdim=True)
-    b = b - b.mean(-1, keepdim=True)
-    na, nb = a.norm(dim=-1), b.norm(dim=-1)
-    ok = _spread(a, A) & _spread(b, B) & (a.shape[-1] > 1)
-    out = (a * b).sum(-1) / (na * nb).clamp_min(torch.finfo(a.dtype).tiny)
-    return torch.where(ok, out.clamp(-1.0, 1.0), torch.nan)
+    return _aligned(_unit_entries(A), _unit_entries(B))
+
+
+def _unit_entries(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """M's entries (..., d*d) centred and scaled to unit norm, and where that is defined.
+
+    Prepared once per matrix when it takes part in several alignments.
+    """
+    m = M.flatten(-2)
+    m = m - m.mean(-1, keepdim=True)
+    norm = m.norm(dim=-1, keepdim=True)
+    ok = _spread(m, M) & (m.shape[-1] > 1)
+    return m / norm.clamp_min(torch.finfo(m.dtype).tiny), ok
+
+
+def _aligned(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """alignment of two matrices prepared by _unit_entries."""
+    (ua, ok_a), (ub, ok_b) = a, b
+    return torch.where(ok_a & ok_b, (ua * ub).sum(-1).clamp(-1.0, 1.0), torch.nan)
 
 
 def _spread(centred: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
@@ -92,8 +105,9 @@ def descending_eigvals(C: torch.Tensor) -> torch.Tensor:
 
     Matrices with non-finite entries (a diverged member) give NaN without failing the batch.
     """
-    finite = torch.isfinite(C.abs().amax((-2, -1)))  # (...): NaN propagates through amax
-    safe = torch.where(finite[..., None, None], C, 0.0)
+    # NaN propagates through amax and amin; neither makes a copy of C
+    finite = torch.isfinite(C.amax((-2, -1))) & torch.isfinite(C.amin((-2, -1)))  # (...)
+    safe = C if bool(finite.all()) else torch.where(finite[..., None, None], C, 0.0)
     if safe.is_cuda and safe.shape[-1] > 32 and safe[..., 0, 0].numel() >= CUDA_LOCKSTEP_EIG_BATCH:
         # torch decomposes a batch of matrices larger than 32 on CUDA one matrix at a time
         # (one cuSOLVER call each): thousands per probe at large K. This takes a fixed number
@@ -241,14 +255,15 @@ def layer_metrics(
     return _spectral_metrics(out, mats, eigs, pah_floor)
 
 
-def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0):
+def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=None):
     """Alignments and zero counts of one layer, and its float64 (H, G, Z) per side.
 
-    g_b may come as +dl/dh_b with g_sign = -1 (no negated copy of the samples): every matrix
-    but the cross term is the same for g and -g.
+    g_b (and g_a, computed as W^T g_b per sample when not given) may come as +dl/dh with
+    g_sign = -1 (no negated copy of the samples): every matrix but the cross term is the
+    same for g and -g.
     """
     h_a, h_b, g_b, W = (t.detach() for t in (h_a, h_b, g_b, W))
-    g_a = g_b @ W  # (K, N, d_in): g_a = W^T g_b per sample
+    g_a = g_b @ W if g_a is None else g_a.detach()  # (K, N, d_in)
     W = W.to(torch.float64)
     out: dict[str, torch.Tensor] = {}
     mats = {}
@@ -258,12 +273,13 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0):
         G, u_g, zero_g = second_moment(g, covariance)
         H, G = H.to(torch.float64), G.to(torch.float64)
         out[f"n_zero_h_{side}"], out[f"n_zero_g_{side}"] = zero_h, zero_g
-        out[f"rga_{side}"] = alignment(H, G)
-        out[f"rwa_{side}"] = alignment(H, Z)
-        out[f"gwa_{side}"] = alignment(G, Z)
+        uH, uG, uZ = _unit_entries(H), _unit_entries(G), _unit_entries(Z)
+        out[f"rga_{side}"] = _aligned(uH, uG)
+        out[f"rwa_{side}"] = _aligned(uH, uZ)
+        out[f"gwa_{side}"] = _aligned(uG, uZ)
         if side == "b":
             cross = g_sign * (u_g.transpose(1, 2) @ u_h).to(torch.float64)  # cov(g_b, h_b), up to a scale
-            out["cross_b"] = alignment(cross + cross.transpose(1, 2), Z)
+            out["cross_b"] = _aligned(_unit_entries(cross + cross.transpose(1, 2)), uZ)
         mats[side] = (H, G, Z)
     return out, mats
 
@@ -349,21 +365,65 @@ def _nan_reasons(out: dict, mats: dict, k: int) -> str:
 # ----------------------------------------------------------------------------- collectors
 
 
-def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str, pah_floor: float):
+def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str, pah_floor: float,
+                  chunk: int | None = None):
     """Probe every layer of a StackedMLP on (x, y).
 
-    Returns (per-member probe loss (K,), [per layer: (metrics, reasons)]).
+    On a CPU the members go through in chunks of `chunk` (default: a chunk's sample-sized
+    tensors fit in the cache), on a GPU all at once. Returns (per-member probe loss (K,),
+    [per layer: (metrics, reasons)]).
     """
-    with torch.enable_grad():
-        out, h_as, h_bs = model(x, keep=True)
-        loss = task.loss(out, y)  # (K, N) per-sample losses
-        # the sum's gradient w.r.t. h_b holds every sample's own dl/dh_b (no batch coupling)
-        grads = torch.autograd.grad(loss.sum(), h_bs)
-    per_layer = [_layer_matrices(h_as[l], h_bs[l], grads[l], W, covariance, g_sign=-1.0)
-                 for l, W in enumerate(model.weights)]
+    K = model.K
+    if chunk is None:
+        chunk = K if x.is_cuda else _cache_chunk(K, x.shape[0], max(model.dims), x.element_size())
+    losses, parts = [], []
+    for start in range(0, K, chunk):
+        loss, per_layer = _probe_matrices(model, task, x, y, covariance, slice(start, start + chunk))
+        losses.append(loss)
+        parts.append(per_layer)
+    per_layer = [_cat_layer(chunks) for chunks in zip(*parts)]
     spectra = _layer_spectra([mats for _, mats in per_layer], x.dtype)  # as few eigen calls as widths
     layers = [_spectral_metrics(out, mats, eigs, pah_floor) for (out, mats), eigs in zip(per_layer, spectra)]
-    return loss.detach().mean(1), layers
+    return torch.cat(losses), layers
+
+
+def _cache_chunk(K: int, n: int, width: int, itemsize: int, cache_bytes: float = 4e6) -> int:
+    """Members per chunk, chunks of equal size, whose (n, width) activations take at most
+    about `cache_bytes` each.
+
+    A probe makes several passes over every layer's samples (norms, means, centring,
+    covariances); while they fit in the CPU's cache they cost less than from memory, while
+    every chunk costs its own few hundred small operations (fc1, N = 1000, width 100, on a
+    2-core EPYC with 32 MB L3: a K = 32 probe took 0.61 s in chunks of 8, 0.78 s in one,
+    0.82 s in chunks of 1).
+    """
+    most = max(1, int(cache_bytes // (n * width * itemsize)))
+    return math.ceil(K / math.ceil(K / most))
+
+
+def _probe_matrices(model, task, x, y, covariance: str, members: slice):
+    """Probe loss (k,) and per layer _layer_matrices of the members in `members`."""
+    with torch.enable_grad():
+        out, h_as, h_bs = model(x, keep=True, members=members)
+        loss = task.loss(out, y)  # (k, N) per-sample losses
+        # the sum's gradient w.r.t. h_b holds every sample's own dl/dh_b (no batch coupling);
+        # the backward pass computes dl/dh_a of every layer but the first on its way
+        L = len(h_bs)
+        grads = torch.autograd.grad(loss.sum(), h_bs + h_as[1:])
+    grad_b, grad_a = grads[:L], (None,) + grads[L:]
+    weights = [W[members] for W in model.weights]
+    per_layer = [_layer_matrices(h_as[l], h_bs[l], grad_b[l], W, covariance, g_sign=-1.0, g_a=grad_a[l])
+                 for l, W in enumerate(weights)]
+    return loss.detach().mean(1), per_layer
+
+
+def _cat_layer(chunks):
+    """One layer's (metrics, matrices) of consecutive member chunks joined into one."""
+    if len(chunks) == 1:
+        return chunks[0]
+    out = {c: torch.cat([o[c] for o, _ in chunks]) for c in chunks[0][0]}
+    mats = {side: tuple(torch.cat(ms) for ms in zip(*(m[side] for _, m in chunks))) for side in chunks[0][1]}
+    return out, mats
 
 
 def measure(

@@ -171,13 +171,18 @@ def test_layer_metrics_golden_values_by_construction():
     assert reasons == [""]
 
 
-def test_measure_on_sequential_equals_the_stacked_path():
+@pytest.mark.parametrize("activation, chunk", [("relu", None), ("linear", None), ("tanh", 2)])
+def test_measure_on_sequential_equals_the_stacked_path(activation, chunk):
+    # measure computes g_a = W^T g_b per sample; the stacked path takes it from the backward
+    # pass (for "linear" h_a of a layer is the previous h_b itself) and may go in chunks of
+    # members (3 members in chunks of 2: a short last chunk)
     torch.manual_seed(0)
-    model = StackedMLP([6, 8, 8, 3], "relu", seeds=[3, 4])
+    model = StackedMLP([6, 8, 8, 3], activation, seeds=[3, 4, 5])
     task = Task(TaskSpec(name="fc2", input_dim=6, output_dim=3))
     x, y = task.sample(200, torch.Generator().manual_seed(2))
-    loss, layers = probe_stacked(model, task, x, y, "centered", 1e-4)
-    for k in range(2):
+    loss, layers = probe_stacked(model, task, x, y, "centered", 1e-4, chunk=chunk)
+    assert loss.shape == (3,) and all(m["rga_a"].shape == (3,) for m, _ in layers)
+    for k in range(3):
         table = measure(model.member(k), x, y, task.loss)
         assert list(table["layer"]) == [1, 2, 3]
         assert table["probe_loss"].iloc[0] == pytest.approx(loss[k].item(), rel=1e-5)
