@@ -310,7 +310,11 @@ def _layer_spectra(layers: list[dict], dtype: torch.dtype) -> list[dict]:
         (H_a, G_a, Z_a), (H_b, G_b, Z_b) = mats["a"], mats["b"]
         stacks += [H_a, G_a, H_b, G_b, Z_a if Z_a.shape[-1] <= Z_b.shape[-1] else Z_b]
     dtype = torch.promote_types(dtype, torch.float32)  # no half-precision eigensolvers
-    eigs = iter(e.to(torch.float64) for e in _batched_eigvals([m.to(dtype) for m in stacks]))
+    # each matrix scaled to max |entry| 1 before the cast: Z = W^T W of a member about to
+    # diverge (|W| ~ 1e19) overflows float32, not float64
+    scales = [m.abs().amax((-2, -1)).clamp_min(torch.finfo(torch.float64).tiny) for m in stacks]
+    scaled = [(m / s[:, None, None]).to(dtype) for m, s in zip(stacks, scales)]
+    eigs = iter(e.to(torch.float64) * s[:, None] for e, s in zip(_batched_eigvals(scaled), scales))
     spectra = []
     for mats in layers:
         e_ha, e_ga, e_hb, e_gb, e_z = (next(eigs) for _ in range(5))

@@ -254,6 +254,20 @@ def test_float32_spectra_agree_with_float64_on_a_trained_like_layer():
         assert m32[col].item() == pytest.approx(m64[col].item(), rel=1e-3), col
 
 
+def test_float32_spectra_of_huge_weights_are_finite():
+    # a member about to diverge: |W| ~ 1e19, so Z = W^T W ~ 1e38 overflows float32; the
+    # float32 decomposition must still give Z's spectrum (matrices are scaled before the cast)
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(2, 6, 6, generator=g, dtype=torch.float64)
+    W[1] *= 1e19
+    h_a = torch.randn(2, 50, 6, generator=g)
+    g_b = torch.randn(2, 50, 6, generator=g)
+    m, _ = layer_metrics(h_a, h_a @ W.float().transpose(1, 2), g_b, W.float())
+    direct = torch.linalg.eigvalsh(W.transpose(1, 2) @ W).flip(-1)
+    assert torch.isfinite(m["eig_z_a"]).all()
+    assert ((m["eig_z_a"] - direct).abs() <= 1e-5 * direct[:, :1]).all()  # float32 rounding of the largest
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_lockstep_eigenvalues_equal_lapack(dtype):
     # the CUDA path for large batches: Householder tridiagonalisation and Sturm multisection
