@@ -2,12 +2,14 @@
 
 Pure tensor functions, batched over any leading dimensions (a pack's K), plus two ways to
 collect a layer's `h_a, h_b, g_b, W`:
-- `probe_stacked` for the stacked MLP (one forward, one backward for all K members),
+- `probe_stacked` for the stacked MLP (one forward, one backward for all K members, or
+  for chunks of members that fit in a CPU's cache),
 - `measure` for any `torch.nn.Module`, by hooks on its `nn.Linear` layers.
 
 For a linear layer h_b = W h_a + b, the per-sample gradient g_a = -dl/dh_a through the layer
-is W^T g_b, so only g_b needs autograd. Sums over samples and eigendecompositions run in the
-activations' dtype; the (d, d) matrices, alignments and fits in float64.
+is W^T g_b: `measure` computes it so, `probe_stacked` takes it from the backward pass, which
+computes it for every layer but the first anyway. Sums over samples and eigendecompositions
+run in the activations' dtype; the (d, d) matrices, alignments and fits in float64.
 """
 
 from __future__ import annotations
