@@ -78,7 +78,12 @@ class StackedMLP(nn.Module):
             if keep:
                 h_as.append(h)
                 h_bs.append(z)
-            h = self.act(z) if l < self.n_layers - 1 else z
+            if l == self.n_layers - 1:
+                h = z
+            elif not keep and self.activation == "relu":
+                h = torch.relu_(z)  # z is not needed in backward (relu keeps its output)
+            else:
+                h = self.act(z)
         return (h, h_as, h_bs) if keep else h
 
     def member(self, k: int) -> nn.Sequential:
