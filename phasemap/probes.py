@@ -307,19 +307,21 @@ def _layer_spectra(layers: list[dict], dtype: torch.dtype) -> list[dict]:
     eigenvalues (the squared singular values of W): the smaller is decomposed, the larger
     side's spectrum is the same padded with zeros.
     """
-    stacks = []
+    stacks, z_scales = [], []
     for mats in layers:
         (H_a, G_a, Z_a), (H_b, G_b, Z_b) = mats["a"], mats["b"]
-        stacks += [H_a, G_a, H_b, G_b, Z_a if Z_a.shape[-1] <= Z_b.shape[-1] else Z_b]
+        Z = Z_a if Z_a.shape[-1] <= Z_b.shape[-1] else Z_b
+        # H and G were summed in `dtype`; Z = W^T W was formed in float64 and overflows
+        # float32 for a member about to diverge (|W| ~ 1e19): it goes scaled to max |entry| 1
+        z_scale = torch.maximum(Z.amax((-2, -1)), -Z.amin((-2, -1))).clamp_min(torch.finfo(Z.dtype).tiny)
+        stacks += [H_a, G_a, H_b, G_b, Z / z_scale[:, None, None]]
+        z_scales.append(z_scale[:, None])
     dtype = torch.promote_types(dtype, torch.float32)  # no half-precision eigensolvers
-    # each matrix scaled to max |entry| 1 before the cast: Z = W^T W of a member about to
-    # diverge (|W| ~ 1e19) overflows float32, not float64
-    scales = [m.abs().amax((-2, -1)).clamp_min(torch.finfo(torch.float64).tiny) for m in stacks]
-    scaled = [(m / s[:, None, None]).to(dtype) for m, s in zip(stacks, scales)]
-    eigs = iter(e.to(torch.float64) * s[:, None] for e, s in zip(_batched_eigvals(scaled), scales))
+    eigs = iter(e.to(torch.float64) for e in _batched_eigvals([m.to(dtype) for m in stacks]))
     spectra = []
-    for mats in layers:
+    for mats, z_scale in zip(layers, z_scales):
         e_ha, e_ga, e_hb, e_gb, e_z = (next(eigs) for _ in range(5))
+        e_z = e_z * z_scale
         sides = {}
         for side, e_h, e_g in (("a", e_ha, e_ga), ("b", e_hb, e_gb)):
             pad = e_h.shape[-1] - e_z.shape[-1]  # zeros, or NaN for a non-finite W
