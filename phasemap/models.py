@@ -22,6 +22,9 @@ ACTIVATION_FNS = {
     "gelu": nn.functional.gelu,
     "linear": lambda h: h,
 }
+# in place, for training: each keeps its output for backward, and the pre-activation it
+# overwrites is needed by nothing else (the matmul's backward needs its inputs only)
+ACTIVATION_FNS_INPLACE = {"relu": torch.relu_, "tanh": torch.tanh_}  # others: ACTIVATION_FNS
 ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "linear": nn.Identity}
 
 
@@ -66,7 +69,8 @@ class StackedMLP(nn.Module):
         Returns the output (K, B, d_out) and, with keep=True, each layer's input h_a and
         pre-activation output h_b. `members` runs only those members (K is then their count).
         """
-        weights_t, biases = list(self.weights_t), self.biases or [None] * self.n_layers
+        weights_t = list(self.weights_t)
+        biases = list(self.biases) if self.biases is not None else [None] * self.n_layers
         if members != slice(None):  # a sliced view costs a zero-filled gradient in backward
             weights_t = [W_t[members] for W_t in weights_t]
             biases = [b if b is None else b[members] for b in biases]
@@ -78,12 +82,10 @@ class StackedMLP(nn.Module):
             if keep:
                 h_as.append(h)
                 h_bs.append(z)
-            if l == self.n_layers - 1:
-                h = z
-            elif not keep and self.activation == "relu":
-                h = torch.relu_(z)  # z is not needed in backward (relu keeps its output)
+            if l < self.n_layers - 1:  # the pre-activation z is overwritten unless kept
+                h = self.act(z) if keep else ACTIVATION_FNS_INPLACE.get(self.activation, self.act)(z)
             else:
-                h = self.act(z)
+                h = z
         return (h, h_as, h_bs) if keep else h
 
     def member(self, k: int) -> nn.Sequential:

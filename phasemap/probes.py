@@ -73,7 +73,7 @@ def _unit_entries(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m = M.flatten(-2)
     m = m - m.mean(-1, keepdim=True)
     norm = m.norm(dim=-1, keepdim=True)
-    ok = _spread(m, M) & (m.shape[-1] > 1)
+    ok = _spread(norm.squeeze(-1), M) & (m.shape[-1] > 1)
     return m / norm.clamp_min(torch.finfo(m.dtype).tiny), ok
 
 
@@ -83,11 +83,16 @@ def _aligned(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.
     return torch.where(ok_a & ok_b, (ua * ub).sum(-1).clamp(-1.0, 1.0), torch.nan)
 
 
-def _spread(centred: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """True where a matrix is not constant (relative to its size, up to rounding)."""
-    scale = M.flatten(-2).abs().amax(-1)
+def _spread(centred_norm: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """True where a matrix is not constant: the norm of its centred entries (...) is above
+    rounding (relative to its size and largest entry)."""
     eps = 64 * torch.finfo(M.dtype).eps
-    return centred.norm(dim=-1) > eps * scale * math.sqrt(centred.shape[-1])
+    return centred_norm > eps * _max_abs(M) * M.shape[-1]  # sqrt(d * d) entries
+
+
+def _max_abs(M: torch.Tensor) -> torch.Tensor:
+    """max |entry| of each matrix (..., n, n) without a copy of M; NaN where M has NaN."""
+    return torch.maximum(M.amax((-2, -1)), -M.amin((-2, -1)))
 
 
 def alignment_reason(A: torch.Tensor) -> str:
@@ -97,7 +102,7 @@ def alignment_reason(A: torch.Tensor) -> str:
     if not torch.isfinite(A).all():
         return "non-finite matrix"
     a = A.flatten() - A.flatten().mean()
-    if not bool(_spread(a, A)):
+    if not bool(_spread(a.norm(), A)):
         return "constant matrix"
     return ""
 
@@ -107,8 +112,7 @@ def descending_eigvals(C: torch.Tensor) -> torch.Tensor:
 
     Matrices with non-finite entries (a diverged member) give NaN without failing the batch.
     """
-    # NaN propagates through amax and amin; neither makes a copy of C
-    finite = torch.isfinite(C.amax((-2, -1))) & torch.isfinite(C.amin((-2, -1)))  # (...)
+    finite = torch.isfinite(_max_abs(C))  # (...): any NaN or inf entry makes it so
     safe = C if bool(finite.all()) else torch.where(finite[..., None, None], C, 0.0)
     if safe.is_cuda and safe.shape[-1] > 32 and safe[..., 0, 0].numel() >= CUDA_LOCKSTEP_EIG_BATCH:
         # torch decomposes a batch of matrices larger than 32 on CUDA one matrix at a time
@@ -144,8 +148,9 @@ def batched_eigvalsh(A: torch.Tensor, bits: int | None = None) -> torch.Tensor:
         return A.reshape(*lead, 1).clone()
     # each matrix scaled to max |entry| = 1 (as LAPACK does): norms of columns neither
     # overflow nor underflow in A's dtype
-    scale = A.reshape(-1, n * n).abs().amax(1).clamp_min(torch.finfo(A.dtype).tiny)  # (M,)
-    A = A.reshape(-1, n, n) / scale[:, None, None]
+    A = A.reshape(-1, n, n)
+    scale = _max_abs(A).clamp_min(torch.finfo(A.dtype).tiny)  # (M,)
+    A = A / scale[:, None, None]
     M = A.shape[0]
     diag = torch.empty(M, n, dtype=A.dtype, device=A.device)
     off = torch.empty(M, n - 1, dtype=A.dtype, device=A.device)
@@ -313,7 +318,7 @@ def _layer_spectra(layers: list[dict], dtype: torch.dtype) -> list[dict]:
         Z = Z_a if Z_a.shape[-1] <= Z_b.shape[-1] else Z_b
         # H and G were summed in `dtype`; Z = W^T W was formed in float64 and overflows
         # float32 for a member about to diverge (|W| ~ 1e19): it goes scaled to max |entry| 1
-        z_scale = torch.maximum(Z.amax((-2, -1)), -Z.amin((-2, -1))).clamp_min(torch.finfo(Z.dtype).tiny)
+        z_scale = _max_abs(Z).clamp_min(torch.finfo(Z.dtype).tiny)
         stacks += [H_a, G_a, H_b, G_b, Z / z_scale[:, None, None]]
         z_scales.append(z_scale[:, None])
     dtype = torch.promote_types(dtype, torch.float32)  # no half-precision eigensolvers
@@ -386,7 +391,8 @@ def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str
         chunk = K if x.is_cuda else _cache_chunk(K, x.shape[0], max(model.dims), x.element_size())
     losses, parts = [], []
     for start in range(0, K, chunk):
-        loss, per_layer = _probe_matrices(model, task, x, y, covariance, slice(start, start + chunk))
+        members = slice(start, start + chunk) if chunk < K else slice(None)
+        loss, per_layer = _probe_matrices(model, task, x, y, covariance, members)
         losses.append(loss)
         parts.append(per_layer)
     per_layer = [_cat_layer(chunks) for chunks in zip(*parts)]
