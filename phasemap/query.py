@@ -2,7 +2,13 @@
 
 Both read every Parquet file under a storage root (hive folders `sweep=`/`run=` included),
 check each file's schema version first, and report unreadable files or files of an unknown
-schema version by name: skipped with a warning, or an error with strict=True.
+schema version by name: skipped with a warning, or an error with strict=True. Files of schema
+version 1 are read with the config columns v1 lacked filled with the values v1 runs used.
+
+One network per config: within a sweep, a member config (`config_hash`) found in more than
+one run is read from one run only. The rule: a complete run beats an unfinished one; among
+complete runs the latest completion marker wins; among unfinished ones the latest file; then
+the larger run id. Folders holding a compacted `records.parquet` are read from it alone.
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .records import SCHEMA, SCHEMA_VERSION, filesystem
+from .records import COMPACTED, COMPLETE, READABLE_VERSIONS, SCHEMA, SCHEMA_VERSION, V1_DEFAULTS, filesystem
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ class Scan:
     base: str
     files: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    # (sweep, run) folder -> (complete, time) for the one-network-per-config rule
+    runs: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
 
     def dataset(self) -> ds.Dataset:
         return ds.dataset(self.files, filesystem=self.fs, format="parquet", schema=DATASET_SCHEMA,
@@ -58,17 +67,29 @@ def scan(root: str, strict: bool = False, sweep_id: str | None = None) -> Scan:
         log.warning("no sweep %r under %s", sweep_id, root)
         return Scan(root, fs, base)
     found = Scan(root, fs, base)
+    folders: dict[str, list] = {}
     for info in fs.get_file_info(pafs.FileSelector(start, recursive=True)):
-        parts = info.path[len(base):].split("/")
-        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
+        if info.type == pafs.FileType.File:
+            folders.setdefault(info.path.rsplit("/", 1)[0], []).append(info)
+    for folder, infos in sorted(folders.items()):
+        if any(p.startswith(("_", ".")) for p in folder[len(base):].split("/")):  # Tune's folder and the like
             continue
-        if any(p.startswith(("_", ".")) for p in parts):  # temp files, spectra, Tune's folder
-            continue
-        reason = _check_file(fs, info.path)
-        if reason:
-            found.skipped[info.path] = reason
-        else:
-            found.files.append(info.path)
+        names = {i.base_name: i for i in infos}
+        data = [i for i in infos if i.base_name.endswith(".parquet") and not i.base_name.startswith(("_", "."))]
+        if COMPACTED in names:  # a finished run: its one file, never its leftover parts beside it
+            data = [names[COMPACTED]]
+        for info in data:
+            reason = _check_file(fs, info.path)
+            if reason:
+                found.skipped[info.path] = reason
+            else:
+                found.files.append(info.path)
+        keys = dict(p.split("=", 1) for p in folder.rsplit("/", 2)[-2:] if "=" in p)
+        if data and {"sweep", "run"} <= set(keys):
+            done = names.get(COMPLETE)
+            latest = done or max(data, key=lambda i: i.mtime.timestamp() if i.mtime else 0.0)
+            found.runs[(keys["sweep"], keys["run"])] = (int(done is not None),
+                                                        latest.mtime.timestamp() if latest.mtime else 0.0)
     for path, reason in found.skipped.items():
         log.warning("skipped %s: %s", path, reason)
     if strict and found.skipped:
@@ -84,8 +105,8 @@ def _check_file(fs: pafs.FileSystem, path: str) -> str:
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not fatal
         return f"unreadable ({type(e).__name__}: {e})"
     version = (schema.metadata or {}).get(b"phasemap_schema_version", b"?").decode()
-    if version != str(SCHEMA_VERSION):
-        return f"unknown schema version {version!r} (this phasemap reads {SCHEMA_VERSION})"
+    if version not in {str(v) for v in READABLE_VERSIONS}:
+        return f"unknown schema version {version!r} (this phasemap reads {', '.join(map(str, READABLE_VERSIONS))})"
     return ""
 
 
@@ -101,6 +122,30 @@ def _filter(filters: dict[str, Any] | None):
     return expr
 
 
+def _fill_v1(table: pa.Table) -> pa.Table:
+    """Config columns schema v1 did not have: the values v1 runs used, where they are null."""
+    for column, value in V1_DEFAULTS.items():
+        if column in table.column_names and table[column].null_count:
+            i = table.column_names.index(column)
+            table = table.set_column(i, column, pc.fill_null(table[column], pa.scalar(value, table.schema.field(column).type)))
+    return table
+
+
+def one_per_config(df: pd.DataFrame, runs: dict[tuple[str, str], tuple[int, float]]) -> pd.DataFrame:
+    """The rows of one run per (sweep, config_hash), by the rule in the module docstring."""
+    keys = df[["sweep_id", "run_id", "config_hash"]].drop_duplicates()
+    if not keys.duplicated(["sweep_id", "config_hash"]).any():
+        return df
+    rank = [runs.get((s, r), (0, 0.0)) for s, r in zip(keys["sweep_id"], keys["run_id"])]
+    keys = keys.assign(complete=[c for c, _ in rank], time=[t for _, t in rank])
+    keys = keys.sort_values(["complete", "time", "run_id"], ascending=False)
+    losers = keys[keys.duplicated(["sweep_id", "config_hash"])]
+    cols = ["sweep_id", "run_id", "config_hash"]
+    drop = pd.MultiIndex.from_frame(df[cols]).isin(pd.MultiIndex.from_frame(losers[cols]))
+    log.info("%d rows of configs also found in a later or complete run left out", int(drop.sum()))
+    return df[~drop].reset_index(drop=True)
+
+
 def load(
     root: str,
     filters: dict[str, Any] | None = None,
@@ -110,24 +155,56 @@ def load(
     """Records under `root` as a DataFrame, reading only the columns and partitions needed.
 
     `filters`: {column: value or list}, e.g. {"sweep_id": "quick", "layer": [1, 2]}.
+    One network per config and sweep (see the module docstring).
     """
     sweep = filters.get("sweep_id") if filters and isinstance(filters.get("sweep_id"), str) else None
     found = scan(root, strict, sweep_id=sweep)
     cols = list(columns) if columns is not None else SCHEMA.names
     if not found.files:
         return SCHEMA.empty_table().select(cols).to_pandas()
-    return found.dataset().to_table(columns=cols, filter=_filter(filters)).to_pandas()
+    filters = dict(filters or {})
+    late = {c: filters.pop(c) for c in list(filters) if c in V1_DEFAULTS}  # filled first, then filtered
+    needed = list(dict.fromkeys(cols + ["sweep_id", "run_id", "config_hash"] + list(late)))
+    table = _fill_v1(found.dataset().to_table(columns=needed, filter=_filter(filters)))
+    if late:
+        table = table.filter(_filter(late))
+    return one_per_config(table.to_pandas(), found.runs)[cols]
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    return f"'{value}'" if isinstance(value, str) else repr(value)
 
 
 def sql(root: str, query: str, strict: bool = False) -> pd.DataFrame:
-    """Run DuckDB SQL over the view `records` (every record under `root`, plus hive columns)."""
+    """Run DuckDB SQL over the view `records` (every record under `root`, plus hive columns).
+
+    The view holds one network per config and sweep, and v1 files' missing config columns
+    filled in (see the module docstring); `all_records` is every row as stored.
+    """
     import duckdb
 
     found = scan(root, strict)
     con = duckdb.connect()
     try:
         dataset = found.dataset() if found.files else DATASET_SCHEMA.empty_table()
-        con.register("records", dataset)
+        con.register("all_records", dataset)
+        con.register("_runs", pd.DataFrame(
+            [(s, r, c, t) for (s, r), (c, t) in found.runs.items()], columns=["sweep", "run", "complete", "time"]))
+        filled = ", ".join(f"coalesce({c}, {_literal(v)}) AS {c}" for c, v in V1_DEFAULTS.items())
+        con.execute(f"""
+            CREATE TEMP VIEW _winners AS
+            SELECT sweep_id, run_id, config_hash FROM (
+                SELECT k.*, row_number() OVER (PARTITION BY k.sweep_id, k.config_hash
+                    ORDER BY coalesce(r.complete, 0) DESC, coalesce(r.time, 0) DESC, k.run_id DESC) AS rank
+                FROM (SELECT DISTINCT sweep_id, run_id, config_hash FROM all_records) k
+                LEFT JOIN _runs r ON r.sweep = k.sweep_id AND r.run = k.run_id)
+            WHERE rank = 1""")
+        con.execute(f"""
+            CREATE TEMP VIEW records AS
+            SELECT a.* REPLACE ({filled}) FROM all_records a
+            SEMI JOIN _winners w ON a.sweep_id = w.sweep_id AND a.run_id = w.run_id AND a.config_hash = w.config_hash""")
         return con.execute(query).df()
     finally:
         con.close()

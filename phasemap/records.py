@@ -3,12 +3,18 @@
 One row per (run, member, step, layer). Layout under a storage root (a local folder or a
 pyarrow filesystem URI such as s3://bucket/prefix):
 
-    sweep=<sweep_id>/run=<run_id>/part-<step:09d>.parquet   rows produced at that step
+    sweep=<sweep_id>/run=<run_id>/part-<step:09d>.parquet   rows produced at that step (while running)
+    sweep=<sweep_id>/run=<run_id>/records.parquet           all rows of a finished run (compacted)
     sweep=<sweep_id>/run=<run_id>/_COMPLETE.json            written last: the run is done
+    sweep=<sweep_id>/run=<run_id>/_LEASE-<n>.json           who trains the run (see leases.py)
 
 File names depend only on the run and the step, and every file is written under a temporary
 name starting with '_' and then renamed, so a reader never sees half a file and a rerun
 overwrites instead of duplicating. Names starting with '_' or '.' are skipped by readers.
+
+Compaction: when a run finishes, its parts are written as one `records.parquet` (atomically,
+by rename), then the parts are deleted. A folder holding `records.parquet` is read from that
+file alone, so a reader sees the parts or the compacted file, never both and never neither.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from .probes import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # older files are read with V1_DEFAULTS filled in
 COMPLETE = "_COMPLETE.json"
+COMPACTED = "records.parquet"
 SPECTRA = "_spectra.parquet"  # eigenvalues at the last probe; beside, not in, the records
 
 _ID_FIELDS = [
@@ -41,23 +49,73 @@ _ID_FIELDS = [
     ("config_hash", pa.string()),  # of the member's own config: equal in a pack and alone
     ("member", pa.int32()),
 ]
-_CONFIG_FIELDS = [
-    ("task", pa.string()),
-    ("input_dim", pa.int32()),
-    ("output_dim", pa.int32()),
-    ("depth", pa.int32()),
-    ("width", pa.int32()),
-    ("activation", pa.string()),
-    ("batch_size", pa.int32()),
-    ("optimizer", pa.string()),
-    ("lr", pa.float64()),
-    ("momentum", pa.float64()),
-    ("weight_decay", pa.float64()),
-    ("seed", pa.int64()),
-    ("data_seed", pa.int64()),
-    ("steps", pa.int64()),
-    ("covariance", pa.string()),
+# Every field of a member's run config is a column: (config path, column, type). `[i]` picks
+# an item of a pair; the member fields (lr, momentum, weight_decay, seed) hold the member's value.
+CONFIG_COLUMNS = [
+    ("task.name", "task", pa.string()),
+    ("task.input_dim", "input_dim", pa.int32()),
+    ("task.teacher_seed", "teacher_seed", pa.int64()),
+    ("task.teacher_width", "teacher_width", pa.int32()),
+    ("task.output_dim", "task_output_dim", pa.int32()),  # fc2's teacher; `output_dim` is the network's
+    ("task.phi", "phi", pa.float64()),
+    ("task.n_classes", "n_classes", pa.int32()),
+    ("task.noise", "noise", pa.float64()),
+    ("model.depth", "depth", pa.int32()),
+    ("model.width", "width", pa.int32()),
+    ("model.activation", "activation", pa.string()),
+    ("model.bias", "bias", pa.bool_()),
+    ("optimizer.name", "optimizer", pa.string()),
+    ("optimizer.lr", "lr", pa.float64()),
+    ("optimizer.momentum", "momentum", pa.float64()),
+    ("optimizer.weight_decay", "weight_decay", pa.float64()),
+    ("optimizer.betas[0]", "beta1", pa.float64()),
+    ("optimizer.betas[1]", "beta2", pa.float64()),
+    ("optimizer.eps", "eps", pa.float64()),
+    ("train.steps", "steps", pa.int64()),
+    ("train.batch_size", "batch_size", pa.int32()),
+    ("train.seed", "seed", pa.int64()),
+    ("train.data_seed", "data_seed", pa.int64()),
+    ("train.device", "device", pa.string()),
+    ("train.check_every", "check_every", pa.int64()),
+    ("train.checkpoint_every", "checkpoint_every", pa.int64()),
+    ("probe.n_samples", "n_samples", pa.int64()),
+    ("probe.count", "probe_count", pa.int32()),
+    ("probe.steps", "probe_steps", pa.string()),  # comma-separated; "" = the log-spaced schedule
+    ("probe.covariance", "covariance", pa.string()),
+    ("probe.pah_floor", "pah_floor", pa.float64()),
 ]
+# Columns that schema version 1 did not have, with the value every v1 run used (the defaults
+# of the time: v1 sweeps could vary these fields but not record them).
+V1_DEFAULTS = {
+    "teacher_seed": 0, "teacher_width": 100, "task_output_dim": 100, "phi": 0.5, "n_classes": 10, "noise": 1.0,
+    "bias": True, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "device": "auto", "check_every": 100,
+    "checkpoint_every": 1000, "n_samples": 1000, "probe_count": 8, "probe_steps": "", "pah_floor": 1e-4,
+}
+_CONFIG_FIELDS = [(c, t) for _, c, t in CONFIG_COLUMNS] + [("output_dim", pa.int32())]
+
+
+def config_value(cfg, path: str):
+    """The record value of a config path for a one-member run config (see CONFIG_COLUMNS)."""
+    name, _, index = path.partition("[")
+    node = cfg
+    for key in name.split("."):
+        node = getattr(node, key)
+    if index:
+        return node[int(index[:-1])]
+    if path == "probe.steps":
+        return ",".join(str(s) for s in node)
+    if isinstance(node, tuple):  # a member field of a one-member config
+        return node[0]
+    return node
+
+
+def config_columns(cfg) -> dict:
+    """Every config column of a one-member run config."""
+    cols = {c: config_value(cfg, path) for path, c, _ in CONFIG_COLUMNS}
+    cols["output_dim"] = cfg.output_dim
+    return cols
+
+
 _ROW_FIELDS = [
     ("step", pa.int64()),
     ("layer", pa.int32()),  # 1-based; layers 1..depth produce hidden layers, depth+1 the output
@@ -114,9 +172,21 @@ def write_file(root: str, sweep_id: str, run_id: str, name: str, data: bytes) ->
     fs, folder = run_dir(root, sweep_id, run_id)
     fs.create_dir(folder, recursive=True)
     tmp = f"{folder}/_tmp-{uuid.uuid4().hex}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, f"{folder}/{name}")
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, f"{folder}/{name}")
+    except BaseException:
+        _remove_quietly(fs, tmp)  # a full disk or a lost connection leaves no temp file behind
+        raise
+
+
+def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            fs.delete_file(path)
+    except OSError as e:
+        log.warning("could not remove %s: %s", path, e)
 
 
 def read_file(root: str, sweep_id: str, run_id: str, name: str) -> bytes | None:
@@ -145,18 +215,51 @@ def is_complete(root: str, sweep_id: str, run_id: str) -> bool:
     return fs.get_file_info(f"{folder}/{COMPLETE}").type == pafs.FileType.File
 
 
-def clear_run(root: str, sweep_id: str, run_id: str) -> None:
-    """Remove a run's folder so a fresh attempt starts clean (no stale parts)."""
+def clear_run(root: str, sweep_id: str, run_id: str, keep_leases: bool = True) -> None:
+    """Remove a run's files so a fresh attempt starts clean (no stale parts); its lease stays."""
     fs, folder = run_dir(root, sweep_id, run_id)
-    if fs.get_file_info(folder).type == pafs.FileType.Directory:
+    if fs.get_file_info(folder).type != pafs.FileType.Directory:
+        return
+    if not keep_leases:
         fs.delete_dir(folder)
+        return
+    for info in fs.get_file_info(pafs.FileSelector(folder, recursive=True)):
+        if info.type == pafs.FileType.File and not info.base_name.startswith("_LEASE-"):
+            fs.delete_file(info.path)
+
+
+def _parts(fs: pafs.FileSystem, folder: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return sorted(i.path for i in infos if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+
+
+def compact(root: str, sweep_id: str, run_id: str) -> None:
+    """One `records.parquet` for a finished run's parts (atomic rename), then the parts go.
+
+    Readers take `records.parquet` alone where it exists, so at no moment do they see both or
+    neither; parts left by a crash between the two steps are ignored and removed next time.
+    """
+    fs, folder = run_dir(root, sweep_id, run_id)
+    parts = _parts(fs, folder)
+    if not parts:
+        return
+    if fs.get_file_info(f"{folder}/{COMPACTED}").type != pafs.FileType.File:
+        table = ds.dataset(parts, filesystem=fs, format="parquet", schema=SCHEMA).to_table()
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        write_file(root, sweep_id, run_id, COMPACTED, sink.getvalue().to_pybytes())
+    for path in parts:
+        fs.delete_file(path)
 
 
 def read_run(root: str, sweep_id: str, run_id: str, before_step: int | None = None) -> pd.DataFrame:
     """The records of one run (only its parts written at steps before `before_step`, if given)."""
     fs, folder = run_dir(root, sweep_id, run_id)
-    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    parts = [i.path for i in infos if i.base_name.startswith("part-") and i.base_name.endswith(".parquet")]
+    if fs.get_file_info(f"{folder}/{COMPACTED}").type == pafs.FileType.File:
+        parts = [f"{folder}/{COMPACTED}"]
+        table = ds.dataset(parts, filesystem=fs, format="parquet", schema=SCHEMA).to_table().to_pandas()
+        return table if before_step is None else table[table["step"] < before_step].reset_index(drop=True)
+    parts = _parts(fs, folder)
     if before_step is not None:
         parts = [p for p in parts if int(p.rsplit("part-", 1)[1].split(".")[0]) < before_step]
     if not parts:

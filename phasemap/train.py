@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from . import __version__, records
+from . import __version__, leases, records
 from .config import RunConfig
 from .models import StackedMLP, mlp_dims
 from .optim import make_optimizer
@@ -45,6 +45,11 @@ class RunResult:
     status: list[str]  # per member: ok | diverged
     seconds: float = 0.0
     probe_seconds: float = 0.0
+    reused: bool = False  # the run was already complete (or finished by another trainer meanwhile)
+
+
+class LeaseLost(RuntimeError):
+    """Another trainer took this run's lease over (this one was presumed dead): stop writing."""
 
 
 @functools.cache
@@ -81,35 +86,13 @@ def run_id_of(cfg: RunConfig) -> str:
 
 
 def _member_columns(cfg: RunConfig, sweep_id: str, trial_id: str, run_id: str) -> list[dict]:
-    """The columns every row of a member shares: ids and its configuration."""
+    """The columns every row of a member shares: ids and its whole configuration."""
     cols = []
     for k, m in enumerate(cfg.members):
-        cols.append(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "phasemap_version": __version__,
-                "sweep_id": sweep_id,
-                "trial_id": trial_id,
-                "run_id": run_id,
-                "config_hash": cfg.member_config(m).config_hash(),
-                "member": k,
-                "task": cfg.task.name,
-                "input_dim": cfg.task.input_dim,
-                "output_dim": cfg.output_dim,
-                "depth": cfg.model.depth,
-                "width": cfg.model.width,
-                "activation": cfg.model.activation,
-                "batch_size": cfg.train.batch_size,
-                "optimizer": cfg.optimizer.name,
-                "lr": m.lr,
-                "momentum": m.momentum,
-                "weight_decay": m.weight_decay,
-                "seed": m.seed,
-                "data_seed": cfg.train.data_seed,
-                "steps": cfg.train.steps,
-                "covariance": cfg.probe.covariance,
-            }
-        )
+        single = cfg.member_config(m)
+        cols.append({"schema_version": SCHEMA_VERSION, "phasemap_version": __version__, "sweep_id": sweep_id,
+                     "trial_id": trial_id, "run_id": run_id, "config_hash": single.config_hash(), "member": k,
+                     **records.config_columns(single)})
     return cols
 
 
@@ -123,6 +106,7 @@ def train_pack(
     trial_id: str | None = None,
     progress: Callable[[int], None] | None = None,
     resume: bool = True,
+    waiting: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Train every member of `cfg` as one stacked model; write records under `root`.
 
@@ -131,12 +115,45 @@ def train_pack(
     folder every `train.checkpoint_every` steps; with resume=True an unfinished earlier
     attempt continues from its checkpoint (same numbers as an uninterrupted run), otherwise
     the run starts afresh. Returns the records of the whole run.
+
+    One trainer per run: the run's lease is taken first (see `leases`). While another live
+    trainer holds it, this call waits (telling `waiting` why, once); a run that is complete,
+    or completes meanwhile, is not trained again: its stored records come back (`reused`).
     """
-    t_start = time.perf_counter()
     root = root or cfg.storage.root
+    sweep_id, run_id = cfg.storage.sweep_id, run_id_of(cfg)
+    told = False
+    while True:
+        if records.is_complete(root, sweep_id, run_id):
+            return stored_result(root, sweep_id, run_id)
+        lease, holder = leases.try_acquire(root, sweep_id, run_id)
+        if lease is not None:
+            break
+        message = f"run {run_id} is being trained by another trainer ({holder.describe()}): waiting"
+        log.info(message)
+        if waiting is not None and not told:
+            waiting(message)
+            told = True
+        time.sleep(min(5.0, leases.ttl_seconds() / 4))
+    try:
+        if records.is_complete(root, sweep_id, run_id):  # finished just before the lease was free
+            return stored_result(root, sweep_id, run_id)
+        return _train(cfg, root, trial_id or run_id, progress, resume, lease)
+    finally:
+        lease.release()
+
+
+def stored_result(root: str, sweep_id: str, run_id: str) -> RunResult:
+    """A complete run's records and summary, as `train_pack` returns them."""
+    summary = json.loads(records.read_file(root, sweep_id, run_id, records.COMPLETE))
+    return RunResult(run_id, records.read_run(root, sweep_id, run_id), list(summary["status"]),
+                     0.0, 0.0, reused=True)
+
+
+def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lease: leases.Lease) -> RunResult:
+    t_start = time.perf_counter()
     sweep_id = cfg.storage.sweep_id
     run_id = run_id_of(cfg)
-    trial_id = trial_id or run_id
     device = resolve_device(cfg.train.device)
     members = cfg.members
     K, steps = len(members), cfg.train.steps
@@ -189,6 +206,7 @@ def train_pack(
 
     for step in range(start, steps + 1):
         if step > start and step % cfg.train.checkpoint_every == 0:
+            _check_lease(lease)
             _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, diverged_at, status)
         # every step draws a fresh batch (online training); the loss is the train loss at `step`
         x, y = task.sample(cfg.train.batch_size, data_gen)
@@ -231,6 +249,7 @@ def train_pack(
                 rows.extend(_diverged_rows(base[k], first_bad[k], dims))
             if newly:
                 opt.freeze(torch.tensor([k in newly for k in range(K)], device=device))
+            _check_lease(lease)
             records.write_part(root, sweep_id, run_id, step, rows)
             all_rows.extend(rows)
         if progress is not None:
@@ -242,14 +261,21 @@ def train_pack(
         opt.step()
 
     seconds = time.perf_counter() - t_start
+    _check_lease(lease)
+    records.compact(root, sweep_id, run_id)  # one file per finished run
     records.mark_complete(
         root, sweep_id, run_id,
-        {"run_id": run_id, "members": K, "status": status, "rows": len(all_rows), "seconds": seconds,
-         "probe_seconds": probe_seconds, "config": cfg.to_dict()},
+        {"run_id": run_id, "members": [b["config_hash"] for b in base], "status": status, "rows": len(all_rows),
+         "seconds": seconds, "probe_seconds": probe_seconds, "config": cfg.to_dict()},
     )
     records.delete_file(root, sweep_id, run_id, CHECKPOINT)
     table = records.to_table(all_rows).to_pandas()
     return RunResult(run_id, table, status, seconds, probe_seconds)
+
+
+def _check_lease(lease: leases.Lease) -> None:
+    if lease.lost:
+        raise LeaseLost(f"run {lease.run_id}: another trainer took its lease over; this attempt stops writing")
 
 
 def _fits(model: torch.nn.Module, saved: dict) -> bool:

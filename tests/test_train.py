@@ -115,22 +115,25 @@ def test_cli_run_of_a_diverging_config_exits_zero(tmp_path, capsys):
 
 def test_parquet_round_trip_keeps_every_column_and_type(tmp_path):
     result = train_pack(small(), root=str(tmp_path))
-    files = list(tmp_path.rglob("part-*.parquet"))
-    assert files and all(pq.read_schema(f).remove_metadata().equals(SCHEMA.remove_metadata()) for f in files)
+    files = [f for f in tmp_path.rglob("*.parquet") if f.name != "_spectra.parquet"]  # parts compacted
+    assert [f.name for f in files] == ["records.parquet"] and all(pq.read_schema(f).remove_metadata().equals(SCHEMA.remove_metadata()) for f in files)
     back = load(str(tmp_path))
     assert list(back.columns) == SCHEMA.names
     key = ["member", "step", "layer"]
     pd.testing.assert_frame_equal(
         back.sort_values(key).reset_index(drop=True), result.records.sort_values(key).reset_index(drop=True)
     )
-    assert back["schema_version"].unique().tolist() == [1]
+    assert back["schema_version"].unique().tolist() == [2]
     assert back["phasemap_version"].iloc[0]
 
 
-def test_rerun_overwrites_and_never_duplicates(tmp_path):
+def test_rerun_reuses_a_complete_run_and_never_duplicates(tmp_path):
     cfg = small()
-    train_pack(cfg, root=str(tmp_path))
-    train_pack(cfg, root=str(tmp_path))
+    first = train_pack(cfg, root=str(tmp_path))
+    marker = next(tmp_path.rglob("_COMPLETE.json")).read_text()
+    again = train_pack(cfg, root=str(tmp_path))
+    assert again.reused and not first.reused and next(tmp_path.rglob("_COMPLETE.json")).read_text() == marker
+    pd.testing.assert_frame_equal(again.records, first.records)
     recs = load(str(tmp_path))
     assert not recs.duplicated(["run_id", "member", "step", "layer"]).any()
     assert len(recs) == len(cfg.probe_steps()) * (cfg.model.depth + 1)
