@@ -63,8 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="YAML sweep config (base + axes)")
     s.add_argument("--out", help="storage root (folder or s3:// URI); default: the config's storage.root")
     s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    s.add_argument("--resume", action="store_true", help="run only the packs not complete in storage")
-    s.add_argument("--overwrite", action="store_true", help="discard the sweep's earlier records and start again")
+    s.add_argument("--resume", action="store_true", help="train only the configs not complete in storage (what every "
+                   "grid sweep does: a rerun, or a sweep file grown by new values, trains only what is new)")
+    s.add_argument("--overwrite", action="store_true", help="discard this grid's earlier records and train every config again")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. base.train.steps=500")
     s.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sweep_command(args, cfg) -> int:
-    from .sweep import SweepError, expand, overhead_summary, run_sweep, sweep_status
+    from .sweep import StorageError, SweepError, expand, member_counts, overhead_summary, run_sweep, sweep_status
 
     if args.command == "validate":
         if cfg.search.mode == "grid":
@@ -253,20 +254,29 @@ def _sweep_command(args, cfg) -> int:
             print(f"{args.config}: ok (optuna sweep {cfg.sweep_id!r}: {cfg.search.trials} trials)")
         return 0
     if args.command == "status":
-        rows = pd.DataFrame(sweep_status(cfg), columns=["run_id", "members", "state"])
+        packs = sweep_status(cfg)
+        rows = pd.DataFrame(packs, columns=["run_id", "members", "state"])
         counts = rows["state"].value_counts()
         print(f"sweep {cfg.sweep_id!r} under {cfg.root}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in
               ("complete", "running", "interrupted", "failed", "missing")) + f" of {len(rows)} packs")
+        if cfg.search.mode == "grid":
+            members = member_counts(packs)
+            print("members (networks): " + ", ".join(f"{n} {state}" for state, n in members.items())
+                  + f" of {sum(members.values())}")
         print(rows.to_string(index=False))
         return 0
     try:
         result = run_sweep(cfg, address=args.address, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.no_progress, num_cpus=args.num_cpus)
+    except StorageError as e:  # one line naming the root and the OS error; complete runs are untouched
+        print(f"error: {e}\nfix the storage, then rerun the same command: it trains only what is not complete",
+              file=sys.stderr)
+        return 1
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"sweep {result.sweep_id}: {result.ran} trial(s) run, {result.skipped} already complete, "
-          f"{len(result.failed)} failed, {result.wall_seconds:.1f} s")
+    print(f"sweep {result.sweep_id}: {result.ran} trial(s) run ({result.trained} configs), {result.skipped} configs "
+          f"already complete, {len(result.failed)} failed, {result.wall_seconds:.1f} s")
     print(f"records: {cfg.root}/sweep={cfg.sweep_id}/")
     if result.trials:
         import ray

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 PREFIX = "_LEASE-"
 DEFAULT_TTL = 60.0  # seconds without a heartbeat before a lease expires
 SETTLE = 2.0  # object stores: seconds between writing a lease and reading it back
+_HELD: set[str] = set()  # tokens of the leases this process holds now
 
 
 def ttl_seconds() -> float:
@@ -61,6 +62,8 @@ class Holder:
         if self.released or (now or time.time()) > self.expires:
             return False
         if self.host == socket.gethostname():
+            if self.pid == os.getpid():
+                return self.token in _HELD  # this process knows whether it still holds it
             try:
                 os.kill(self.pid, 0)
             except ProcessLookupError:
@@ -100,6 +103,7 @@ class Lease:
         self.root, self.sweep_id, self.run_id = root, sweep_id, run_id
         self.generation, self.token, self.ttl = generation, token, ttl
         self.lost = False
+        _HELD.add(token)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"lease-{run_id}", daemon=True)
         self._thread.start()
@@ -123,6 +127,7 @@ class Lease:
     def release(self) -> None:
         self._stop.set()
         self._thread.join()
+        _HELD.discard(self.token)
         if self.lost:
             return
         try:
@@ -144,17 +149,24 @@ def try_acquire(root: str, sweep_id: str, run_id: str, ttl: float | None = None,
                        "expires": time.time() + ttl}).encode()
     fs, folder = records.run_dir(root, sweep_id, run_id)
     fs.create_dir(folder, recursive=True)
-    if isinstance(fs, pafs.LocalFileSystem):
-        try:
-            fd = os.open(f"{folder}/{_name(generation)}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return None, current(root, sweep_id, run_id)
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-    else:
-        records.write_file(root, sweep_id, run_id, _name(generation), body)
-        time.sleep(settle)
-        now = current(root, sweep_id, run_id)
-        if now is None or now.generation != generation or now.token != token:
-            return None, now
+    _HELD.add(token)  # before the file exists: a reader in this process must see it as live
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            try:
+                fd = os.open(f"{folder}/{_name(generation)}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                _HELD.discard(token)
+                return None, current(root, sweep_id, run_id)
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+        else:
+            records.write_file(root, sweep_id, run_id, _name(generation), body)
+            time.sleep(settle)
+            now = current(root, sweep_id, run_id)
+            if now is None or now.generation != generation or now.token != token:
+                _HELD.discard(token)
+                return None, now
+    except BaseException:
+        _HELD.discard(token)
+        raise
     return Lease(root, sweep_id, run_id, generation, token, ttl), None

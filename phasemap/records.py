@@ -134,8 +134,26 @@ SCHEMA = pa.schema(
 )
 
 
+_MOUNTS: dict[str, pafs.FileSystem] = {}
+
+
+def mount(prefix: str, fs: pafs.FileSystem | None) -> None:
+    """In this process, serve roots `prefix + path` through `fs` (None removes the mount).
+
+    For embedding phasemap with a filesystem of your own, and for tests that inject storage
+    faults (a wrapper that fails after N bytes).
+    """
+    if fs is None:
+        _MOUNTS.pop(prefix, None)
+    else:
+        _MOUNTS[prefix] = fs
+
+
 def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and base path of a storage root (folder or URI)."""
+    for prefix, fs in _MOUNTS.items():
+        if root.startswith(prefix):
+            return fs, root[len(prefix):].rstrip("/")
     if "://" in root:
         return pafs.FileSystem.from_uri(root)
     return pafs.LocalFileSystem(), os.path.abspath(root)
@@ -213,6 +231,47 @@ def mark_complete(root: str, sweep_id: str, run_id: str, summary: dict) -> None:
 def is_complete(root: str, sweep_id: str, run_id: str) -> bool:
     fs, folder = run_dir(root, sweep_id, run_id)
     return fs.get_file_info(f"{folder}/{COMPLETE}").type == pafs.FileType.File
+
+
+def complete_members(root: str, sweep_id: str) -> dict[str, str]:
+    """{config_hash: run_id} of every member of a complete run in the sweep's folder.
+
+    Read from the completion markers alone; markers written before they listed their members
+    give them through the pack config they hold. Where a config completed in several runs
+    (roots written by older versions), the latest marker's run is named, as readers choose it.
+    """
+    from .config import parse_config  # records stay importable without the config machinery
+
+    fs, base = filesystem(root)
+    folder = f"{base}/sweep={sweep_id}"
+    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+    markers = sorted((i for i in infos if i.base_name == COMPLETE), key=lambda i: (i.mtime.timestamp() if i.mtime else 0.0, i.path))
+    found: dict[str, str] = {}
+    for info in markers:
+        run_id = info.path.rsplit("/", 2)[-2][len("run="):]
+        with fs.open_input_stream(info.path) as f:
+            summary = json.loads(f.read())
+        hashes = summary.get("members")
+        if not isinstance(hashes, list):
+            cfg = parse_config(summary["config"])
+            hashes = [cfg.member_config(m).config_hash() for m in cfg.members]
+        found.update({h: run_id for h in hashes})
+    return found
+
+
+def check_writable(root: str) -> None:
+    """Raise the OSError that writing under `root` meets (full disk, permissions, no endpoint)."""
+    fs, base = filesystem(root)
+    probe = f"{base}/_phasemap-check-{uuid.uuid4().hex}"
+    try:
+        fs.create_dir(base, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"phasemap checks that it can write here")
+    finally:
+        try:
+            _remove_quietly(fs, probe)
+        except OSError:
+            pass
 
 
 def clear_run(root: str, sweep_id: str, run_id: str, keep_leases: bool = True) -> None:

@@ -5,9 +5,16 @@ paths of the run config with a list of values each: a grid; or distributions for
 the search mode, resources per trial, pack size and retries. Every trial writes its records
 itself, straight to the storage root; the driver only receives small reports.
 
+Identity: a member (one network) is identified by the hash of its own config. Every sweep
+run (first, `--resume`, or after the file grew a value on any axis) lists the members already
+complete in the sweep's folder (from the completion markers alone, so it works even when Ray's
+own experiment folder is gone) and forms its packs from the rest: only what is new trains.
+
 Fault tolerance: a trial whose worker dies is retried (`max_failures`) and its pack resumes
-from its last checkpoint in storage; `--resume` after the driver died runs only the packs
-without a completion marker, so it works even when Ray's own experiment folder is gone.
+from its last checkpoint in storage. A pack is trained under a lease (`leases`), so a second
+driver on the same sweep waits for the packs the first is training instead of training them
+again. A storage fault (full disk, permissions, an unreachable endpoint) ends the sweep with
+one `StorageError` line naming the root.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,15 +35,17 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from tqdm import tqdm
 
-from . import records
-from .aggregate import last_hidden
+from . import leases, records
+from .aggregate import last_records
 from .config import ConfigError, RunConfig, _build, _check, parse_config, read_yaml, set_path
+from .probes import METRIC_COLUMNS
 from .train import ATTEMPT, run_id_of, train_pack
 
 log = logging.getLogger(__name__)
 
 MEMBER_FIELDS = ("optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "train.seed")
 FAILED = "_FAILED.json"
+OBJECTIVES = ("train_loss", "probe_loss", *(c for c in METRIC_COLUMNS if not c.startswith("n_") and not c.endswith("_n")))
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,9 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
                 parse_config(_with(base, {key: value}))
             except ConfigError as e:
                 problems += [f"{where}[{i}] = {value!r}: {p}" for p in e.problems]
+    if search.mode == "optuna" and search.objective not in OBJECTIVES:
+        problems.append(f"search.objective: `objective is a numeric record column` must hold, but got "
+                        f"{search.objective!r} (valid: {', '.join(OBJECTIVES)})")
     if name and "sweep_id" in base.get("storage", {}):
         problems.append("base.storage.sweep_id: set by the sweep's name; remove it")
     cfg = SweepConfig(name, base, axes, search, resources, storage, data.get("pack_size", "auto"),
@@ -191,33 +204,39 @@ def grid_points(cfg: SweepConfig) -> list[dict]:
     return [dict(zip(keys, values)) for values in itertools.product(*(cfg.axes[k] for k in keys))]
 
 
-def expand(cfg: SweepConfig) -> list[RunConfig]:
-    """The grid as packs: single configs grouped by shape, at most `pack_size` members each.
-
-    Configs that differ only in member fields (lr, momentum, weight decay, seed) share a pack;
-    the order is deterministic, so pack ids are stable for a given file.
-    """
-    groups: dict[str, list] = {}
-    shapes: dict[str, RunConfig] = {}
+def members(cfg: SweepConfig) -> list[RunConfig]:
+    """Every network of a grid sweep as a one-member run config, each config once, in grid order."""
+    found: dict[str, RunConfig] = {}
     for combo in grid_points(cfg):
         run = parse_config(_with(cfg.base, combo))
         for member in run.members:
             single = run.member_config(member)
-            shape = dict(single.to_dict())
-            for path in MEMBER_FIELDS:
-                section, key = path.split(".")
-                shape[section] = {k: v for k, v in shape[section].items() if k != key}
-            key = json.dumps(shape, sort_keys=True, default=list)
-            groups.setdefault(key, [])
-            if member not in groups[key]:
-                groups[key].append(member)
-            shapes.setdefault(key, single)
+            found.setdefault(single.config_hash(), single)
+    return list(found.values())
+
+
+def expand(cfg: SweepConfig, done: Collection[str] = ()) -> list[RunConfig]:
+    """The grid's members not in `done` (config hashes) as packs of at most `pack_size`.
+
+    Members that differ only in member fields (lr, momentum, weight decay, seed) share a pack.
+    The order is deterministic and a pack's id is the hash of its members, so the same missing
+    members form the same packs (an interrupted pack resumes from its checkpoint).
+    """
+    groups: dict[str, list[RunConfig]] = {}
+    for single in members(cfg):
+        if single.config_hash() in done:
+            continue
+        shape = dict(single.to_dict())
+        for path in MEMBER_FIELDS:
+            section, key = path.split(".")
+            shape[section] = {k: v for k, v in shape[section].items() if k != key}
+        groups.setdefault(json.dumps(shape, sort_keys=True, default=list), []).append(single)
     packs = []
-    for key, members in groups.items():
-        template = shapes[key]
+    for group in groups.values():
+        template = group[0]
         size = cfg.pack_size if cfg.pack_size != "auto" else auto_pack_size(template, cfg.resources.gpus > 0)
-        for i in range(0, len(members), size):
-            chunk = members[i : i + size]
+        for i in range(0, len(group), size):
+            chunk = [m.members[0] for m in group[i : i + size]]
             data = template.to_dict()
             data["name"] = cfg.name
             data["pairing"] = "zip"
@@ -250,14 +269,32 @@ def auto_pack_size(run: RunConfig, gpu: bool) -> int:
 # ----------------------------------------------------------------------------- the trial
 
 
-def _objective(table, column: str) -> float:
-    """`column` averaged over the pack's finished members and hidden layers at the last step."""
-    rows = last_hidden(table)
-    return float(rows[column].mean()) if len(rows) else float("nan")
+def objective(table, column: str, direction: str) -> float:
+    """`column` per member (mean over hidden layers at its last step), then over members.
+
+    A diverged member counts as the worst value for the direction (-inf for max, +inf for
+    min): a config where any seed diverges ranks last, never scored by its survivors alone.
+    """
+    rows = last_records(table)
+    if not len(rows):
+        return float("nan")
+    worst = float("-inf") if direction == "max" else float("inf")
+    values = []
+    for _, member in rows.groupby("member"):
+        hidden = member[(member["status"] == "ok") & (member["layer"] <= member["depth"])]
+        values.append(worst if (member["status"] == "diverged").any() else float(hidden[column].mean()))
+    return float(sum(values) / len(values)) if worst not in values else worst
+
+
+class StorageError(RuntimeError):
+    """Writing under the storage root failed (full disk, permissions, unreachable endpoint)."""
+
+
+STORAGE_FAULT = "storage fault at root"
 
 
 def _trainable(config: dict, job: dict) -> None:
-    """One Tune trial: build the pack's config, train it, report a small summary."""
+    """One Tune trial: build the pack's config, train it (or reuse it if complete), report."""
     import torch
 
     started = time.time()
@@ -271,18 +308,26 @@ def _trainable(config: dict, job: dict) -> None:
         data["name"] = job["sweep_id"]
         data["storage"] = {"root": job["root"], "sweep_id": job["sweep_id"]}
         cfg = parse_config(data)
-    run_id = run_id_of(cfg)
-    records.delete_file(job["root"], job["sweep_id"], run_id, FAILED)
+    root, sweep_id, run_id = job["root"], job["sweep_id"], run_id_of(cfg)
+    waiting = (lambda message: tune.report({"waiting": message})) if job["mode"] == "grid" else None
     try:
-        result = train_pack(cfg, root=job["root"], trial_id=tune.get_context().get_trial_id(), resume=True)
+        records.delete_file(root, sweep_id, run_id, FAILED)
+        result = train_pack(cfg, root=root, trial_id=tune.get_context().get_trial_id(), resume=True,
+                            waiting=waiting)
+    except OSError as e:  # the storage, not the pack: one line that names the root
+        raise StorageError(f"{STORAGE_FAULT} {root!r}: {type(e).__name__}: {e}") from None
     except Exception as e:
-        records.write_file(job["root"], job["sweep_id"], run_id, FAILED,
-                           json.dumps({"error": repr(e), "time": time.time()}).encode())
+        try:
+            records.write_file(root, sweep_id, run_id, FAILED,
+                               json.dumps({"error": repr(e), "time": time.time()}).encode())
+        except OSError:
+            pass
         raise
     tune.report({
-        "objective": _objective(result.records, job["objective"]),
+        "objective": objective(result.records, job["objective"], job["direction"]),
         "run_id": run_id,
         "members": len(result.status),
+        "reused": result.reused,
         "diverged": result.status.count("diverged"),
         "train_seconds": result.seconds,
         "probe_seconds": result.probe_seconds,
@@ -296,12 +341,13 @@ def _trainable(config: dict, job: dict) -> None:
 @dataclass
 class SweepResult:
     sweep_id: str
-    packs: int  # packs in the sweep
+    packs: int  # trials this run started (packs of missing members, or optuna trials)
     ran: int  # trials run now
-    skipped: int  # packs already complete (resume)
+    skipped: int  # members (configs) already complete before this run: reused, not trained
     failed: list[str]
     wall_seconds: float
     trials: list[dict]  # per trial: run_id, wall and train seconds
+    trained: int = 0  # members in the packs this run started
 
 
 class SweepError(RuntimeError):
@@ -325,6 +371,13 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
+def _storage_check(root: str) -> None:
+    try:
+        records.check_writable(root)
+    except OSError as e:
+        raise StorageError(f"{STORAGE_FAULT} {root!r}: {type(e).__name__}: {e}") from None
+
+
 def run_sweep(
     cfg: SweepConfig,
     address: str | None = None,
@@ -333,31 +386,40 @@ def run_sweep(
     progress: bool = True,
     num_cpus: int | None = None,
 ) -> SweepResult:
-    """Run a sweep with Ray Tune; see the module docstring."""
+    """Run a sweep with Ray Tune; see the module docstring.
+
+    A grid sweep trains only the members not complete in the sweep's folder, whether or not
+    `resume` is given (it is kept for clarity in scripts); `overwrite` retrains every member.
+    """
     t0 = time.time()
     # trials run in folders of their own: a relative root must mean the driver's folder
     cfg = dataclasses.replace(cfg, storage=SweepStorage(records.resolve_root(cfg.root)))
     root, sweep_id = cfg.root, cfg.sweep_id
-    job = {"root": root, "sweep_id": sweep_id, "objective": cfg.search.objective, "cpus": cfg.resources.cpus,
-           "base": cfg.base, "axes": list(cfg.axes), "choices": {}}
+    _storage_check(root)  # before Ray starts: a root that cannot be written is named now
+    job = {"root": root, "sweep_id": sweep_id, "objective": cfg.search.objective, "direction": cfg.search.direction,
+           "cpus": cfg.resources.cpus, "base": cfg.base, "axes": list(cfg.axes), "choices": {},
+           "mode": cfg.search.mode}
+    trained = 0
     if cfg.search.mode == "grid":
-        packs = expand(cfg)
-        done = [p for p in packs if records.is_complete(root, sweep_id, run_id_of(p))]
-        if done and not (resume or overwrite):
-            raise SweepError(
-                f"sweep {sweep_id!r} already has {len(done)} of {len(packs)} packs complete under {root!r}: "
-                f"use --resume to run only the rest, or --overwrite to start again"
-            )
+        done = records.complete_members(root, sweep_id)
+        wanted = {m.config_hash() for m in members(cfg)}
         if overwrite:
-            for p in packs:
-                records.clear_run(root, sweep_id, run_id_of(p))
-            done = []
-        todo = [p for p in packs if p not in done]
-        if not todo:
-            return SweepResult(sweep_id, len(packs), 0, len(done), [], time.time() - t0, [])
-        param_space = {"pack": tune.grid_search([p.to_dict() for p in todo])}
+            for run_id in {done[h] for h in wanted if h in done}:
+                records.clear_run(root, sweep_id, run_id, keep_leases=False)
+            done = {}
+        packs = expand(cfg, done=set(done))
+        skipped = len(wanted & set(done))
+        trained = sum(len(p.members) for p in packs)
+        log.info("sweep %s: %d configs, %d already complete, %d to train in %d packs",
+                 sweep_id, len(wanted), skipped, trained, len(packs))
+        if not packs:
+            return SweepResult(sweep_id, 0, 0, skipped, [], time.time() - t0, [], 0)
+        # packs another driver is training go last: by then they are likely done, and reused
+        busy = {run_id_of(p) for p in packs if (h := leases.current(root, sweep_id, run_id_of(p))) and h.live()}
+        packs.sort(key=lambda p: run_id_of(p) in busy)
+        param_space = {"pack": tune.grid_search([p.to_dict() for p in packs])}
         tune_config = tune.TuneConfig(reuse_actors=True, trial_dirname_creator=_short_name)
-        n_trials, n_packs, skipped = len(todo), len(packs), len(done)
+        n_trials = len(packs)
     else:
         if resume:
             raise SweepError("--resume applies to grid sweeps; an optuna sweep starts a new study")
@@ -376,7 +438,7 @@ def run_sweep(
         tune_config = tune.TuneConfig(search_alg=search, num_samples=cfg.search.trials, metric="objective",
                                       mode=cfg.search.direction, reuse_actors=True,
                                       trial_dirname_creator=_short_name)
-        n_trials = n_packs = cfg.search.trials
+        n_trials = cfg.search.trials
         skipped = 0
 
     start_ray(address, num_cpus)
@@ -398,10 +460,18 @@ def run_sweep(
             callbacks=[callback, JsonLoggerCallback()],
         ),
     )
-    grid = tuner.fit()
-    callback.close()
+    try:
+        grid = tuner.fit()
+    except Exception:
+        _storage_check(root)  # Tune's own files live under the root: name a storage fault as such
+        raise
+    finally:
+        callback.close()
     failed = [str(r.error) for r in grid if r.error is not None]
-    return SweepResult(sweep_id, n_packs, n_trials, skipped, failed, time.time() - t0, callback.finished)
+    faults = [line for err in failed for line in err.splitlines() if STORAGE_FAULT in line]
+    if faults:
+        raise StorageError(faults[-1][faults[-1].index(STORAGE_FAULT):])
+    return SweepResult(sweep_id, n_trials, n_trials, skipped, failed, time.time() - t0, callback.finished, trained)
 
 
 def _short_name(trial) -> str:
@@ -414,15 +484,22 @@ class _Progress(tune.Callback):
     def __init__(self, total: int, enabled: bool = True):
         self.bar = tqdm(total=total, unit="trial", desc="sweep", disable=not enabled)
         self.running: dict[str, float] = {}
-        self.failed = self.retried = 0
+        self.failed = self.retried = self.waiting = 0
         self.finished: list[dict] = []
 
     def _show(self):
-        self.bar.set_postfix(running=len(self.running), failed=self.failed, retried=self.retried)
+        self.bar.set_postfix(running=len(self.running), failed=self.failed, retried=self.retried,
+                             **({"waited": self.waiting} if self.waiting else {}))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.setdefault(trial.trial_id, time.time())
         self._show()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "waiting" in result:  # another driver trains this pack: this trial waits for it
+            self.waiting += 1
+            self.bar.write(f"trial {trial.trial_id}: {result['waiting']}")
+            self._show()
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.retried += 1
@@ -432,7 +509,7 @@ class _Progress(tune.Callback):
         started = self.running.pop(trial.trial_id, time.time())
         last = trial.last_result or {}
         self.finished.append({"trial_id": trial.trial_id, "ok": ok, "wall_seconds": time.time() - started,
-                              **{k: last[k] for k in ("run_id", "train_seconds", "probe_seconds", "objective") if k in last}})
+                              **{k: last[k] for k in ("run_id", "train_seconds", "probe_seconds", "objective", "reused") if k in last}})
         self.bar.update(1)
         self._show()
 
@@ -453,43 +530,46 @@ class _Progress(tune.Callback):
 def sweep_status(cfg: SweepConfig) -> list[dict]:
     """Per pack: complete, running, interrupted, failed or missing, from storage alone.
 
-    A grid sweep knows its packs in advance; an Optuna sweep's runs are those found in storage.
+    A grid sweep's packs are the complete runs that hold its members plus the packs its
+    missing members form (what the next run would start); an Optuna sweep's runs are those
+    found in storage.
     """
     if cfg.search.mode == "grid":
-        packs = [(run_id_of(p), len(p.members)) for p in expand(cfg)]
+        done = records.complete_members(cfg.root, cfg.sweep_id)
+        wanted = [m.config_hash() for m in members(cfg)]
+        finished: dict[str, int] = {}
+        for h in wanted:
+            if h in done:
+                finished[done[h]] = finished.get(done[h], 0) + 1
+        packs = list(finished.items()) + [(run_id_of(p), len(p.members)) for p in expand(cfg, done=set(done))]
     else:
         fs, base = records.filesystem(cfg.root)
         folder = f"{base}/sweep={cfg.sweep_id}"
         found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
         packs = [(i.base_name[len("run="):], None) for i in found if i.base_name.startswith("run=")]
     rows = []
-    for run_id, members in packs:
+    for run_id, n in packs:
         state = "missing"
+        holder = leases.current(cfg.root, cfg.sweep_id, run_id)
         if records.is_complete(cfg.root, cfg.sweep_id, run_id):
             state = "complete"
+        elif holder is not None and holder.live():
+            state = "running"
         elif records.read_file(cfg.root, cfg.sweep_id, run_id, FAILED) is not None:
             state = "failed"
-        else:
-            attempt = records.read_file(cfg.root, cfg.sweep_id, run_id, ATTEMPT)
-            if attempt is not None:
-                state = "running" if _alive(json.loads(attempt)) else "interrupted"
-        rows.append({"run_id": run_id, "members": members, "state": state})
+        elif records.read_file(cfg.root, cfg.sweep_id, run_id, ATTEMPT) is not None:
+            state = "interrupted"
+        rows.append({"run_id": run_id, "members": n, "state": state})
     return rows
 
 
-def _alive(info: dict) -> bool:
-    """Whether an attempt's process still runs (known only on its own host; assume yes elsewhere)."""
-    import socket
-
-    if info.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(info["pid"]), 0)
-    except (ProcessLookupError, ValueError, KeyError):
-        return False
-    except PermissionError:
-        return True
-    return True
+def member_counts(packs: list[dict]) -> dict[str, int]:
+    """Members (networks) per state, from `sweep_status`'s packs: complete, running, missing."""
+    counts = {"complete": 0, "running": 0, "missing": 0}
+    for p in packs:
+        key = p["state"] if p["state"] in ("complete", "running") else "missing"
+        counts[key] += p["members"] or 0
+    return counts
 
 
 def overhead_summary(result: SweepResult, slots: float) -> str:
@@ -510,5 +590,5 @@ def overhead_summary(result: SweepResult, slots: float) -> str:
             f"{whole:.1f} s counting start-up and scheduling (wall {result.wall_seconds:.1f} s)")
 
 
-__all__ = ["SweepConfig", "SweepResult", "SweepError", "expand", "load_sweep", "parse_sweep", "run_sweep",
-           "sweep_status"]
+__all__ = ["SweepConfig", "SweepResult", "SweepError", "StorageError", "expand", "load_sweep", "member_counts",
+           "members", "objective", "parse_sweep", "run_sweep", "sweep_status"]
