@@ -13,16 +13,17 @@ import numpy as np
 import pandas as pd
 
 from .phases import ALIGNMENT_COLUMNS, critical_depth, label_phases
+from .records import CONFIG_COLUMNS
 
 NETWORK = ["sweep_id", "run_id", "member"]
-# config columns a sweep varies; seeds are what cells aggregate over
-AXES = ["task", "depth", "width", "activation", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-        "steps", "input_dim", "output_dim", "covariance"]
+# seeds are what cells aggregate over; every other config column can be an axis
 SEEDS = ["seed", "data_seed"]
+AXES = [c for _, c, _ in CONFIG_COLUMNS if c not in SEEDS] + ["output_dim"]
 
 
 def varying_axes(df: pd.DataFrame) -> list[str]:
-    """The config columns that take more than one value in `df` (in AXES order)."""
+    """The config columns (every field of the run config but the seeds) that take more than
+    one value in `df`, in config order: derived from the data, never from a fixed list."""
     return [c for c in AXES if c in df and df[c].nunique(dropna=False) > 1]
 
 

@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"phasemap {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, Ray's own logs included")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check a config; list every problem with its field path")
@@ -203,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        for name in ("ray", "ray.tune", "ray.train"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    if not args.verbose:  # phasemap reports failed trials and storage faults itself; -v shows Ray's own logs
+        for name in ("ray", "ray.tune", "ray.train", "ray.air"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     if args.command in ("query", "plot", "report"):
         return _data_command(args)
     try:
@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bar.close()
     n_div = result.status.count("diverged")
+    if result.reused:
+        print(f"run {result.run_id}: already complete under {cfg.storage.root}: its records are shown, not trained "
+              f"again (a new storage root or sweep_id trains it afresh)")
     print(f"run {result.run_id}: {len(result.status)} member(s), {n_div} diverged, "
           f"{len(result.records)} records in {result.seconds:.1f} s (probes {result.probe_seconds:.1f} s)")
     print(f"records: {cfg.storage.root}/sweep={cfg.storage.sweep_id}/run={result.run_id}/")
@@ -275,8 +278,11 @@ def _sweep_command(args, cfg) -> int:
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    reused = sum(1 for t in result.trials if t.get("reused"))
     print(f"sweep {result.sweep_id}: {result.ran} trial(s) run ({result.trained} configs), {result.skipped} configs "
           f"already complete, {len(result.failed)} failed, {result.wall_seconds:.1f} s")
+    if reused:
+        print(f"{reused} of those trial(s) found their pack complete (trained by another driver or trial): not trained again")
     print(f"records: {cfg.root}/sweep={cfg.sweep_id}/")
     if result.trials:
         import ray

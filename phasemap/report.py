@@ -36,8 +36,12 @@ class FigureOptions:
 
 def choose_axes(df: pd.DataFrame, opts: FigureOptions) -> tuple[str, str, str | None]:
     varying = aggregate.varying_axes(df)
-    x = opts.x or next((a for a in PREFERRED_X if a in varying), None) or "weight_decay"
-    y = opts.y or next((a for a in PREFERRED_Y if a in varying and a != x), None) or "depth"
+    # x: a preferred axis, else any varying one; depth only when nothing else varies (it is y's)
+    order = [a for a in (*PREFERRED_X, *varying) if a != "depth"] + ["depth"]
+    x = opts.x or next((a for a in order if a in varying), None) or "weight_decay"
+    y = opts.y or next((a for a in (*PREFERRED_Y, *varying) if a in varying and a != x), None) or "depth"
+    if y == x:  # one axis varies and it was asked for as x
+        y = "depth" if x != "depth" else "weight_decay"
     if x == y:
         raise ValueError(f"`x != y` must hold, but got x={x!r}, y={y!r}")
     facet = opts.facet or next((a for a in varying if a not in (x, y)), None)
@@ -54,6 +58,12 @@ def _one_depth(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return df, f"depth {int(df['depth'].iloc[0])}"
 
 
+def _pooled(df: pd.DataFrame, kept) -> str:
+    """The caption's note of every varying config column a figure does not show: it pools over them."""
+    others = [a for a in aggregate.varying_axes(df) if a not in kept]
+    return f"; pooled over {', '.join(others)}" if others else ""
+
+
 def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | None = None):
     """The figure of one kind from records; returns (figure, the table it draws, caption)."""
     if kind not in KINDS:
@@ -61,8 +71,7 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
     if df.empty:
         raise ValueError("no records to draw (check the root and --where)")
     x, y, facet = choose_axes(df, opts)
-    others = [a for a in aggregate.varying_axes(df) if a not in (x, y, facet)]
-    pooled = f"; pooled over {', '.join(others)}" if others else ""
+    pooled = _pooled(df, (x, y, facet))
     facets = [facet] if facet else []
     if kind == "phase-diagram":
         table = aggregate.phase_grid(df, x, y, layer=opts.layer, tau=opts.tau, facets=facets)
@@ -81,7 +90,7 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
         sub, which = _one_depth(df)
         keys = [k for k in (x, facet) if k and k != "depth" and sub[k].nunique() > 1]
         table = aggregate.layer_profile(sub, by=keys)
-        caption = f"Alignment by layer at the last step, {which}; mean ± std over seeds{pooled}."
+        caption = f"Alignment by layer at the last step, {which}; mean ± std over seeds{_pooled(sub, keys)}."
         return plots.layers_figure(table, keys, title=f"Alignment by layer ({which})"), table, caption
     if kind == "evolution":
         keys = [k for k in (x, facet) if k and df[k].nunique() > 1]

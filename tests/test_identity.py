@@ -305,3 +305,27 @@ def test_a_full_disk_fails_naming_the_error_leaves_no_temp_file_and_a_rerun_comp
     recs = load(str(tmp_path / "a"))
     assert len(recs) == len(straight.records) == len(result.records)
     assert not recs.duplicated(["config_hash", "step", "layer"]).any()
+
+
+def test_a_sweep_over_task_phi_gives_a_phase_grid_with_phi_as_an_axis(tmp_path):
+    from phasemap import aggregate
+    from phasemap.report import FigureOptions, choose_axes, make_figure
+
+    cfg = parse_sweep({
+        "name": "phi", "storage": {"root": str(tmp_path)},
+        "base": {"task": {"name": "fc2", "input_dim": 6, "output_dim": 3, "teacher_width": 6}, "model": {"width": 6},
+                 "train": {"steps": 10, "batch_size": 8, "device": "cpu"}, "probe": {"n_samples": 32, "count": 2}},
+        "axes": {"task.phi": [0.1, 0.9], "model.depth": [1, 2]}})
+    for pack in expand(cfg):  # what each trial of the sweep runs
+        train_pack(pack, root=str(tmp_path))
+    df = load(str(tmp_path))
+    assert sorted(df["phi"].unique()) == [0.1, 0.9] and aggregate.varying_axes(df) == ["phi", "depth"]
+    grid = aggregate.phase_grid(df, x="phi", y="depth")
+    assert sorted(zip(grid["depth"], grid["phi"])) == [(1, 0.1), (1, 0.9), (2, 0.1), (2, 0.9)]
+    assert grid["n"].tolist() == [1, 1, 1, 1]
+    assert choose_axes(df, FigureOptions()) == ("phi", "depth", None)
+    _, _, caption = make_figure(df, "phase-diagram", FigureOptions())
+    assert "over depth × phi" in caption and "pooled" not in caption
+    from phasemap.report import _pooled
+
+    assert _pooled(df, ("depth",)) == "; pooled over phi"  # what a caption says of an axis it does not show

@@ -337,7 +337,7 @@ def test_sweep_submitted_through_ray_jobs_runs_on_both_nodes(tmp_path, two_node_
     run = _submit("jobs.yaml", two_node_cluster, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "phasemap sweep jobs.yaml --no-progress" in run.stdout and "SUCCEEDED" in run.stdout
-    assert "2 trial(s) run, 0 already complete, 0 failed" in run.stdout  # the sweep's own summary, streamed
+    assert "2 trial(s) run (4 configs), 0 configs already complete, 0 failed" in run.stdout  # the sweep's own summary, streamed
     recs = _check_dataset(tmp_path / "out", data)
     assert set(recs["status"]) == {"ok"}
     trials = list_actors(address=two_node_cluster["url"], filters=[("class_name", "=", "ImplicitFunc")], detail=True)

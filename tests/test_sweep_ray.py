@@ -56,16 +56,6 @@ def check_dataset(root, cfg):
     return recs
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_grid_sweep_end_to_end(tmp_path, local_ray, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative root means the driver's folder, not the workers'
     cfg = parse_sweep(sweep_data("rel"))
@@ -178,8 +168,8 @@ def test_killed_driver_then_resume_runs_only_what_is_missing(tmp_path):
         env=ENV, capture_output=True, text=True, timeout=300,
     )
     assert again.returncode == 0, again.stdout + again.stderr
-    assert f"{len(done_before)} already complete" in again.stdout
-    assert f"{4 - len(done_before)} trial(s) run" in again.stdout
+    assert f"{2 * len(done_before)} configs already complete" in again.stdout  # two weight decays per pack
+    assert f"{4 - len(done_before)} trial(s) run ({2 * (4 - len(done_before))} configs)" in again.stdout
     for name, text in done_before.items():  # complete packs were not run again
         assert (root / "sweep=drv" / name / "_COMPLETE.json").read_text() == text
     check_dataset(root, cfg)
