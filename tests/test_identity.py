@@ -117,6 +117,9 @@ def test_a_root_with_duplicates_is_read_one_network_per_config(tmp_path):
     _copy_run(tmp_path / "a", root, sweep, first.run_id, "unfinished")
     (root / f"sweep={sweep}" / "run=unfinished" / "_COMPLETE.json").unlink()
     old, new = (root / f"sweep={sweep}" / f"run={r}" / "_COMPLETE.json" for r in ("old-pack", "new-pack"))
+    marker = json.loads(old.read_text())
+    del marker["members"]  # as versions before member identity wrote it: the pack config only
+    old.write_text(json.dumps(marker))
     os.utime(old, (time.time() - 100, time.time() - 100))
     raw = sql(str(root), "SELECT count(*) AS n FROM all_records").iloc[0, 0]
     assert raw == 3 * len(first.records)

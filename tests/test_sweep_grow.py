@@ -219,7 +219,7 @@ def test_an_unreachable_s3_endpoint_ends_the_sweep_with_one_line_and_resume_fini
 
     try:
         _wait(complete, 180, "a first complete pack")
-        proxy.cut()  # the endpoint is gone mid-sweep
+        proxy.cut()  # the endpoint is gone mid-sweep (each S3 call then fails after ~6 s of retries)
         out, err = driver.communicate(timeout=300)
     finally:
         if driver.poll() is None:
