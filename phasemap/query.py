@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .records import COMPACTED, COMPLETE, READABLE_VERSIONS, SCHEMA, SCHEMA_VERSION, V1_DEFAULTS, filesystem
+from .records import COMPACTED, COMPLETE, READABLE_VERSIONS, SCHEMA, V1_DEFAULTS, filesystem
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def sql(root: str, query: str, strict: bool = False) -> pd.DataFrame:
         con.register("_runs", pd.DataFrame(
             [(s, r, c, t) for (s, r), (c, t) in found.runs.items()], columns=["sweep", "run", "complete", "time"]))
         filled = ", ".join(f"coalesce({c}, {_literal(v)}) AS {c}" for c, v in V1_DEFAULTS.items())
-        con.execute(f"""
+        con.execute("""
             CREATE TEMP VIEW _winners AS
             SELECT sweep_id, run_id, config_hash FROM (
                 SELECT k.*, row_number() OVER (PARTITION BY k.sweep_id, k.config_hash

@@ -259,6 +259,27 @@ def complete_members(root: str, sweep_id: str) -> dict[str, str]:
     return found
 
 
+def temp_files(root: str, sweep_id: str) -> dict[str, list[str]]:
+    """{run_id: paths} of the temp files (`_tmp-*`) in a sweep's run folders.
+
+    A write interrupted by a crash, or by storage that failed between upload and rename (an
+    object store cut off mid-move), leaves one; the driver removes those of runs nobody holds.
+    """
+    fs, base = filesystem(root)
+    infos = fs.get_file_info(pafs.FileSelector(f"{base}/sweep={sweep_id}", recursive=True, allow_not_found=True))
+    found: dict[str, list[str]] = {}
+    for info in infos:
+        if info.base_name.startswith("_tmp-") and "/run=" in info.path:
+            found.setdefault(info.path.rsplit("/", 2)[-2][len("run="):], []).append(info.path)
+    return found
+
+
+def remove_files(root: str, paths: list[str]) -> None:
+    fs, _ = filesystem(root)
+    for path in paths:
+        _remove_quietly(fs, path)
+
+
 def check_writable(root: str) -> None:
     """Raise the OSError that writing under `root` meets (full disk, permissions, no endpoint)."""
     fs, base = filesystem(root)

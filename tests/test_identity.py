@@ -332,3 +332,19 @@ def test_a_sweep_over_task_phi_gives_a_phase_grid_with_phi_as_an_axis(tmp_path):
     from phasemap.report import _pooled
 
     assert _pooled(df, ("depth",)) == "; pooled over phi"  # what a caption says of an axis it does not show
+
+
+def test_temp_files_left_by_a_storage_fault_are_removed_by_the_next_sweep_unless_the_run_is_held(tmp_path):
+    from phasemap.sweep.driver import _remove_stale_temp
+
+    for run in ("free", "held"):
+        folder = tmp_path / "sweep=s" / f"run={run}"
+        folder.mkdir(parents=True)
+        (folder / "_tmp-0123").write_bytes(b"half an upload")
+    lease, _ = leases.try_acquire(str(tmp_path), "s", "held")
+    try:
+        assert sorted(records.temp_files(str(tmp_path), "s")) == ["free", "held"]
+        _remove_stale_temp(str(tmp_path), "s")
+        assert list(records.temp_files(str(tmp_path), "s")) == ["held"]  # its trainer may be writing it now
+    finally:
+        lease.release()

@@ -4,7 +4,6 @@
 Every test ends with the dataset holding exactly one network per distinct config.
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -258,3 +257,40 @@ def test_a_root_that_cannot_be_written_is_named_before_ray_starts(tmp_path):
     assert run.returncode == 1
     first = run.stderr.splitlines()[0]
     assert first.startswith(f"error: storage fault at root '{tmp_path / 'file' / 'out'}'") and "Traceback" not in run.stderr
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 200 KB filesystem (tmpfs); skipped where this process may not mount one."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_ends_the_sweep_with_one_line_and_resume_finishes_it(tmp_path, tiny_disk):
+    data = sweep_data(tiny_disk / "out", name="full", steps=200,
+                      **{"model.width": [16, 32], "optimizer.weight_decay": [0.0, 1e-3, 1e-2]})
+    data["base"]["probe"]["count"] = 6
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(data))
+    command = [sys.executable, "-m", "phasemap.cli", "sweep", str(config), "--no-progress", "--num-cpus", "2"]
+    run = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"storage fault at root '{tiny_disk / 'out'}'" in errors[0], run.stderr
+    assert "No space left on device" in errors[0] and "Traceback" not in run.stderr
+    assert not list(tiny_disk.rglob("_tmp-*"))
+    done = {p.parent.name: p.read_text() for p in tiny_disk.rglob("_COMPLETE.json")}
+    subprocess.run(["mount", "-o", "remount,size=8m", str(tiny_disk)], check=True)  # space freed
+    again = subprocess.run(command + ["--resume"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    for name, text in done.items():  # complete runs were not touched
+        assert (tiny_disk / "out" / "sweep=full" / name / "_COMPLETE.json").read_text() == text
+    check_one_per_config(tiny_disk / "out", parse_sweep(data))
+    assert not list(tiny_disk.rglob("_tmp-*"))

@@ -1,0 +1,338 @@
+"""The Ray Tune driver: one Tune trial trains one pack; the driver sees small reports only.
+
+Identity: every grid sweep run (first, `--resume`, or after the file grew a value on any axis)
+lists the members already complete in the sweep's folder (from the completion markers alone,
+so it works even when Ray's own experiment folder is gone) and packs only the rest.
+
+Fault tolerance: a trial whose worker dies is retried (`max_failures`) and its pack resumes
+from its last checkpoint in storage. A pack is trained under a lease (`leases`), so a second
+driver on the same sweep waits for the packs the first is training instead of training them
+again. A storage fault (full disk, permissions, an unreachable endpoint) ends the sweep with
+one `StorageError` line naming the root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
+from tqdm import tqdm
+
+from .. import leases, records
+from ..aggregate import last_records
+from ..config import parse_config
+from ..train import run_id_of, train_pack
+from .spec import SweepConfig, SweepStorage, _with, expand, members
+
+log = logging.getLogger(__name__)
+
+FAILED = "_FAILED.json"
+
+
+def objective(table, column: str, direction: str) -> float:
+    """`column` per member (mean over hidden layers at its last step), then over members.
+
+    A diverged member counts as the worst value for the direction (-inf for max, +inf for
+    min): a config where any seed diverges ranks last, never scored by its survivors alone.
+    """
+    rows = last_records(table)
+    if not len(rows):
+        return float("nan")
+    worst = float("-inf") if direction == "max" else float("inf")
+    values = []
+    for _, member in rows.groupby("member"):
+        hidden = member[(member["status"] == "ok") & (member["layer"] <= member["depth"])]
+        values.append(worst if (member["status"] == "diverged").any() else float(hidden[column].mean()))
+    return float(sum(values) / len(values)) if worst not in values else worst
+
+
+class StorageError(RuntimeError):
+    """Writing under the storage root failed (full disk, permissions, unreachable endpoint)."""
+
+
+STORAGE_FAULT = "storage fault at root"
+
+
+def _trainable(config: dict, job: dict) -> None:
+    """One Tune trial: build the pack's config, train it (or reuse it if complete), report."""
+    import torch
+
+    started = time.time()
+    torch.set_num_threads(max(1, int(job["cpus"])))
+    if "pack" in config:
+        cfg = parse_config(config["pack"])
+    else:  # optuna: the sampled values applied to the base
+        changes = {job["axes"][int(name[1:])]: value for name, value in config.items()}
+        changes = {k: (job["choices"][k][v] if k in job["choices"] else v) for k, v in changes.items()}
+        data = _with(job["base"], changes)
+        data["name"] = job["sweep_id"]
+        data["storage"] = {"root": job["root"], "sweep_id": job["sweep_id"]}
+        cfg = parse_config(data)
+    root, sweep_id, run_id = job["root"], job["sweep_id"], run_id_of(cfg)
+    waiting = (lambda message: tune.report({"waiting": message})) if job["mode"] == "grid" else None
+    try:
+        records.delete_file(root, sweep_id, run_id, FAILED)
+        result = train_pack(cfg, root=root, trial_id=tune.get_context().get_trial_id(), resume=True,
+                            waiting=waiting)
+    except OSError as e:  # the storage, not the pack: no retry (it would meet the same storage);
+        # the driver's stopper ends the sweep and names the root in one line
+        tune.report({"storage_fault": f"{STORAGE_FAULT} {root!r}: {type(e).__name__}: {e}",
+                     "objective": float("nan"), "run_id": run_id})
+        return
+    except Exception as e:
+        try:
+            records.write_file(root, sweep_id, run_id, FAILED,
+                               json.dumps({"error": repr(e), "time": time.time()}).encode())
+        except OSError:
+            pass
+        raise
+    tune.report({
+        "objective": objective(result.records, job["objective"], job["direction"]),
+        "run_id": run_id,
+        "members": len(result.status),
+        "reused": result.reused,
+        "diverged": result.status.count("diverged"),
+        "train_seconds": result.seconds,
+        "probe_seconds": result.probe_seconds,
+        "trial_seconds": time.time() - started,
+    })
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    packs: int  # trials this run started (packs of missing members, or optuna trials)
+    ran: int  # trials run now
+    skipped: int  # members (configs) already complete before this run: reused, not trained
+    failed: list[str]
+    wall_seconds: float
+    trials: list[dict]  # per trial: run_id, wall and train seconds
+    trained: int = 0  # members in the packs this run started
+
+
+class SweepError(RuntimeError):
+    pass
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join a cluster (`address` or RAY_ADDRESS), or start a local Ray on this machine."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # JSON results only (below)
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only Ray
+        # address="local": a new Ray of our own, never one that `ray start` left on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def _storage_check(root: str) -> None:
+    try:
+        records.check_writable(root)
+    except OSError as e:
+        raise StorageError(f"{STORAGE_FAULT} {root!r}: {type(e).__name__}: {e}") from None
+
+
+def _remove_stale_temp(root: str, sweep_id: str) -> None:
+    """Temp files left by a crash or a storage fault, in runs no live trainer holds."""
+    for run_id, paths in records.temp_files(root, sweep_id).items():
+        holder = leases.current(root, sweep_id, run_id)
+        if holder is None or not holder.live():
+            log.info("run %s: removing %d temp file(s) left by an interrupted write", run_id, len(paths))
+            records.remove_files(root, paths)
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    address: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    num_cpus: int | None = None,
+) -> SweepResult:
+    """Run a sweep with Ray Tune; see the module docstring.
+
+    A grid sweep trains only the members not complete in the sweep's folder, whether or not
+    `resume` is given (it is kept for clarity in scripts); `overwrite` retrains every member.
+    """
+    t0 = time.time()
+    # trials run in folders of their own: a relative root must mean the driver's folder
+    cfg = dataclasses.replace(cfg, storage=SweepStorage(records.resolve_root(cfg.root)))
+    root, sweep_id = cfg.root, cfg.sweep_id
+    _storage_check(root)  # before Ray starts: a root that cannot be written is named now
+    job = {"root": root, "sweep_id": sweep_id, "objective": cfg.search.objective, "direction": cfg.search.direction,
+           "cpus": cfg.resources.cpus, "base": cfg.base, "axes": list(cfg.axes), "choices": {},
+           "mode": cfg.search.mode}
+    trained = 0
+    _remove_stale_temp(root, sweep_id)
+    if cfg.search.mode == "grid":
+        done = records.complete_members(root, sweep_id)
+        wanted = {m.config_hash() for m in members(cfg)}
+        if overwrite:
+            for run_id in {done[h] for h in wanted if h in done}:
+                records.clear_run(root, sweep_id, run_id, keep_leases=False)
+            done = {}
+        packs = expand(cfg, done=set(done))
+        skipped = len(wanted & set(done))
+        trained = sum(len(p.members) for p in packs)
+        log.info("sweep %s: %d configs, %d already complete, %d to train in %d packs",
+                 sweep_id, len(wanted), skipped, trained, len(packs))
+        if not packs:
+            return SweepResult(sweep_id, 0, 0, skipped, [], time.time() - t0, [], 0)
+        # packs another driver is training go last: by then they are likely done, and reused
+        busy = {run_id_of(p) for p in packs if (h := leases.current(root, sweep_id, run_id_of(p))) and h.live()}
+        packs.sort(key=lambda p: run_id_of(p) in busy)
+        param_space = {"pack": tune.grid_search([p.to_dict() for p in packs])}
+        tune_config = tune.TuneConfig(reuse_actors=True, trial_dirname_creator=_short_name)
+        n_trials = len(packs)
+    else:
+        if resume:
+            raise SweepError("--resume applies to grid sweeps; an optuna sweep starts a new study")
+        from ray.tune.search.optuna import OptunaSearch
+
+        param_space = {}
+        for i, (key, spec) in enumerate(cfg.axes.items()):
+            if isinstance(spec, list):
+                job["choices"][key] = spec
+                param_space[f"p{i}"] = tune.choice(list(range(len(spec))))
+            elif spec.get("type", "float") == "int":
+                param_space[f"p{i}"] = (tune.lograndint if spec.get("log") else tune.randint)(spec["low"], spec["high"] + 1)
+            else:
+                param_space[f"p{i}"] = (tune.loguniform if spec.get("log") else tune.uniform)(spec["low"], spec["high"])
+        search = OptunaSearch(seed=cfg.search.seed)
+        tune_config = tune.TuneConfig(search_alg=search, num_samples=cfg.search.trials, metric="objective",
+                                      mode=cfg.search.direction, reuse_actors=True,
+                                      trial_dirname_creator=_short_name)
+        n_trials = cfg.search.trials
+        skipped = 0
+
+    start_ray(address, num_cpus)
+    fs, base_path = records.filesystem(root)
+    callback = _Progress(n_trials, enabled=progress)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, job=job), {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus}
+    )
+    stopper = _StopOnStorageFault()
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(
+            name=f"{sweep_id}-{int(t0)}",
+            storage_path=f"{base_path}/_tune",
+            storage_filesystem=fs,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            verbose=0,
+            callbacks=[callback, JsonLoggerCallback()],
+            stop=stopper,
+        ),
+    )
+    try:
+        grid = tuner.fit()
+    except Exception:
+        _storage_check(root)  # Tune's own files live under the root: name a storage fault as such
+        raise
+    finally:
+        callback.close()
+    if stopper.fault:
+        raise StorageError(stopper.fault)
+    failed = [str(r.error) for r in grid if r.error is not None]
+    return SweepResult(sweep_id, n_trials, n_trials, skipped, failed, time.time() - t0, callback.finished, trained)
+
+
+class _StopOnStorageFault(tune.Stopper):
+    """Ends the whole sweep at the first trial that met a storage fault (others would too)."""
+
+    def __init__(self):
+        self.fault: str | None = None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if "storage_fault" in result:
+            self.fault = self.fault or result["storage_fault"]
+            return True
+        return False
+
+    def stop_all(self) -> bool:
+        return self.fault is not None
+
+
+def _short_name(trial) -> str:
+    return trial.trial_id
+
+
+class _Progress(tune.Callback):
+    """Trials done / running / failed and the time left, on a progress bar."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.bar = tqdm(total=total, unit="trial", desc="sweep", disable=not enabled)
+        self.running: dict[str, float] = {}
+        self.failed = self.retried = self.waiting = 0
+        self.finished: list[dict] = []
+
+    def _show(self):
+        self.bar.set_postfix(running=len(self.running), failed=self.failed, retried=self.retried,
+                             **({"waited": self.waiting} if self.waiting else {}))
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.setdefault(trial.trial_id, time.time())
+        self._show()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "waiting" in result:  # another driver trains this pack: this trial waits for it
+            self.waiting += 1
+            self.bar.write(f"trial {trial.trial_id}: {result['waiting']}")
+            self._show()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.retried += 1
+        self._show()
+
+    def _end(self, trial, ok):
+        started = self.running.pop(trial.trial_id, time.time())
+        last = trial.last_result or {}
+        self.finished.append({"trial_id": trial.trial_id, "ok": ok, "wall_seconds": time.time() - started,
+                              **{k: last[k] for k in ("run_id", "train_seconds", "probe_seconds", "objective", "reused") if k in last}})
+        self.bar.update(1)
+        self._show()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.failed += 1
+        self._end(trial, False)
+
+    def close(self):
+        self.bar.close()
+
+
+def overhead_summary(result: SweepResult, slots: float) -> str:
+    """Time a trial spends outside training and probing, two ways.
+
+    Per trial: from Tune's trial start to its completion, minus train_pack's own time.
+    Whole sweep: wall time x concurrent slots, minus all training, per trial (this also
+    counts Ray's start, worker start-up and scheduling gaps).
+    """
+    pairs = [(t["wall_seconds"], t["train_seconds"]) for t in result.trials if "train_seconds" in t]
+    if not pairs:
+        return "no trial timings"
+    n = len(pairs)
+    per_trial = [w - s for w, s in pairs]
+    whole = (result.wall_seconds * slots - sum(s for _, s in pairs)) / n
+    return (f"{n} trials, {slots:g} at a time: training+probes {sum(s for _, s in pairs) / n:.1f} s per trial; "
+            f"Ray overhead per trial {sum(per_trial) / n:.2f} s inside the trial (max {max(per_trial):.2f}), "
+            f"{whole:.1f} s counting start-up and scheduling (wall {result.wall_seconds:.1f} s)")

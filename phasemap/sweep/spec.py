@@ -1,0 +1,242 @@
+"""Sweep configs: validation (every problem at once) and expansion into members and packs.
+
+A sweep config (YAML) holds a `base` run config (the fixed settings), `axes` (dotted field
+paths of the run config with a list of values each: a grid; or distributions for Optuna),
+the search mode, resources per trial, pack size and retries. A grid expands to members (one
+network each, identified by the hash of its own config); the members not yet complete form
+packs that share a shape.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ConfigError, RunConfig, _build, _check, parse_config, read_yaml, set_path
+from ..probes import METRIC_COLUMNS
+
+MEMBER_FIELDS = ("optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "train.seed")
+# columns an Optuna objective can be: numbers per row
+OBJECTIVES = ("train_loss", "probe_loss", *(c for c in METRIC_COLUMNS if not c.startswith("n_") and not c.endswith("_n")))
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    mode: str = field(default="grid", metadata=_check("mode in ('grid', 'optuna')", lambda v: v in ("grid", "optuna")))
+    # optuna: the record column to optimise, averaged over members and hidden layers at the last step
+    objective: str = "rga_b"
+    direction: str = field(default="max", metadata=_check("direction in ('max', 'min')", lambda v: v in ("max", "min")))
+    # optuna: how many trials
+    trials: int = field(default=20, metadata=_check("trials >= 1", lambda v: v >= 1))
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    # per trial (one pack); fractional GPUs let several packs share a GPU
+    cpus: float = field(default=1.0, metadata=_check("cpus > 0", lambda v: v > 0))
+    gpus: float = field(default=0.0, metadata=_check("gpus >= 0", lambda v: v >= 0))
+
+
+@dataclass(frozen=True)
+class SweepStorage:
+    root: str = "results"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    base: dict  # the run config the axes vary (plain data, validated)
+    axes: dict  # dotted path -> list of values (grid) or distribution (optuna)
+    search: SearchSpec = SearchSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    storage: SweepStorage = SweepStorage()
+    pack_size: int | str = "auto"  # most members per pack, or "auto" (see auto_pack_size)
+    max_failures: int = 2
+
+    @property
+    def sweep_id(self) -> str:
+        return self.name
+
+    @property
+    def root(self) -> str:
+        return self.storage.root
+
+
+_SWEEP_KEYS = {"name", "base", "axes", "search", "resources", "storage", "pack_size", "max_failures"}
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _with(base: dict, changes: dict[str, Any]) -> dict:
+    data = copy.deepcopy(base)
+    for key, value in changes.items():
+        set_path(data, key, value)
+    return data
+
+
+def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
+    """Validate a sweep config; every problem (base, axes, combinations) at once."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"must be a mapping, but got {data!r}"], source)
+    for key in data:
+        if key not in _SWEEP_KEYS:
+            problems.append(f"{key}: unknown key (known: {', '.join(sorted(_SWEEP_KEYS))})")
+    name = data.get("name", "sweep")
+    if not isinstance(name, str) or not name or "/" in name:
+        problems.append(f"name: `name is a non-empty string with no '/'` must hold, but got {name!r}")
+    search = _build(SearchSpec, data.get("search"), "search", problems)
+    resources = _build(ResourcesSpec, data.get("resources"), "resources", problems)
+    storage = _build(SweepStorage, data.get("storage"), "storage", problems)
+    for key in ("pack_size", "max_failures"):
+        value = data.get(key, "auto" if key == "pack_size" else 2)
+        low = 1 if key == "pack_size" else 0
+        if key == "pack_size" and value == "auto":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            extra = " or 'auto'" if key == "pack_size" else ""
+            problems.append(f"{key}: `{key} >= {low}` must hold (an integer{extra}), but got {value!r}")
+    base = data.get("base") or {}
+    if not isinstance(base, dict):
+        problems.append(f"base: must be a mapping (a run config), but got {base!r}")
+        base = {}
+    base = dict(base)
+    try:
+        parse_config(base)
+    except ConfigError as e:
+        problems += [f"base.{p}" for p in e.problems]
+    axes = data.get("axes") or {}
+    if not isinstance(axes, dict) or not axes:
+        problems.append(f"axes: must be a non-empty mapping of field path -> values, but got {axes!r}")
+        axes = {}
+    mode = search.mode
+    for key, values in axes.items():
+        where = f"axes.{key}"
+        if mode == "grid" and (not isinstance(values, list) or not values):
+            problems.append(f"{where}: a grid axis must be a non-empty list, but got {values!r}")
+            continue
+        for i, value in enumerate(_axis_examples(values, where, problems) if mode == "optuna" else values):
+            try:
+                parse_config(_with(base, {key: value}))
+            except ConfigError as e:
+                problems += [f"{where}[{i}] = {value!r}: {p}" for p in e.problems]
+    if search.mode == "optuna" and search.objective not in OBJECTIVES:
+        problems.append(f"search.objective: `objective is a numeric record column` must hold, but got "
+                        f"{search.objective!r} (valid: {', '.join(OBJECTIVES)})")
+    if name and "sweep_id" in base.get("storage", {}):
+        problems.append("base.storage.sweep_id: set by the sweep's name; remove it")
+    cfg = SweepConfig(name, base, axes, search, resources, storage, data.get("pack_size", "auto"),
+                      data.get("max_failures", 2))
+    if not problems and mode == "grid":
+        seen = set()
+        for combo in grid_points(cfg):
+            try:
+                parse_config(_with(base, combo))
+            except ConfigError as e:
+                for p in e.problems:
+                    if p not in seen:
+                        seen.add(p)
+                        problems.append(f"axes combination {combo}: {p}")
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def _axis_examples(spec: Any, where: str, problems: list[str]) -> list:
+    """Values to validate an Optuna axis with: its choices, or its bounds."""
+    if isinstance(spec, list) and spec:
+        return spec
+    if isinstance(spec, dict) and {"low", "high"} <= set(spec) and set(spec) <= {"low", "high", "log", "type"}:
+        kind = spec.get("type", "float")
+        low, high = spec["low"], spec["high"]
+        if kind not in ("float", "int") or not all(isinstance(v, (int, float)) for v in (low, high)) or low >= high:
+            problems.append(f"{where}: `low < high, type in (float, int)` must hold, but got {spec!r}")
+            return []
+        if spec.get("log") and low <= 0:
+            problems.append(f"{where}: `low > 0` must hold for a log axis, but got {spec!r}")
+            return []
+        return [int(low), int(high)] if kind == "int" else [float(low), float(high)]
+    problems.append(f"{where}: an optuna axis is a list of choices or {{low, high, log, type}}, but got {spec!r}")
+    return []
+
+
+def load_sweep(path: str, overrides: list[str] | None = None) -> SweepConfig:
+    """Read and validate a sweep config file; `overrides` are `dotted.path=value` strings."""
+    return parse_sweep(read_yaml(path, overrides), str(path))
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def grid_points(cfg: SweepConfig) -> list[dict]:
+    """Every combination of the axes, as {dotted path: value}."""
+    keys = list(cfg.axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*(cfg.axes[k] for k in keys))]
+
+
+def members(cfg: SweepConfig) -> list[RunConfig]:
+    """Every network of a grid sweep as a one-member run config, each config once, in grid order."""
+    found: dict[str, RunConfig] = {}
+    for combo in grid_points(cfg):
+        run = parse_config(_with(cfg.base, combo))
+        for member in run.members:
+            single = run.member_config(member)
+            found.setdefault(single.config_hash(), single)
+    return list(found.values())
+
+
+def expand(cfg: SweepConfig, done: Collection[str] = ()) -> list[RunConfig]:
+    """The grid's members not in `done` (config hashes) as packs of at most `pack_size`.
+
+    Members that differ only in member fields (lr, momentum, weight decay, seed) share a pack.
+    The order is deterministic and a pack's id is the hash of its members, so the same missing
+    members form the same packs (an interrupted pack resumes from its checkpoint).
+    """
+    groups: dict[str, list[RunConfig]] = {}
+    for single in members(cfg):
+        if single.config_hash() in done:
+            continue
+        shape = dict(single.to_dict())
+        for path in MEMBER_FIELDS:
+            section, key = path.split(".")
+            shape[section] = {k: v for k, v in shape[section].items() if k != key}
+        groups.setdefault(json.dumps(shape, sort_keys=True, default=list), []).append(single)
+    packs = []
+    for group in groups.values():
+        template = group[0]
+        size = cfg.pack_size if cfg.pack_size != "auto" else auto_pack_size(template, cfg.resources.gpus > 0)
+        for i in range(0, len(group), size):
+            chunk = [m.members[0] for m in group[i : i + size]]
+            data = template.to_dict()
+            data["name"] = cfg.name
+            data["pairing"] = "zip"
+            data["optimizer"].update(lr=[m.lr for m in chunk], momentum=[m.momentum for m in chunk],
+                                     weight_decay=[m.weight_decay for m in chunk])
+            data["train"]["seed"] = [m.seed for m in chunk]
+            data["storage"] = {"root": cfg.root, "sweep_id": cfg.sweep_id}
+            packs.append(parse_config(json.loads(json.dumps(data, default=list))))
+    return packs
+
+
+def auto_pack_size(run: RunConfig, gpu: bool) -> int:
+    """Members per pack from the network's size and the trial's device, not the machine,
+    so pack ids stay the same on any cluster (and --resume finds them).
+
+    A step of a pack does about K * batch * width^2 * (depth + 1) multiply-adds. On a CPU core
+    member-steps per second stop growing near 4e7 of them (measured: fc1, width 100, depth 4,
+    batch 100: K = 8 gives 2.9x a single nn.Sequential's rate, K = 32 no more). A GPU keeps
+    gaining up to ~1000x that; probes, which hold K * n_samples * width activations per layer,
+    cap it at ~16 GB (a quarter of a GPU: the cluster config puts four packs on one).
+    """
+    width = max(run.model.width, run.task.input_dim)
+    work = run.train.batch_size * width**2 * (run.model.depth + 1)
+    if not gpu:
+        return int(min(64, max(1, round(4e7 / work))))
+    probe_bytes = run.probe.n_samples * width * (run.model.depth + 1) * 4 * 8
+    return int(max(1, min(1024, round(4e10 / work), 16e9 // probe_bytes)))
