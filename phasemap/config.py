@@ -133,6 +133,9 @@ class ProbeSpec:
     )
     # PAH fits use eigenvalues above pah_floor * largest eigenvalue
     pah_floor: float = field(default=1e-4, metadata=_check("0 < pah_floor < 1", lambda v: 0 < v < 1))
+    # Haar rotations per alignment null (`<relation>_null`, its standard error `_null_se`); 0: none
+    null_samples: int = field(default=8, metadata=_check("null_samples == 0 or null_samples >= 2",
+                                                          lambda v: v == 0 or v >= 2))
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,11 @@ def _name(generation: int) -> str:
 def current(root: str, sweep_id: str, run_id: str) -> Holder | None:
     """The run's lease of the highest generation, or None."""
     fs, folder = records.run_dir(root, sweep_id, run_id)
-    infos = {int(i.base_name[len(PREFIX):-5]): i for i in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    try:
+        listed = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    except FileNotFoundError:  # the folder appeared or went while being listed
+        listed = []
+    infos = {int(i.base_name[len(PREFIX):-5]): i for i in listed
              if i.base_name.startswith(PREFIX) and i.base_name.endswith(".json")}
     if not infos:
         return None

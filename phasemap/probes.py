@@ -14,6 +14,7 @@ run in the activations' dtype; the (d, d) matrices, alignments and fits in float
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pandas as pd
@@ -27,7 +28,10 @@ METRIC_COLUMNS = (
     + ["cross_b"]
     + [f"pah_{p}_{s}{suffix}" for s in "ab" for p in PAH_PAIRS for suffix in ("", "_r2", "_n")]
     + ["erank_h_a", "erank_h_b", "n_zero_h_a", "n_zero_g_a", "n_zero_h_b", "n_zero_g_b"]
+    # the null of each relation (alignment_null) and its Monte Carlo standard error
+    + [f"{r}_{s}_null{suffix}" for s in "ab" for r in RELATIONS for suffix in ("", "_se")]
 )
+NULL_SAMPLES = 8  # Haar rotations per null estimate (probe.null_samples)
 
 
 # ----------------------------------------------------------------------------- pure maths
@@ -93,6 +97,75 @@ def _spread(centred_norm: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
 def _max_abs(M: torch.Tensor) -> torch.Tensor:
     """max |entry| of each matrix (..., n, n) without a copy of M; NaN where M has NaN."""
     return torch.maximum(M.amax((-2, -1)), -M.amin((-2, -1)))
+
+
+def haar_rotations(d: int, samples: int, seed: int = 0, dtype=torch.float64, device=None) -> torch.Tensor:
+    """`samples` Haar-random orthogonal (d, d) matrices, the same for a given (d, samples, seed).
+
+    QR of a Gaussian matrix with the signs of R's diagonal moved into Q (Mezzadri 2007).
+    """
+    return _haar(d, samples, seed, dtype, torch.device(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=32)
+def _haar(d: int, samples: int, seed: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    g = torch.randn(samples, d, d, generator=torch.Generator().manual_seed(seed * 7919 + d), dtype=torch.float64)
+    q, r = torch.linalg.qr(g)
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+    return q.to(dtype=dtype, device=device)
+
+
+def alignment_null(A: torch.Tensor, B: torch.Tensor | None = None, samples: int = 16, *,
+                   eig_b: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """How high alignment(A, B) is by chance: E_Q[alignment(A, Q B Q^T)] over Haar-random Q.
+
+    The same spectra with unrelated eigenvectors. Only B's eigenvalues matter (Q V_B is Haar
+    when Q is), so B may be given by them (`eig_b`, (..., d)). Estimated from `samples`
+    rotations, the same ones on every call (seeded by d and `seed`): returns (mean, its
+    standard error), each (...); NaN where alignment(A, B) is undefined or samples < 2.
+    """
+    b = descending_eigvals(B.to(torch.float64)) if eig_b is None else eig_b
+    return _nulls(A, [b], samples, seed)[0]
+
+
+def _nulls(A: torch.Tensor, spectra: list[torch.Tensor], samples: int, seed: int = 0):
+    """alignment_null of A (..., d, d) against several spectra (..., d): [(mean, se)].
+
+    With B' = P diag(b) P^T (P Haar): <A - mean(A), B'> = sum_i b_i p_i^T (A - mean(A)) p_i
+    and the mean of B''s entries is sum_i b_i (1^T p_i)^2 / d^2, so each rotation costs one
+    (d, d) product with A, shared by every spectrum (in float32: the estimate's standard
+    error is far above its rounding).
+    """
+    d = A.shape[-1]
+    nan = torch.full(A.shape[:-2], torch.nan, dtype=torch.float64, device=A.device)
+    if samples < 2 or d < 2:
+        return [(nan, nan.clone()) for _ in spectra]
+    ua, ok_a = _unit_entries(A.to(torch.float64))  # (A - mean) / |A - mean|, flattened
+    Abar = torch.where(ok_a[..., None], ua, 0.0).unflatten(-1, (d, d)).to(torch.float32)
+    bs, oks = [], []
+    for b in spectra:
+        b = b.to(torch.float64)
+        ok = ok_a & torch.isfinite(b).all(-1) & (b.abs().amax(-1) > 0)
+        bs.append(torch.where(ok[..., None], b, 0.0))
+        oks.append(ok)
+    values = [[] for _ in spectra]
+    for P in haar_rotations(d, samples, seed, torch.float32, A.device):
+        diag = (P * (Abar @ P)).sum(-2).to(torch.float64)  # (..., d): p_i^T Abar p_i
+        ones_sq = P.sum(-2).to(torch.float64) ** 2  # (d,): (1^T p_i)^2
+        for b, out in zip(bs, values):
+            centred_sq = (b * b).sum(-1) - (ones_sq * b).sum(-1) ** 2 / d**2  # |B' - mean(B')|^2
+            out.append((diag * b).sum(-1) / centred_sq.clamp_min(torch.finfo(torch.float64).tiny).sqrt())
+    result = []
+    for v, ok in zip(values, oks):
+        v = torch.stack(v, -1).clamp(-1.0, 1.0)  # (..., samples)
+        result.append((torch.where(ok, v.mean(-1), torch.nan), torch.where(ok, v.std(-1) / samples**0.5, torch.nan)))
+    return result
+
+
+def excess(alpha, null):
+    """(alpha - null) / (1 - null): 1 perfectly aligned, 0 no better than chance for these
+    spectra, below 0 worse. Works on tensors, arrays and pandas columns alike."""
+    return (alpha - null) / (1 - null)
 
 
 def alignment_reason(A: torch.Tensor) -> str:
@@ -250,6 +323,7 @@ def layer_metrics(
     W: torch.Tensor,
     covariance: str = "centered",
     pah_floor: float = 1e-4,
+    null_samples: int = NULL_SAMPLES,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Every CRH/PAH metric of one linear layer, batched over a leading K.
 
@@ -259,7 +333,7 @@ def layer_metrics(
     """
     out, mats = _layer_matrices(h_a, h_b, g_b, W, covariance)
     eigs = _layer_spectra([mats], h_a.dtype)[0]
-    return _spectral_metrics(out, mats, eigs, pah_floor)
+    return _spectral_metrics(out, mats, eigs, pah_floor, null_samples)
 
 
 def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=None):
@@ -336,10 +410,15 @@ def _layer_spectra(layers: list[dict], dtype: torch.dtype) -> list[dict]:
     return spectra
 
 
-def _spectral_metrics(out: dict, mats: dict, eigs: dict, pah_floor: float):
-    """Effective ranks and PAH fits from each side's eigenvalues (K, 3, d); NaN reasons."""
+def _spectral_metrics(out: dict, mats: dict, eigs: dict, pah_floor: float, null_samples: int = NULL_SAMPLES):
+    """Effective ranks, PAH fits and the alignments' nulls from each side's eigenvalues
+    (K, 3, d); NaN reasons."""
     for side, eig in eigs.items():
         eig_h, eig_g, eig_z = eig.unbind(1)
+        H, G, _ = mats[side]
+        (out[f"rga_{side}_null"], out[f"rga_{side}_null_se"]), (out[f"rwa_{side}_null"], out[f"rwa_{side}_null_se"]) = \
+            _nulls(H, [eig_g, eig_z], null_samples)
+        ((out[f"gwa_{side}_null"], out[f"gwa_{side}_null_se"]),) = _nulls(G, [eig_z], null_samples)
         out[f"eig_h_{side}"], out[f"eig_g_{side}"], out[f"eig_z_{side}"] = eig_h, eig_g, eig_z  # (K, d)
         out[f"erank_h_{side}"] = effective_rank(eig_h)
         for pair, (ea, eb) in zip(PAH_PAIRS, ((eig_h, eig_g), (eig_h, eig_z), (eig_g, eig_z))):
@@ -379,7 +458,7 @@ def _nan_reasons(out: dict, mats: dict, k: int) -> str:
 
 
 def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str, pah_floor: float,
-                  chunk: int | None = None):
+                  chunk: int | None = None, null_samples: int = NULL_SAMPLES):
     """Probe every layer of a StackedMLP on (x, y).
 
     On a CPU the members go through in chunks of `chunk` (default: a chunk's sample-sized
@@ -397,7 +476,8 @@ def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str
         parts.append(per_layer)
     per_layer = [_cat_layer(chunks) for chunks in zip(*parts)]
     spectra = _layer_spectra([mats for _, mats in per_layer], x.dtype)  # as few eigen calls as widths
-    layers = [_spectral_metrics(out, mats, eigs, pah_floor) for (out, mats), eigs in zip(per_layer, spectra)]
+    layers = [_spectral_metrics(out, mats, eigs, pah_floor, null_samples)
+              for (out, mats), eigs in zip(per_layer, spectra)]
     return torch.cat(losses), layers
 
 
@@ -447,6 +527,7 @@ def measure(
     loss_fn,
     covariance: str = "centered",
     pah_floor: float = 1e-4,
+    null_samples: int = NULL_SAMPLES,
 ) -> pd.DataFrame:
     """CRH/PAH metrics of every `nn.Linear` in any model, one row per layer.
 
@@ -492,6 +573,7 @@ def measure(
             m.weight.unsqueeze(0),
             covariance,
             pah_floor,
+            null_samples,
         )
         row = {"layer": index, "name": name, "dim_in": d_in, "dim_out": d_out}
         row.update({c: metrics[c][0].item() for c in METRIC_COLUMNS})

@@ -83,6 +83,7 @@ CONFIG_COLUMNS = [
     ("probe.steps", "probe_steps", pa.string()),  # comma-separated; "" = the log-spaced schedule
     ("probe.covariance", "covariance", pa.string()),
     ("probe.pah_floor", "pah_floor", pa.float64()),
+    ("probe.null_samples", "null_samples", pa.int32()),
 ]
 # Columns that schema version 1 did not have, with the value every v1 run used (the defaults
 # of the time: v1 sweeps could vary these fields but not record them).
@@ -90,6 +91,7 @@ V1_DEFAULTS = {
     "teacher_seed": 0, "teacher_width": 100, "task_output_dim": 100, "phi": 0.5, "n_classes": 10, "noise": 1.0,
     "bias": True, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "device": "auto", "check_every": 100,
     "checkpoint_every": 1000, "n_samples": 1000, "probe_count": 8, "probe_steps": "", "pah_floor": 1e-4,
+    "null_samples": 0,  # v1 computed no null
 }
 _CONFIG_FIELDS = [(c, t) for _, c, t in CONFIG_COLUMNS] + [("output_dim", pa.int32())]
 

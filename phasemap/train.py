@@ -221,7 +221,8 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
             if is_probe:
                 t0 = time.perf_counter()
                 probe_loss, layers = probe_stacked(
-                    model, task, x_probe, y_probe, cfg.probe.covariance, cfg.probe.pah_floor
+                    model, task, x_probe, y_probe, cfg.probe.covariance, cfg.probe.pah_floor,
+                    null_samples=cfg.probe.null_samples,
                 )
                 probe_loss = probe_loss.tolist()
                 train_loss = loss.detach().tolist()
