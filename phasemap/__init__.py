@@ -4,6 +4,8 @@ The public surface:
 - `load_config`, `parse_config`, `RunConfig`, `ConfigError`: validated run configs;
 - `train_pack`: train a pack of K stacked networks with probes, writing Parquet records;
 - `measure`: the per-layer CRH/PAH table of any `torch.nn.Module`;
+- `alignment`, `alignment_null`, `excess`: the alignment of two matrices, how high it is by
+  chance for their spectra, and how far above chance it is (plain tensors or batches);
 - `label_phases`, `critical_depth`: phases and critical depth from alignment columns;
 - `load`, `sql`, `SCHEMA`: the records dataset (pandas or DuckDB SQL) and its one schema;
 - `aggregate`, `plots`: tables (phase grids, critical-depth maps, curves) and their figures.
@@ -13,7 +15,7 @@ __version__ = "0.1.0"
 
 from .config import ConfigError, RunConfig, load_config, parse_config
 from .phases import critical_depth, label_phases
-from .probes import measure
+from .probes import alignment, alignment_null, excess, measure
 from .query import load, sql
 from .records import SCHEMA
 from .train import RunResult, train_pack
@@ -24,6 +26,9 @@ __all__ = [
     "RunResult",
     "SCHEMA",
     "__version__",
+    "alignment",
+    "alignment_null",
+    "excess",
     "critical_depth",
     "label_phases",
     "load_config",

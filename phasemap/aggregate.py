@@ -90,6 +90,7 @@ def phase_grid(
     tau: float = 0.9,
     facets: Sequence[str] = (),
     columns: Sequence[str] = ALIGNMENT_COLUMNS,
+    against: str = "raw",
 ) -> pd.DataFrame:
     """Majority phase per cell of (facets, y, x) at threshold tau, with its share.
 
@@ -99,7 +100,7 @@ def phase_grid(
     """
     keys = [*facets, y, x] + (["layer"] if layer == "each" else [])
     rows = pick_layer(last_records(df), layer).copy()
-    rows["phase"] = label_phases(rows, tau)
+    rows["phase"] = label_phases(rows, tau, against)
     counts = rows.groupby(keys + ["phase"], sort=True).size().rename("count").reset_index()
     counts = counts.sort_values(keys + ["count", "phase"], ascending=[True] * len(keys) + [False, True])
     top = counts.drop_duplicates(keys)[keys + ["phase", "count"]]
@@ -119,6 +120,7 @@ def critical_depth_map(
     relation: str = "rga_b",
     tau: float = 0.9,
     facets: Sequence[str] = (),
+    against: str = "raw",
 ) -> pd.DataFrame:
     """Critical depth l* per cell of (facets, y, x), networks (seeds) aggregated.
 
@@ -128,7 +130,7 @@ def critical_depth_map(
     """
     keys = [*facets, y, x]
     last = last_records(df)
-    per_net = critical_depth(last, relation, tau, by=NETWORK + [k for k in keys if k not in NETWORK])
+    per_net = critical_depth(last, relation, tau, by=NETWORK + [k for k in keys if k not in NETWORK], against=against)
     grouped = per_net.groupby(keys, sort=True)
     table = grouped.agg(
         n=("l_star", "size"),
@@ -154,7 +156,8 @@ def layer_profile(df: pd.DataFrame, columns: Sequence[str] = ALIGNMENT_COLUMNS, 
     keys = _config_keys(df, by) + ["layer"]
     rows = last_records(df)
     rows = rows[rows["status"] == "ok"]
-    table = rows.groupby(keys, sort=True)[list(columns)].agg(["mean", "std"])
+    columns = list(columns) + [f"{c}_null" for c in columns if f"{c}_null" in rows]  # the chance level
+    table = rows.groupby(keys, sort=True)[columns].agg(["mean", "std"])
     table.columns = [f"{c}_{s}" for c, s in table.columns]
     return table.join(rows.groupby(keys, sort=True).size().rename("n")).reset_index()
 

@@ -109,6 +109,9 @@ def _figure_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--facet", help="column whose values become panels")
     p.add_argument("--layer", default="last", help="layer: index, fraction of depth (0.5), last, output, each")
     p.add_argument("--tau", type=float, default=0.9, help="alignment threshold for phases (default 0.9)")
+    p.add_argument("--against", choices=("raw", "null"), default="raw",
+                   help="judge relations on raw alignment (the paper's rule, default) or on the excess over the "
+                   "null, (alpha - alpha_null) / (1 - alpha_null), which discounts alignment that the spectra alone give")
     p.add_argument("--relation", default="rga_b", help="alignment column for critical depth and evolution")
     p.add_argument("--run", help="spectra: run id (default: the first run)")
     p.add_argument("--member", type=int, default=0, help="spectra: member of the run (default 0)")
@@ -147,7 +150,7 @@ def _data_command(args) -> int:
             return 0
         df = _records_for_figures(args)
         opts = FigureOptions(x=args.x, y=args.y, facet=args.facet, layer=parse_layer(args.layer), tau=args.tau,
-                             relation=args.relation, run_id=args.run, member=args.member)
+                             against=args.against, relation=args.relation, run_id=args.run, member=args.member)
         if args.command == "plot":
             fig, _, caption = make_figure(df, args.kind, opts, args.root)
             print(f"{save(fig, args.out)}: {caption}")

@@ -1,6 +1,8 @@
 """Phase labels (paper Table 1) and critical depth: pure functions of alignment columns.
 
-Records keep raw alignments, so any table can be relabelled at any threshold `tau` later.
+Records keep raw alignments and their nulls, so any table can be relabelled at any threshold
+`tau` later, judged on raw alignment (`against="raw"`, the paper's rule) or on the excess over
+the null (`against="null"`: a relation holds when (alpha - null) / (1 - null) >= tau).
 """
 
 from __future__ import annotations
@@ -58,21 +60,39 @@ def _code_labels() -> np.ndarray:
 _LABELS = _code_labels()
 
 
-def label_phases(table: pd.DataFrame, tau: float) -> pd.Series:
-    """Phase of every row at threshold tau; a relation holds when alignment >= tau.
+AGAINST = ("raw", "null")
 
-    NaN alignments do not hold. Rows whose `status` is 'diverged' are labelled 'diverged'.
+
+def judged(table: pd.DataFrame, column: str, against: str = "raw") -> np.ndarray:
+    """What a relation's threshold applies to: its alignment, or its excess over the null."""
+    if against not in AGAINST:
+        raise ValueError(f"`against in {AGAINST}` must hold, but got {against!r}")
+    alpha = table[column].to_numpy(dtype=float)
+    if against == "raw":
+        return alpha
+    if f"{column}_null" not in table:
+        raise ValueError(f"`{column}_null is a column` must hold to judge against the null, but it is missing")
+    null = table[f"{column}_null"].to_numpy(dtype=float)
+    return (alpha - null) / (1 - null)
+
+
+def label_phases(table: pd.DataFrame, tau: float, against: str = "raw") -> pd.Series:
+    """Phase of every row at threshold tau; a relation holds when alignment >= tau (or, with
+    against="null", when its excess over the null is).
+
+    NaN values do not hold. Rows whose `status` is 'diverged' are labelled 'diverged'.
     """
     code = np.zeros(len(table), dtype=np.int64)
     for bit, col in enumerate(ALIGNMENT_COLUMNS):  # rga_a rwa_a gwa_a rga_b rwa_b gwa_b
-        code |= (table[col].to_numpy(dtype=float) >= tau).astype(np.int64) << bit
+        code |= (judged(table, col, against) >= tau).astype(np.int64) << bit
     labels = _LABELS[code]
     if "status" in table:
         labels = np.where(table["status"].to_numpy() == "diverged", "diverged", labels)
     return pd.Series(labels, index=table.index, name="phase", dtype=object)
 
 
-def critical_depth(table: pd.DataFrame, relation: str, tau: float, by: list[str] | None = None) -> pd.DataFrame:
+def critical_depth(table: pd.DataFrame, relation: str, tau: float, by: list[str] | None = None,
+                   against: str = "raw") -> pd.DataFrame:
     """Critical depth per network (and step) for one alignment column, e.g. 'rga_b'.
 
     Uses the hidden layers (1 <= layer <= depth) of rows with status ok. Returns one row
@@ -83,7 +103,7 @@ def critical_depth(table: pd.DataFrame, relation: str, tau: float, by: list[str]
     hidden = table[(table["layer"] <= table["depth"]) & (table["layer"] >= 1)]
     if "status" in hidden:
         hidden = hidden[hidden["status"] == "ok"]
-    below = np.where(hidden[relation].to_numpy(dtype=float) >= tau, 0, hidden["layer"].to_numpy())
+    below = np.where(judged(hidden, relation, against) >= tau, 0, hidden["layer"].to_numpy())
     grouped = hidden.assign(_below=below).groupby(by, sort=True)
     extra = {} if "depth" in by else {"depth": ("depth", "first")}
     out = grouped.agg(**extra, _n=("layer", "nunique"), _last_bad=("_below", "max")).reset_index()

@@ -208,7 +208,8 @@ def _series_label(row: pd.Series, keys: Sequence[str]) -> str:
 
 
 def layers_figure(profile: pd.DataFrame, keys: Sequence[str], title: str = ""):
-    """Alignment by layer (aggregate.layer_profile): six panels, one line per config."""
+    """Alignment by layer (aggregate.layer_profile): six panels, one line per config, each
+    with its null (dotted, a band of ± one std over seeds) where the records have one."""
     _style()
     fig, axes = plt.subplots(2, 3, figsize=(10, 5.6), sharex=True, sharey=True)
     groups = list(profile.groupby(list(keys), sort=True)) if keys else [((), profile)]
@@ -218,9 +219,16 @@ def layers_figure(profile: pd.DataFrame, keys: Sequence[str], title: str = ""):
             for ri, rel in enumerate(("rga", "rwa", "gwa")):
                 ax = axes[si, ri]
                 col = f"{rel}_{side}"
+                color = LINE_COLORS[gi % len(LINE_COLORS)]
                 ax.errorbar(sub["layer"], sub[f"{col}_mean"], yerr=sub[f"{col}_std"].fillna(0),
-                            color=LINE_COLORS[gi % len(LINE_COLORS)], linestyle="-" if gi < len(LINE_COLORS) else "--",
+                            color=color, linestyle="-" if gi < len(LINE_COLORS) else "--",
                             marker="o", markersize=3, capsize=2, label=_series_label(row, keys) if (si, ri) == (0, 0) else None)
+                if f"{col}_null_mean" in sub and sub[f"{col}_null_mean"].notna().any():
+                    # the chance level: alignment of the same spectra with unrelated eigenvectors
+                    null, spread = sub[f"{col}_null_mean"], sub[f"{col}_null_std"].fillna(0)
+                    ax.plot(sub["layer"], null, color=color, linestyle=":", linewidth=1,
+                            label="null (chance level)" if (gi, si, ri) == (0, 0, 0) else None)
+                    ax.fill_between(sub["layer"], null - spread, null + spread, color=color, alpha=0.12, linewidth=0)
                 ax.set_title(f"{RELATION_NAMES[rel]}, {'forward (b)' if side == 'b' else 'backward (a)'}")
                 ax.set_ylim(-1.05, 1.05)
                 ax.axhline(0, color="#CCCCCC", linewidth=0.5)

@@ -29,6 +29,7 @@ class FigureOptions:
     facet: str | None = None
     layer: int | float | str = "last"
     tau: float = 0.9
+    against: str = "raw"  # phases and critical depth judged on raw alignment, or on its excess over the null
     relation: str = "rga_b"
     run_id: str | None = None
     member: int = 0
@@ -58,6 +59,10 @@ def _one_depth(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return df, f"depth {int(df['depth'].iloc[0])}"
 
 
+def _judged(opts: FigureOptions) -> str:
+    return " on the excess over the null, (α - α_null) / (1 - α_null)" if opts.against == "null" else ""
+
+
 def _pooled(df: pd.DataFrame, kept) -> str:
     """The caption's note of every varying config column a figure does not show: it pools over them."""
     others = [a for a in aggregate.varying_axes(df) if a not in kept]
@@ -74,15 +79,16 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
     pooled = _pooled(df, (x, y, facet))
     facets = [facet] if facet else []
     if kind == "phase-diagram":
-        table = aggregate.phase_grid(df, x, y, layer=opts.layer, tau=opts.tau, facets=facets)
-        caption = (f"Majority phase (paper Table 1) at layer {opts.layer!r}, τ = {opts.tau}, over {y} × {x}; "
+        table = aggregate.phase_grid(df, x, y, layer=opts.layer, tau=opts.tau, facets=facets, against=opts.against)
+        caption = (f"Majority phase (paper Table 1) at layer {opts.layer!r}, τ = {opts.tau}{_judged(opts)}, over {y} × {x}; "
                    f"share of networks in it{pooled}.")
         where = {"last": "the last hidden layer", "output": "the output layer", "each": "every layer"}.get(
             opts.layer, f"layer {opts.layer}")
         return plots.phase_diagram(table, x, y, facet, title=f"Phases at {where}, τ = {opts.tau}"), table, caption
     if kind == "critical-depth":
-        table = aggregate.critical_depth_map(df, x, y, relation=opts.relation, tau=opts.tau, facets=facets)
-        caption = (f"Critical depth l* for {opts.relation} ≥ {opts.tau}: the first hidden layer from which every "
+        table = aggregate.critical_depth_map(df, x, y, relation=opts.relation, tau=opts.tau, facets=facets,
+                                             against=opts.against)
+        caption = (f"Critical depth l* for {opts.relation} ≥ {opts.tau}{_judged(opts)}: the first hidden layer from which every "
                    f"later hidden layer aligns; colour l*/D{pooled}.")
         fig = plots.critical_depth_figure(table, x, y, facet, title=f"Critical depth ({opts.relation} ≥ {opts.tau})")
         return fig, table, caption
@@ -90,7 +96,8 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
         sub, which = _one_depth(df)
         keys = [k for k in (x, facet) if k and k != "depth" and sub[k].nunique() > 1]
         table = aggregate.layer_profile(sub, by=keys)
-        caption = f"Alignment by layer at the last step, {which}; mean ± std over seeds{_pooled(sub, keys)}."
+        caption = (f"Alignment by layer at the last step, {which}; mean ± std over seeds{_pooled(sub, keys)}. "
+                   f"Dotted: the null, the alignment expected by chance for the same spectra.")
         return plots.layers_figure(table, keys, title=f"Alignment by layer ({which})"), table, caption
     if kind == "evolution":
         keys = [k for k in (x, facet) if k and df[k].nunique() > 1]

@@ -1,0 +1,94 @@
+"""The null of an alignment: its value by chance for the same spectra (SCIENCE.md), by value."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from phasemap import alignment, alignment_null, excess, label_phases, parse_config, train_pack
+from phasemap.phases import ALIGNMENT_COLUMNS, critical_depth
+from phasemap.probes import haar_rotations, second_moment
+
+
+def cov(n, d, seed):
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return second_moment(x)[0]
+
+
+def test_two_independent_isotropic_covariances_align_only_by_chance():
+    A, B = cov(3000, 100, 1), cov(3000, 100, 2)
+    alpha = alignment(A, B).item()
+    null, se = (t.item() for t in alignment_null(A, B))
+    assert alpha > 0.95  # the raw number says "aligned" (0.968 in SCIENCE.md) ...
+    assert abs(alpha - null) < 0.02 and se < 0.005  # ... the null says: no better than chance
+    assert abs(excess(alpha, null)) < 0.5
+
+
+def test_a_planted_anisotropic_pair_in_one_eigenbasis_is_far_above_its_null():
+    d = 60
+    V = haar_rotations(d, 1, seed=3)[0]
+    lam = torch.logspace(0, -2, d, dtype=torch.float64)
+    A = V @ torch.diag(lam) @ V.T
+    B = V @ torch.diag(2 * lam + 1e-3 * torch.rand(d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)) @ V.T
+    alpha = alignment(A, B).item()
+    null, _ = alignment_null(A, B)
+    assert alpha >= 0.99 and null.item() < 0.6 and excess(alpha, null.item()) >= 0.98  # null 0.42 here
+
+
+def test_the_null_agrees_with_a_brute_force_monte_carlo_estimate():
+    d = 24
+    V, U = haar_rotations(d, 2, seed=11)
+    A = V @ torch.diag(torch.linspace(0.1, 3, d, dtype=torch.float64)) @ V.T + 0.2  # not centred: a mean to remove
+    b = torch.linspace(1, 0, d, dtype=torch.float64) ** 3
+    B = U @ torch.diag(b) @ U.T
+    Q = haar_rotations(d, 4000, seed=99)  # independent of the estimator's own rotations
+    brute = alignment(A.expand(4000, d, d), Q @ B @ Q.transpose(-1, -2))
+    brute_mean, brute_se = brute.mean().item(), brute.std().item() / math.sqrt(4000)
+    null, se = (t.item() for t in alignment_null(A, B, samples=256))
+    assert abs(null - brute_mean) < 4 * math.hypot(se, brute_se)
+    assert 0.2 < se * math.sqrt(256) / (brute_se * math.sqrt(4000)) < 5  # the stated error is the spread's
+    by_spectrum, _ = alignment_null(A, eig_b=b, samples=256)
+    assert by_spectrum.item() == pytest.approx(null, abs=1e-5)  # only B's eigenvalues matter
+    batch, _ = alignment_null(torch.stack([A, A]), torch.stack([B, 2 * B]), samples=256)
+    assert batch.tolist() == pytest.approx([null, null], abs=1e-5)  # batched; invariant to B's scale
+
+
+def test_the_null_is_nan_where_the_alignment_is_undefined():
+    A = torch.ones(5, 5, dtype=torch.float64)  # constant
+    null, se = alignment_null(A, torch.eye(5, dtype=torch.float64))
+    assert math.isnan(null.item()) and math.isnan(se.item())
+    assert math.isnan(alignment_null(cov(50, 5, 0), cov(50, 5, 1), samples=0)[0].item())
+
+
+def test_records_carry_every_relations_null_and_its_error(tmp_path):
+    base = {"name": "n", "task": {"name": "fc1", "input_dim": 6, "teacher_width": 6},
+            "model": {"depth": 2, "width": 6}, "train": {"steps": 10, "batch_size": 8, "device": "cpu"},
+            "probe": {"n_samples": 64, "steps": [5]}}
+    recs = train_pack(parse_config(base), root=str(tmp_path / "a")).records
+    for col in ALIGNMENT_COLUMNS:
+        defined = recs[col].notna()  # not the 1x1 output side of fc1's last layer
+        null, se = recs.loc[defined, f"{col}_null"], recs.loc[defined, f"{col}_null_se"]
+        assert defined.sum() >= 6 and null.between(-1, 1).all() and (se >= 0).all() and (se < 0.5).all(), col
+        assert recs.loc[~defined, f"{col}_null"].isna().all()
+    off = train_pack(parse_config({**base, "probe": {**base["probe"], "null_samples": 0}}), root=str(tmp_path / "b"))
+    assert off.records["rga_b_null"].isna().all() and off.records["rga_b"].notna().all()
+
+
+def table(alpha, null, depth=2):
+    rows = [{"layer": l, "depth": depth, "status": "ok", "run_id": "r", "member": 0, "step": 1,
+             **{c: alpha[l - 1] for c in ALIGNMENT_COLUMNS}, **{f"{c}_null": null[l - 1] for c in ALIGNMENT_COLUMNS}}
+            for l in range(1, depth + 1)]
+    return pd.DataFrame(rows)
+
+
+def test_phases_and_critical_depth_can_be_judged_against_the_null():
+    t = table(alpha=[0.95, 0.95], null=[0.94, 0.0])  # layer 1 aligned only as much as chance allows
+    assert label_phases(t, 0.9).tolist() == ["CRH", "CRH"]
+    assert label_phases(t, 0.9, against="null").tolist() == ["none", "CRH"]
+    assert critical_depth(t, "rga_b", 0.9)["l_star"].tolist() == [1.0]
+    assert critical_depth(t, "rga_b", 0.9, against="null")["l_star"].tolist() == [2.0]
+    assert excess(np.array([0.95, 0.95]), np.array([0.94, 0.0])) == pytest.approx([1 / 6, 0.95])
+    with pytest.raises(ValueError, match="against in"):
+        label_phases(t, 0.9, against="chance")
