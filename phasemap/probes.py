@@ -352,7 +352,11 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=
         # sample-sized maths in the activations' dtype; the (d, d) matrices in float64
         H, u_h, zero_h = _shared_second_moment(h, covariance)
         G, u_g, zero_g = second_moment(g, covariance)
-        H, G = H.to(torch.float64), G.to(torch.float64)
+        out[f"degenerate_h_{side}"] = degenerate(H, h.shape[-2] - zero_h, covariance)
+        out[f"degenerate_g_{side}"] = degenerate(G, g.shape[-2] - zero_g, covariance)
+        # a degenerate matrix has no meaningful alignment, spectrum or rank: NaN throughout
+        H = torch.where(out[f"degenerate_h_{side}"][:, None, None] > 0, torch.nan, H.to(torch.float64))
+        G = torch.where(out[f"degenerate_g_{side}"][:, None, None] > 0, torch.nan, G.to(torch.float64))
         out[f"n_zero_h_{side}"], out[f"n_zero_g_{side}"] = zero_h, zero_g
         uH, uG, uZ = _unit_entries(H), _unit_entries(G), _unit_entries(Z)
         out[f"rga_{side}"] = _aligned(uH, uG)
@@ -360,9 +364,33 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=
         out[f"gwa_{side}"] = _aligned(uG, uZ)
         if side == "b":
             cross = g_sign * (u_g.transpose(1, 2) @ u_h).to(torch.float64)  # cov(g_b, h_b), up to a scale
+            cross = torch.where(torch.isnan(H[:, :1, :1]) | torch.isnan(G[:, :1, :1]), torch.nan, cross)
             out["cross_b"] = _aligned(_unit_entries(cross + cross.transpose(1, 2)), uZ)
         mats[side] = (H, G, Z)
     return out, mats
+
+
+DEGENERATE = {1: "spread at rounding level (every sample points the same way)",
+              2: "fewer than 2 non-zero samples"}
+
+
+def degenerate(C: torch.Tensor, n_kept: torch.Tensor, kind: str = "centered") -> torch.Tensor:
+    """Why a covariance from `second_moment` is meaningless (0: it is not), per matrix (...,).
+
+    1: its spread is at the rounding level of the samples' scale before centring: the trace of
+    a centred covariance of unit rows is at most d * (8 eps)^2, about 64 times what rounding leaves
+    of a layer whose output is its bias for every sample (measured); 2: it was built from
+    fewer than 2 non-zero samples (one direction cannot be centred). Raw second moments are
+    not centred: only rule 2 (fewer than 1 sample) applies to them.
+    """
+    d = C.shape[-1]
+    if d == 1:  # every alignment with a 1x1 matrix is undefined, and says so itself
+        return torch.zeros(C.shape[:-2], dtype=torch.int8, device=C.device)
+    if kind == "raw":
+        return torch.where(n_kept < 1, 2, 0).to(torch.int8)
+    tol = d * (8 * torch.finfo(C.dtype).eps) ** 2  # unit rows: the scale before centring is 1
+    code = torch.where(torch.diagonal(C, dim1=-2, dim2=-1).sum(-1) <= tol, 1, 0)
+    return torch.where(n_kept < 2, 2, code).to(torch.int8)
 
 
 def _shared_second_moment(h: torch.Tensor, covariance: str):
@@ -447,9 +475,12 @@ def _batched_eigvals(stacks: list[torch.Tensor]) -> list[torch.Tensor]:
 def _nan_reasons(out: dict, mats: dict, k: int) -> str:
     notes = []
     for side, (H, G, Z) in mats.items():
-        for col, pair in ((f"rga_{side}", (H, G)), (f"rwa_{side}", (H, Z)), (f"gwa_{side}", (G, Z))):
+        bad = {name: DEGENERATE.get(int(out[f"degenerate_{name.lower()}_{side}"][k]), "")
+               for name in ("H", "G") if f"degenerate_{name.lower()}_{side}" in out}
+        for col, pair in ((f"rga_{side}", "HG"), (f"rwa_{side}", "HZ"), (f"gwa_{side}", "GZ")):
             if torch.isnan(out[col][k]):
-                why = [r for r in (alignment_reason(m[k]) for m in pair) if r]
+                why = [f"{m}_{side} {bad[m]}" for m in pair if bad.get(m)]
+                why += [r for r in (alignment_reason({"H": H, "G": G, "Z": Z}[m][k]) for m in pair) if r]
                 notes.append(f"{col}: {why[0] if why else 'undefined'}")
     return "; ".join(notes)
 

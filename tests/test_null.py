@@ -92,3 +92,40 @@ def test_phases_and_critical_depth_can_be_judged_against_the_null():
     assert excess(np.array([0.95, 0.95]), np.array([0.94, 0.0])) == pytest.approx([1 / 6, 0.95])
     with pytest.raises(ValueError, match="against in"):
         label_phases(t, 0.9, against="chance")
+
+
+def test_a_dead_layer_gives_nan_with_its_reason_not_numbers():
+    """A layer whose input ReLUs are all silent: its output is its bias for every sample."""
+    from torch import nn
+
+    from phasemap import measure
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 6), nn.ReLU(),
+                        nn.Linear(6, 1))
+    with torch.no_grad():
+        net[2].bias.fill_(-100.0)  # every unit of the second hidden layer is silent
+    t = measure(net, torch.randn(500, 8), torch.randn(500, 1), lambda o, y: ((o - y) ** 2).sum(-1)).set_index("layer")
+    dead = t.loc[3]  # input: all zero; output: the bias, the same for every sample
+    assert dead["n_zero_h_a"] == 500
+    for col in ("rga_a", "rwa_a", "rga_b", "rwa_b", "erank_h_a", "erank_h_b", "pah_hg_b", "pah_hz_b", "rga_b_null"):
+        assert math.isnan(dead[col]), col
+    assert "rga_a: H_a fewer than 2 non-zero samples" in dead["nan_reason"]
+    assert "rga_b: H_b spread at rounding level" in dead["nan_reason"]
+    assert "rga_a: H_a spread at rounding level" in t.loc[4]["nan_reason"]  # constant after the ReLU too
+    assert "G_b fewer than 2 non-zero samples" in t.loc[1]["nan_reason"]  # no gradient reaches below it
+    assert not math.isnan(t.loc[1]["erank_h_b"])  # H itself is fine there
+
+
+def test_the_degenerate_rule_is_at_rounding_level_and_no_higher():
+    from phasemap.probes import degenerate
+
+    d, n = 100, 1000
+    for dtype in (torch.float32, torch.float64):
+        row = torch.randn(d, dtype=dtype)
+        same = second_moment(row.expand(n, d).contiguous())[0]  # one direction, rounding left over
+        eps = torch.finfo(dtype).eps
+        spread = second_moment(row + 100 * eps * torch.randn(n, d, dtype=dtype) * row.abs().max())[0]
+        assert degenerate(same, torch.tensor(n)).item() == 1
+        assert degenerate(spread, torch.tensor(n)).item() == 0  # a spread of 100 eps per entry is measured
+    assert degenerate(cov(50, 5, 0), torch.tensor(1)).item() == 2
