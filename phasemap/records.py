@@ -337,9 +337,9 @@ def compact(root: str, sweep_id: str, run_id: str) -> None:
 def read_run(root: str, sweep_id: str, run_id: str, before_step: int | None = None) -> pd.DataFrame:
     """The records of one run (only its parts written at steps before `before_step`, if given)."""
     fs, folder = run_dir(root, sweep_id, run_id)
-    if fs.get_file_info(f"{folder}/{COMPACTED}").type == pafs.FileType.File:
-        parts = [f"{folder}/{COMPACTED}"]
-        table = ds.dataset(parts, filesystem=fs, format="parquet", schema=SCHEMA).to_table().to_pandas()
+    if fs.get_file_info(f"{folder}/{COMPACTED}").type == pafs.FileType.File:  # finished: one file
+        table = ds.dataset([f"{folder}/{COMPACTED}"], filesystem=fs, format="parquet", schema=SCHEMA).to_table()
+        table = table.to_pandas()
         return table if before_step is None else table[table["step"] < before_step].reset_index(drop=True)
     parts = _parts(fs, folder)
     if before_step is not None:
