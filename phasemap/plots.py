@@ -226,8 +226,9 @@ def layers_figure(profile: pd.DataFrame, keys: Sequence[str], title: str = ""):
                 if f"{col}_null_mean" in sub and sub[f"{col}_null_mean"].notna().any():
                     # the chance level: alignment of the same spectra with unrelated eigenvectors
                     null, spread = sub[f"{col}_null_mean"], sub[f"{col}_null_std"].fillna(0)
-                    ax.plot(sub["layer"], null, color=color, linestyle=":", linewidth=1,
-                            label="null (chance level)" if (gi, si, ri) == (0, 0, 0) else None)
+                    ax.plot(sub["layer"], null, color=color, linestyle=":", linewidth=1)
+                    if (gi, si, ri) == (0, 0, 0):  # one legend entry, in grey: it stands for every colour
+                        ax.plot([], [], color="#666666", linestyle=":", linewidth=1, label="null (chance level)")
                     ax.fill_between(sub["layer"], null - spread, null + spread, color=color, alpha=0.12, linewidth=0)
                 ax.set_title(f"{RELATION_NAMES[rel]}, {'forward (b)' if side == 'b' else 'backward (a)'}")
                 ax.set_ylim(-1.05, 1.05)

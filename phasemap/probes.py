@@ -15,11 +15,14 @@ run in the activations' dtype; the (d, d) matrices, alignments and fits in float
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import pandas as pd
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 RELATIONS = ("rga", "rwa", "gwa")
 PAH_PAIRS = ("hg", "hz", "gz")  # lambda_H ~ lambda_G^k, lambda_H ~ lambda_Z^k, lambda_G ~ lambda_Z^k
@@ -559,16 +562,31 @@ def measure(
     covariance: str = "centered",
     pah_floor: float = 1e-4,
     null_samples: int = NULL_SAMPLES,
+    train_mode: bool = False,
 ) -> pd.DataFrame:
     """CRH/PAH metrics of every `nn.Linear` in any model, one row per layer.
 
     `loss_fn(output, y)` must return one loss per sample (any shape; it is summed). Extra
-    leading dimensions of a layer's activations (tokens) count as samples. Hooks are
-    removed on every path out.
+    leading dimensions of a layer's activations (tokens) count as samples. The model runs in
+    eval mode (dropout off, BatchNorm on its running statistics, so samples stay independent)
+    unless `train_mode`; its modes are restored after. Hooks are removed on every path out.
+    An `nn.Linear` the forward pass does not call as a module (e.g. `nn.MultiheadAttention`'s
+    `out_proj`, which it applies functionally) is not measured: its row says why, with NaN
+    metrics, and a warning names it.
     """
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(f"`model has at least one nn.Linear` must hold, but got {type(model).__name__}")
+    modes = {m: m.training for m in model.modules()}
+    model.train(train_mode)
+    try:
+        return _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples) -> pd.DataFrame:
     seen: dict[nn.Module, tuple] = {}
 
     def hook(module, inputs, output):
@@ -592,8 +610,16 @@ def measure(
             m.weight.requires_grad_(flag)
     grad_of = dict(zip(used, grads))
     rows = []
+    skipped = []
     for index, (name, m) in enumerate(linears, start=1):
         if m not in seen:
+            owner = _owner(model, name)
+            why = (f"not measured: called functionally by its {type(owner).__name__} (its forward hook never fires)"
+                   if owner is not None else "not measured: not called in this forward pass")
+            skipped.append(f"{name} ({why})")
+            rows.append({"layer": index, "name": name, "dim_in": m.in_features, "dim_out": m.out_features,
+                         **{c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan) for c in METRIC_COLUMNS},
+                         "nan_reason": why})
             continue
         h_a, h_b = seen[m]
         d_in, d_out = m.in_features, m.out_features
@@ -610,6 +636,14 @@ def measure(
         row.update({c: metrics[c][0].item() for c in METRIC_COLUMNS})
         row["nan_reason"] = reasons[0]
         rows.append(row)
+    if skipped:
+        log.warning("measure: %d nn.Linear layer(s) not measured: %s", len(skipped), "; ".join(skipped))
     table = pd.DataFrame(rows)
     table["probe_loss"] = losses.detach().float().mean().item()
     return table
+
+
+def _owner(model: nn.Module, name: str) -> nn.Module | None:
+    """The module that holds a Linear and applies it itself (attention), or None."""
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    return parent if isinstance(parent, nn.MultiheadAttention) else None

@@ -129,3 +129,32 @@ def test_the_degenerate_rule_is_at_rounding_level_and_no_higher():
         assert degenerate(same, torch.tensor(n)).item() == 1
         assert degenerate(spread, torch.tensor(n)).item() == 0  # a spread of 100 eps per entry is measured
     assert degenerate(cov(50, 5, 0), torch.tensor(1)).item() == 2
+
+
+def test_measure_runs_in_eval_mode_restores_modes_and_names_what_it_cannot_measure(caplog):
+    from torch import nn
+
+    from phasemap import measure
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, dropout=0.5, batch_first=True)
+    head = nn.Linear(8, 1)
+    net = nn.Sequential(layer, head)
+    net.train()
+    x, y = torch.randn(20, 5, 8), torch.randn(20, 5, 1)
+
+    def loss(o, t):
+        return ((o - t) ** 2).sum(-1)
+
+    with caplog.at_level("WARNING"):
+        first = measure(net, x, y, loss)
+    second = measure(net, x, y, loss)
+    assert net.training and layer.dropout.training  # modes restored
+    pd.testing.assert_frame_equal(first, second)  # dropout off: two calls agree
+    names = first.set_index("name")
+    out_proj = names.loc["0.self_attn.out_proj"]
+    assert math.isnan(out_proj["rga_b"]) and "called functionally by its MultiheadAttention" in out_proj["nan_reason"]
+    assert "0.self_attn.out_proj" in caplog.text
+    assert names.loc["0.linear1"]["nan_reason"] == "" and not math.isnan(names.loc["0.linear1"]["rga_a"])
+    in_train = measure(net, x, y, loss, train_mode=True)
+    assert not in_train["probe_loss"].equals(first["probe_loss"])  # dropout on when asked
