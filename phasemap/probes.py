@@ -31,6 +31,11 @@ METRIC_COLUMNS = (
     + ["cross_b"]
     + [f"pah_{p}_{s}{suffix}" for s in "ab" for p in PAH_PAIRS for suffix in ("", "_r2", "_n")]
     + ["erank_h_a", "erank_h_b", "n_zero_h_a", "n_zero_g_a", "n_zero_h_b", "n_zero_g_b"]
+    + ["erank_g_a", "erank_g_b"]
+    # trace ratios Tr[E[v]E[v]^T] / Tr[E[vv^T]] of the raw vectors (paper Fig. 10)
+    + ["r_h_a", "r_h_b", "r_g_a", "r_g_b"]
+    # the theory's balance condition |E[g_b h_a^T] - gamma W| / |gamma W| (NaN at gamma = 0)
+    + ["balance"]
     # the null of each relation (alignment_null) and its Monte Carlo standard error
     + [f"{r}_{s}_null{suffix}" for s in "ab" for r in RELATIONS for suffix in ("", "_se")]
 )
@@ -327,6 +332,7 @@ def layer_metrics(
     covariance: str = "centered",
     pah_floor: float = 1e-4,
     null_samples: int = NULL_SAMPLES,
+    weight_decay=None,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Every CRH/PAH metric of one linear layer, batched over a leading K.
 
@@ -334,24 +340,26 @@ def layer_metrics(
     sample. Returns ({column: (K,) tensor, plus the spectra `eig_{h,g,z}_{a,b}`: (K, d)
     descending}, [reason per member why some value is NaN]).
     """
-    out, mats = _layer_matrices(h_a, h_b, g_b, W, covariance)
+    out, mats = _layer_matrices(h_a, h_b, g_b, W, covariance, weight_decay=weight_decay)
     eigs = _layer_spectra([mats], h_a.dtype)[0]
     return _spectral_metrics(out, mats, eigs, pah_floor, null_samples)
 
 
-def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=None):
-    """Alignments and zero counts of one layer, and its float64 (H, G, Z) per side.
+def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=None, weight_decay=None):
+    """Alignments, zero counts, trace ratios and balance of one layer, and its float64
+    (H, G, Z) per side.
 
     g_b (and g_a, computed as W^T g_b per sample when not given) may come as +dl/dh with
-    g_sign = -1 (no negated copy of the samples): every matrix but the cross term is the
-    same for g and -g.
+    g_sign = -1 (no negated copy of the samples): every matrix but the cross term and the
+    balance is the same for g and -g. `weight_decay` (K,): each member's gamma, for balance.
     """
     h_a, h_b, g_b, W = (t.detach() for t in (h_a, h_b, g_b, W))
     g_a = g_b @ W if g_a is None else g_a.detach()  # (K, N, d_in)
+    out: dict[str, torch.Tensor] = {"balance": balance(h_a, g_sign * g_b, W, weight_decay)}
     W = W.to(torch.float64)
-    out: dict[str, torch.Tensor] = {}
     mats = {}
     for side, h, g, Z in (("a", h_a, g_a, W.transpose(1, 2) @ W), ("b", h_b, g_b, W @ W.transpose(1, 2))):
+        out[f"r_h_{side}"], out[f"r_g_{side}"] = trace_ratio(h), trace_ratio(g)
         # sample-sized maths in the activations' dtype; the (d, d) matrices in float64
         H, u_h, zero_h = _shared_second_moment(h, covariance)
         G, u_g, zero_g = second_moment(g, covariance)
@@ -371,6 +379,31 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=
             out["cross_b"] = _aligned(_unit_entries(cross + cross.transpose(1, 2)), uZ)
         mats[side] = (H, G, Z)
     return out, mats
+
+
+def trace_ratio(v: torch.Tensor) -> torch.Tensor:
+    """Tr[E[v] E[v]^T] / Tr[E[v v^T]] = |mean v|^2 / mean |v|^2 of raw rows v (..., N, d), in
+    [0, 1]: 1 when every sample is the same vector, near 0 for centred ones; NaN for all-zero v."""
+    mean = v.mean(-2)
+    num = (mean * mean).sum(-1).to(torch.float64)
+    den = (v * v).sum(-1).mean(-1).to(torch.float64)
+    return torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float64).tiny), torch.nan)
+
+
+def balance(h_a: torch.Tensor, g_b: torch.Tensor, W: torch.Tensor, weight_decay) -> torch.Tensor:
+    """The theory's stationarity condition for L2 weight decay gamma: |E[g_b h_a^T] - gamma W| /
+    |gamma W| (Frobenius) on raw vectors, g_b = -dl/dh_b. At an SGD stationary point of the mean
+    loss plus gamma/2 |W|^2, -grad_W = E[g_b h_a^T] = gamma W, so it is 0 there. (..., N, d)
+    samples, W (..., d_out, d_in), weight_decay (...,) or None; NaN where gamma is 0 or unknown.
+    """
+    shape = W.shape[:-2]
+    if weight_decay is None:
+        return torch.full(shape, torch.nan, dtype=torch.float64, device=W.device)
+    gamma = torch.as_tensor(weight_decay, dtype=torch.float64, device=W.device).expand(shape)
+    E = (g_b.transpose(-1, -2) @ h_a).to(torch.float64) / h_a.shape[-2]  # (..., d_out, d_in)
+    target = gamma[..., None, None] * W.to(torch.float64)
+    ratio = (E - target).flatten(-2).norm(dim=-1) / target.flatten(-2).norm(dim=-1).clamp_min(torch.finfo(torch.float64).tiny)
+    return torch.where(gamma > 0, ratio, torch.nan)
 
 
 DEGENERATE = {1: "spread at rounding level (every sample points the same way)",
@@ -451,7 +484,7 @@ def _spectral_metrics(out: dict, mats: dict, eigs: dict, pah_floor: float, null_
             _nulls(H, [eig_g, eig_z], null_samples)
         ((out[f"gwa_{side}_null"], out[f"gwa_{side}_null_se"]),) = _nulls(G, [eig_z], null_samples)
         out[f"eig_h_{side}"], out[f"eig_g_{side}"], out[f"eig_z_{side}"] = eig_h, eig_g, eig_z  # (K, d)
-        out[f"erank_h_{side}"] = effective_rank(eig_h)
+        out[f"erank_h_{side}"], out[f"erank_g_{side}"] = effective_rank(eig_h), effective_rank(eig_g)
         for pair, (ea, eb) in zip(PAH_PAIRS, ((eig_h, eig_g), (eig_h, eig_z), (eig_g, eig_z))):
             k, r2, n = power_law_fit(ea, eb, pah_floor)
             out[f"pah_{pair}_{side}"], out[f"pah_{pair}_{side}_r2"], out[f"pah_{pair}_{side}_n"] = k, r2, n
@@ -492,7 +525,7 @@ def _nan_reasons(out: dict, mats: dict, k: int) -> str:
 
 
 def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str, pah_floor: float,
-                  chunk: int | None = None, null_samples: int = NULL_SAMPLES):
+                  chunk: int | None = None, null_samples: int = NULL_SAMPLES, weight_decay=None):
     """Probe every layer of a StackedMLP on (x, y).
 
     On a CPU the members go through in chunks of `chunk` (default: a chunk's sample-sized
@@ -505,7 +538,8 @@ def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str
     losses, parts = [], []
     for start in range(0, K, chunk):
         members = slice(start, start + chunk) if chunk < K else slice(None)
-        loss, per_layer = _probe_matrices(model, task, x, y, covariance, members)
+        wd = None if weight_decay is None else torch.as_tensor(weight_decay, device=x.device)[members]
+        loss, per_layer = _probe_matrices(model, task, x, y, covariance, members, wd)
         losses.append(loss)
         parts.append(per_layer)
     per_layer = [_cat_layer(chunks) for chunks in zip(*parts)]
@@ -529,7 +563,7 @@ def _cache_chunk(K: int, n: int, width: int, itemsize: int, cache_bytes: float =
     return math.ceil(K / math.ceil(K / most))
 
 
-def _probe_matrices(model, task, x, y, covariance: str, members: slice):
+def _probe_matrices(model, task, x, y, covariance: str, members: slice, weight_decay=None):
     """Probe loss (k,) and per layer _layer_matrices of the members in `members`."""
     with torch.enable_grad():
         out, h_as, h_bs = model(x, keep=True, members=members)
@@ -540,7 +574,8 @@ def _probe_matrices(model, task, x, y, covariance: str, members: slice):
         grads = torch.autograd.grad(loss.sum(), h_bs + h_as[1:])
     grad_b, grad_a = grads[:L], (None,) + grads[L:]
     weights = [W[members] for W in model.weights]
-    per_layer = [_layer_matrices(h_as[l], h_bs[l], grad_b[l], W, covariance, g_sign=-1.0, g_a=grad_a[l])
+    per_layer = [_layer_matrices(h_as[l], h_bs[l], grad_b[l], W, covariance, g_sign=-1.0, g_a=grad_a[l],
+                                 weight_decay=weight_decay)
                  for l, W in enumerate(weights)]
     return loss.detach().mean(1), per_layer
 
@@ -563,6 +598,7 @@ def measure(
     pah_floor: float = 1e-4,
     null_samples: int = NULL_SAMPLES,
     train_mode: bool = False,
+    weight_decay: float | None = None,
 ) -> pd.DataFrame:
     """CRH/PAH metrics of every `nn.Linear` in any model, one row per layer.
 
@@ -570,6 +606,7 @@ def measure(
     leading dimensions of a layer's activations (tokens) count as samples. The model runs in
     eval mode (dropout off, BatchNorm on its running statistics, so samples stay independent)
     unless `train_mode`; its modes are restored after. Hooks are removed on every path out.
+    `weight_decay`: the L2 gamma the model trains with, for the `balance` column (else NaN).
     An `nn.Linear` the forward pass does not call as a module (e.g. `nn.MultiheadAttention`'s
     `out_proj`, which it applies functionally) is not measured: its row says why, with NaN
     metrics, and a warning names it.
@@ -580,13 +617,13 @@ def measure(
     modes = {m: m.training for m in model.modules()}
     model.train(train_mode)
     try:
-        return _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples)
+        return _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay)
     finally:
         for m, mode in modes.items():
             m.training = mode
 
 
-def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples) -> pd.DataFrame:
+def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay) -> pd.DataFrame:
     seen: dict[nn.Module, tuple] = {}
 
     def hook(module, inputs, output):
@@ -631,6 +668,7 @@ def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples)
             covariance,
             pah_floor,
             null_samples,
+            weight_decay,
         )
         row = {"layer": index, "name": name, "dim_in": d_in, "dim_out": d_out}
         row.update({c: metrics[c][0].item() for c in METRIC_COLUMNS})

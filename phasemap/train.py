@@ -222,7 +222,7 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
                 t0 = time.perf_counter()
                 probe_loss, layers = probe_stacked(
                     model, task, x_probe, y_probe, cfg.probe.covariance, cfg.probe.pah_floor,
-                    null_samples=cfg.probe.null_samples,
+                    null_samples=cfg.probe.null_samples, weight_decay=[m.weight_decay for m in members],
                 )
                 probe_loss = probe_loss.tolist()
                 train_loss = loss.detach().tolist()

@@ -158,3 +158,59 @@ def test_measure_runs_in_eval_mode_restores_modes_and_names_what_it_cannot_measu
     assert names.loc["0.linear1"]["nan_reason"] == "" and not math.isnan(names.loc["0.linear1"]["rga_a"])
     in_train = measure(net, x, y, loss, train_mode=True)
     assert not in_train["probe_loss"].equals(first["probe_loss"])  # dropout on when asked
+
+
+def test_trace_ratios_by_construction():
+    from phasemap.probes import trace_ratio
+
+    v = torch.randn(7, dtype=torch.float64)
+    assert trace_ratio(v.expand(30, 7)).item() == pytest.approx(1.0)  # one vector: all mean
+    signs = torch.tensor([1.0, -1.0] * 15, dtype=torch.float64)[:, None]
+    assert trace_ratio(signs * v).item() == pytest.approx(0.0, abs=1e-15)  # +-v: no mean at all
+    shifted = torch.cat([v + 1, v - 1]).reshape(2, 7)  # mean v, spread 1 per coordinate
+    assert trace_ratio(shifted).item() == pytest.approx((v @ v).item() / ((v @ v).item() + 7))
+    assert math.isnan(trace_ratio(torch.zeros(5, 3)).item())
+
+
+def test_the_balance_residual_is_zero_at_a_planted_stationary_point():
+    from phasemap.probes import balance, layer_metrics
+
+    g = torch.Generator().manual_seed(0)
+    h_a = torch.randn(2, 400, 5, generator=g, dtype=torch.float64)
+    g_b = torch.randn(2, 400, 3, generator=g, dtype=torch.float64)
+    gamma = torch.tensor([0.1, 0.01], dtype=torch.float64)
+    W = (g_b.transpose(1, 2) @ h_a) / 400 / gamma[:, None, None]  # E[g_b h_a^T] = gamma W exactly
+    assert balance(h_a, g_b, W, gamma).tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert balance(h_a, g_b, 2 * W, gamma).tolist() == pytest.approx([0.5, 0.5])  # |E - 2E| / |2E|
+    assert balance(h_a, g_b, W, torch.tensor([0.0, 0.01])).isnan().tolist() == [True, False]
+    assert balance(h_a, g_b, W, None).isnan().all()
+    m, _ = layer_metrics(h_a, h_a @ W.transpose(1, 2), g_b, W, weight_decay=gamma)  # the same through a layer
+    assert m["balance"].tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
+
+
+def test_the_effective_rank_of_g_counts_its_directions():
+    from phasemap.probes import layer_metrics
+
+    g = torch.Generator().manual_seed(1)
+    h_a = torch.randn(1, 2000, 6, generator=g, dtype=torch.float64)
+    W = torch.randn(1, 4, 6, generator=g, dtype=torch.float64)
+    one_way = torch.zeros(1, 2000, 4, dtype=torch.float64)
+    one_way[..., 0] = torch.randn(2000, generator=g, dtype=torch.float64).sign()  # every g_b along +-e1
+    every_way = torch.randn(1, 2000, 4, generator=g, dtype=torch.float64)
+    m1, _ = layer_metrics(h_a, h_a @ W.transpose(1, 2), one_way, W)
+    m4, _ = layer_metrics(h_a, h_a @ W.transpose(1, 2), every_way, W)
+    assert m1["erank_g_b"].item() == pytest.approx(1.0, abs=1e-6)
+    assert m4["erank_g_b"].item() == pytest.approx(4.0, abs=0.05)
+    assert m1["r_g_b"].item() < 0.01 and m4["r_g_b"].item() < 0.01  # centred gradients: no mean to speak of
+
+
+def test_records_carry_balance_for_members_with_weight_decay(tmp_path):
+    cfg = parse_config({"name": "b", "task": {"name": "fc1", "input_dim": 6, "teacher_width": 6},
+                        "model": {"depth": 2, "width": 6},
+                        "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": [0.0, 1e-2]},
+                        "train": {"steps": 10, "batch_size": 8, "device": "cpu"}, "probe": {"n_samples": 64, "steps": [5]}})
+    recs = train_pack(cfg, root=str(tmp_path)).records
+    assert recs[recs["weight_decay"] == 0]["balance"].isna().all()
+    decayed = recs[recs["weight_decay"] > 0]
+    assert decayed["balance"].notna().all() and (decayed["balance"] > 0).all()
+    assert recs[["r_h_a", "r_h_b", "erank_g_a"]].notna().all().all()
