@@ -180,10 +180,12 @@ def test_measure_on_sequential_equals_the_stacked_path(activation, chunk):
     model = StackedMLP([6, 8, 8, 3], activation, seeds=[3, 4, 5])
     task = Task(TaskSpec(name="fc2", input_dim=6, output_dim=3))
     x, y = task.sample(200, torch.Generator().manual_seed(2))
-    loss, layers = probe_stacked(model, task, x, y, "centered", 1e-4, chunk=chunk)
+    wds = [0.5, 0.0, 2.0]  # balance: the stacked path's g signs must agree with measure's
+    loss, layers = probe_stacked(model, task, x, y, "centered", 1e-4, chunk=chunk, weight_decay=wds)
     assert loss.shape == (3,) and all(m["rga_a"].shape == (3,) for m, _ in layers)
+    assert not math.isnan(layers[0][0]["balance"][0].item()) and math.isnan(layers[0][0]["balance"][1].item())
     for k in range(3):
-        table = measure(model.member(k), x, y, task.loss)
+        table = measure(model.member(k), x, y, task.loss, weight_decay=wds[k])
         assert list(table["layer"]) == [1, 2, 3]
         assert table["probe_loss"].iloc[0] == pytest.approx(loss[k].item(), rel=1e-5)
         for l, (metrics, _) in enumerate(layers):
