@@ -4,6 +4,7 @@ The public surface:
 - `load_config`, `parse_config`, `RunConfig`, `ConfigError`: validated run configs;
 - `train_pack`: train a pack of K stacked networks with probes, writing Parquet records;
 - `measure`: the per-layer CRH/PAH table of any `torch.nn.Module`;
+- `Recorder`: measure inside your own training loop, writing the same records as a sweep;
 - `alignment`, `alignment_null`, `excess`: the alignment of two matrices, how high it is by
   chance for their spectra, and how far above chance it is (plain tensors or batches);
 - `label_phases`, `critical_depth`: phases and critical depth from alignment columns;
@@ -16,11 +17,13 @@ __version__ = "0.1.0"
 from .config import ConfigError, RunConfig, load_config, parse_config
 from .phases import critical_depth, label_phases
 from .probes import alignment, alignment_null, excess, measure
+from .recorder import Recorder
 from .query import load, sql
 from .records import SCHEMA
 from .train import RunResult, train_pack
 
 __all__ = [
+    "Recorder",
     "ConfigError",
     "RunConfig",
     "RunResult",

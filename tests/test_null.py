@@ -214,3 +214,40 @@ def test_records_carry_balance_for_members_with_weight_decay(tmp_path):
     decayed = recs[recs["weight_decay"] > 0]
     assert decayed["balance"].notna().all() and (decayed["balance"] > 0).all()
     assert recs[["r_h_a", "r_h_b", "erank_g_a"]].notna().all().all()
+
+
+def test_a_recorder_run_is_read_like_sweep_records(tmp_path):
+    from torch import nn
+
+    from phasemap import Recorder, load, sql
+    from phasemap.cli import main
+
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 6), torch.randn(256, 1)
+    per_sample = lambda o, t: ((o - t) ** 2).sum(-1)  # noqa: E731
+    for wd in (0.0, 1e-2):
+        net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, weight_decay=wd)
+        with Recorder(str(tmp_path), "mine", f"net-wd{wd}", config={"depth": 2, "width": 16, "optimizer": "sgd",
+                                                                      "lr": 0.05, "weight_decay": wd, "seed": 0}) as rec:
+            for step in range(31):
+                loss = per_sample(net(x[:64]), y[:64]).mean()
+                if step % 10 == 0:
+                    rec.probe(net, x[64:], y[64:], per_sample, step, train_loss=loss.item())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    recs = load(str(tmp_path))
+    assert len(recs) == 2 * 4 * 3 and set(recs["run_id"]) == {"net-wd0.0", "net-wd0.01"}
+    assert recs["config_hash"].nunique() == 2 and set(recs["depth"]) == {2} and recs["rga_b_null"].notna().any()
+    assert recs[recs["weight_decay"] > 0]["balance"].notna().all() and recs[recs["weight_decay"] == 0]["balance"].isna().all()
+    assert [p.name for p in tmp_path.rglob("*.parquet") if not p.name.startswith("_")] == ["records.parquet"] * 2
+    assert sql(str(tmp_path), "SELECT count(DISTINCT run_id) FROM records WHERE step = 30").iloc[0, 0] == 2
+    assert main(["plot", str(tmp_path), "layers", "--out", str(tmp_path / "layers.png")]) == 0
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "phase-diagram.png").exists()
+    with pytest.raises(RuntimeError, match="being written by another process"):
+        with Recorder(str(tmp_path), "mine", "busy"):
+            Recorder(str(tmp_path), "mine", "busy")
+    with pytest.raises(ValueError, match="config keys are config columns"):
+        Recorder(str(tmp_path), "mine", "typo", config={"weigth_decay": 0.1})
