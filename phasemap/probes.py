@@ -36,10 +36,14 @@ METRIC_COLUMNS = (
     + ["r_h_a", "r_h_b", "r_g_a", "r_g_b"]
     # the theory's balance condition |E[g_b h_a^T] - gamma W| / |gamma W| (NaN at gamma = 0)
     + ["balance"]
+    # neural collapse of the layer's input features h_a (classification; NaN otherwise):
+    # NC1-NC2 at every layer, NC3 (classifier against class means) and NC4 at the output layer
+    + ["nc1", "nc2", "nc2_norms", "nc3", "nc4"]
     # the null of each relation (alignment_null) and its Monte Carlo standard error
     + [f"{r}_{s}_null{suffix}" for s in "ab" for r in RELATIONS for suffix in ("", "_se")]
 )
 NULL_SAMPLES = 8  # Haar rotations per null estimate (probe.null_samples)
+NC_COLUMNS = ("nc1", "nc2", "nc2_norms", "nc3", "nc4")
 
 
 # ----------------------------------------------------------------------------- pure maths
@@ -356,6 +360,7 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=
     h_a, h_b, g_b, W = (t.detach() for t in (h_a, h_b, g_b, W))
     g_a = g_b @ W if g_a is None else g_a.detach()  # (K, N, d_in)
     out: dict[str, torch.Tensor] = {"balance": balance(h_a, g_sign * g_b, W, weight_decay)}
+    out.update({c: torch.full(W.shape[:-2], torch.nan, dtype=torch.float64, device=W.device) for c in NC_COLUMNS})
     W = W.to(torch.float64)
     mats = {}
     for side, h, g, Z in (("a", h_a, g_a, W.transpose(1, 2) @ W), ("b", h_b, g_b, W @ W.transpose(1, 2))):
@@ -404,6 +409,54 @@ def balance(h_a: torch.Tensor, g_b: torch.Tensor, W: torch.Tensor, weight_decay)
     target = gamma[..., None, None] * W.to(torch.float64)
     ratio = (E - target).flatten(-2).norm(dim=-1) / target.flatten(-2).norm(dim=-1).clamp_min(torch.finfo(torch.float64).tiny)
     return torch.where(gamma > 0, ratio, torch.nan)
+
+
+def neural_collapse(h: torch.Tensor, labels: torch.Tensor, n_classes: int, W: torch.Tensor | None = None,
+                    logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Neural collapse of features h (..., N, d) with labels (N,) in [0, n_classes) (SCIENCE.md).
+
+    With class means mu_c, their mean mu_G and M the centred class means (..., C, d):
+    nc1 = Tr(Sigma_W Sigma_B^+) / C; nc2 = | M M^T / |M M^T| - E / |E| | for the simplex ETF
+    E = I - 11^T / C, and nc2_norms = std / mean of the class means' norms; nc3 = | W / |W| -
+    M / |M| | for classifier rows W (..., C, d); nc4 = the share of samples whose nearest class
+    mean is not the network's prediction argmax(logits (..., N, C)). All 0 at collapse; classes
+    absent from the samples are left out; NaN where not given or undefined. Each (...,).
+    """
+    h = h.to(torch.float64)
+    onehot = torch.nn.functional.one_hot(labels.to(h.device).long(), n_classes).to(h.dtype)  # (N, C)
+    counts = onehot.sum(0)
+    present = counts > 0
+    onehot, counts = onehot[:, present], counts[present]
+    C = int(present.sum())
+    means = (onehot.T @ h) / counts[:, None]  # (..., C, d)
+    M = means - means.mean(-2, keepdim=True)
+    within = h - onehot @ means  # (..., N, d): each sample minus its class mean
+    sigma_w = within.transpose(-1, -2) @ within / h.shape[-2]
+    sigma_b = M.transpose(-1, -2) @ M / C
+    nan = torch.full(h.shape[:-2], torch.nan, dtype=torch.float64, device=h.device)
+    out = {"nc1": torch.diagonal(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True), dim1=-2, dim2=-1).sum(-1) / C}
+
+    def unit(A):
+        return A / A.flatten(-2).norm(dim=-1)[..., None, None].clamp_min(torch.finfo(A.dtype).tiny)
+
+    etf = torch.eye(C, dtype=h.dtype, device=h.device) - 1.0 / C
+    out["nc2"] = (unit(M @ M.transpose(-1, -2)) - unit(etf)).flatten(-2).norm(dim=-1)
+    norms = M.norm(dim=-1)
+    out["nc2_norms"] = norms.std(-1) / norms.mean(-1).clamp_min(torch.finfo(h.dtype).tiny)
+    if W is not None and W.shape[-2] == n_classes:
+        out["nc3"] = (unit(W.to(torch.float64)[..., present, :]) - unit(M)).flatten(-2).norm(dim=-1)
+    else:
+        out["nc3"] = nan
+    if logits is not None:
+        nearest = torch.cdist(h, means).argmin(-1)  # (..., N) index among present classes
+        predicted = logits.argmax(-1)
+        present_ids = present.nonzero().flatten().to(h.device)
+        out["nc4"] = (present_ids[nearest] != predicted).to(torch.float64).mean(-1)
+    else:
+        out["nc4"] = nan
+    if C < 2:
+        out = {k: nan.clone() for k in out}
+    return out
 
 
 DEGENERATE = {1: "spread at rounding level (every sample points the same way)",
@@ -577,6 +630,14 @@ def _probe_matrices(model, task, x, y, covariance: str, members: slice, weight_d
     per_layer = [_layer_matrices(h_as[l], h_bs[l], grad_b[l], W, covariance, g_sign=-1.0, g_a=grad_a[l],
                                  weight_decay=weight_decay)
                  for l, W in enumerate(weights)]
+    if task.classification:  # neural collapse of every layer's input; NC3 and NC4 at the classifier
+        k = out.shape[0]
+        for l, (metrics, _) in enumerate(per_layer):
+            last = l == L - 1
+            h = h_as[l].detach()
+            metrics.update(neural_collapse(h.expand(k, *h.shape[-2:]), y, out.shape[-1],
+                                           W=weights[l].detach() if last else None,
+                                           logits=out.detach() if last else None))
     return loss.detach().mean(1), per_layer
 
 
@@ -599,6 +660,7 @@ def measure(
     null_samples: int = NULL_SAMPLES,
     train_mode: bool = False,
     weight_decay: float | None = None,
+    labels: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """CRH/PAH metrics of every `nn.Linear` in any model, one row per layer.
 
@@ -607,6 +669,8 @@ def measure(
     eval mode (dropout off, BatchNorm on its running statistics, so samples stay independent)
     unless `train_mode`; its modes are restored after. Hooks are removed on every path out.
     `weight_decay`: the L2 gamma the model trains with, for the `balance` column (else NaN).
+    `labels` (N,): class labels of the samples, for the neural-collapse columns of every layer
+    whose input has one row per sample (NC3 and NC4 at the last measured layer; else NaN).
     An `nn.Linear` the forward pass does not call as a module (e.g. `nn.MultiheadAttention`'s
     `out_proj`, which it applies functionally) is not measured: its row says why, with NaN
     metrics, and a warning names it.
@@ -617,13 +681,14 @@ def measure(
     modes = {m: m.training for m in model.modules()}
     model.train(train_mode)
     try:
-        return _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay)
+        return _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay, labels)
     finally:
         for m, mode in modes.items():
             m.training = mode
 
 
-def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay) -> pd.DataFrame:
+def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay,
+             labels) -> pd.DataFrame:
     seen: dict[nn.Module, tuple] = {}
 
     def hook(module, inputs, output):
@@ -637,7 +702,8 @@ def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples,
         for _, m in linears:
             m.weight.requires_grad_(True)  # so every layer's output is part of the graph
         with torch.enable_grad():
-            losses = loss_fn(model(x), y)
+            output = model(x)
+            losses = loss_fn(output, y)
             used = [m for _, m in linears if m in seen]
             grads = torch.autograd.grad(losses.sum(), [seen[m][1] for m in used])
     finally:
@@ -670,6 +736,12 @@ def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples,
             null_samples,
             weight_decay,
         )
+        if labels is not None and h_a.reshape(-1, d_in).shape[0] == labels.numel():  # one feature row per label
+            last = m is used[-1]
+            n_classes = int(labels.max()) + 1 if output.shape[-1] < 2 else output.shape[-1]
+            metrics.update(neural_collapse(h_a.detach().reshape(1, -1, d_in), labels.reshape(-1), n_classes,
+                                           W=m.weight.detach().unsqueeze(0) if last else None,
+                                           logits=output.detach().reshape(1, -1, output.shape[-1]) if last else None))
         row = {"layer": index, "name": name, "dim_in": d_in, "dim_out": d_out}
         row.update({c: metrics[c][0].item() for c in METRIC_COLUMNS})
         row["nan_reason"] = reasons[0]

@@ -69,13 +69,14 @@ class Recorder:
         self.started = time.time()
 
     def probe(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, step: int,
-              train_loss: float | None = None):
+              train_loss: float | None = None, labels: torch.Tensor | None = None):
         """Measure every nn.Linear of `model` on (x, y) at `step` and write the rows; returns
-        the `measure` table. `loss_fn(output, y)` returns one loss per sample."""
+        the `measure` table. `loss_fn(output, y)` returns one loss per sample; `labels` (class
+        indices, e.g. y of a classifier) fill the neural-collapse columns."""
         if self.closed:
             raise RuntimeError(f"run {self.run_id!r}: the recorder is closed")
         gamma = self.columns.get("weight_decay")
-        table = measure(model, x, y, loss_fn, weight_decay=gamma, **self.options)
+        table = measure(model, x, y, loss_fn, weight_decay=gamma, labels=labels, **self.options)
         measured = table[~table["nan_reason"].str.startswith("not measured")]
         base = {"schema_version": records.SCHEMA_VERSION, "phasemap_version": __version__,
                 "sweep_id": self.sweep_id, "trial_id": self.run_id, "run_id": self.run_id,

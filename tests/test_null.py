@@ -251,3 +251,60 @@ def test_a_recorder_run_is_read_like_sweep_records(tmp_path):
             Recorder(str(tmp_path), "mine", "busy")
     with pytest.raises(ValueError, match="config keys are config columns"):
         Recorder(str(tmp_path), "mine", "typo", config={"weigth_decay": 0.1})
+
+
+def etf_features(C=4, d=6, per_class=25, noise=0.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0][:, :C]
+    means = (Q @ (torch.eye(C, dtype=torch.float64) - 1.0 / C)).T * 3.0  # (C, d): a simplex ETF
+    labels = torch.arange(C).repeat(per_class)
+    return means[labels] + noise * torch.randn(C * per_class, d, generator=g, dtype=torch.float64), labels, means
+
+
+def test_neural_collapse_is_zero_at_collapse_and_grows_with_within_class_spread():
+    from phasemap.probes import neural_collapse
+
+    h, labels, means = etf_features()
+    nc = neural_collapse(h, labels, 4, W=means, logits=h @ means.T)
+    for col in ("nc1", "nc2", "nc2_norms", "nc3"):
+        assert nc[col].item() == pytest.approx(0.0, abs=1e-9), col
+    assert nc["nc4"].item() == 0.0
+    noisy, labels, means = etf_features(noise=0.5)
+    nc_noisy = neural_collapse(noisy, labels, 4, W=means, logits=noisy @ means.T)
+    assert 0.01 < nc_noisy["nc1"].item() < 1
+    spread = neural_collapse(etf_features(noise=2.0)[0], labels, 4)
+    assert spread["nc1"].item() > 5 * nc_noisy["nc1"].item() and math.isnan(spread["nc3"].item())
+    # class means that are not equiangular: NC2 away from 0; a classifier that is not M: NC3 away from 0
+    skewed = h.clone()
+    skewed[labels == 0] *= 3
+    assert neural_collapse(skewed, labels, 4)["nc2"].item() > 0.1
+    assert neural_collapse(h, labels, 4, W=means.flip(0))["nc3"].item() > 0.5
+    wrong = neural_collapse(h, labels, 4, logits=(h @ means.T).roll(1, -1))  # predictions off by one class
+    assert wrong["nc4"].item() == 1.0
+
+
+def test_a_classification_pack_records_neural_collapse_at_every_layer(tmp_path):
+
+    from phasemap import measure
+    from phasemap.config import TaskSpec
+    from phasemap.models import StackedMLP
+    from phasemap.probes import probe_stacked
+    from phasemap.tasks import Task
+
+    task = Task(TaskSpec(name="clusters", input_dim=6, n_classes=3, noise=0.3))
+    x, y = task.sample(300, torch.Generator().manual_seed(1))
+    model = StackedMLP([6, 8, 8, 3], "relu", seeds=[0, 1])
+    _, layers = probe_stacked(model, task, x, y, "centered", 1e-4)
+    for l, (metrics, _) in enumerate(layers):
+        assert metrics["nc1"].isfinite().all() and metrics["nc2"].isfinite().all(), l
+        assert metrics["nc3"].isfinite().all() == (l == 2) and metrics["nc4"].isfinite().all() == (l == 2)
+    for k in range(2):  # measure with labels gives the same numbers as the stacked path
+        table = measure(model.member(k), x, y, task.loss, labels=y)
+        for l, (metrics, _) in enumerate(layers):
+            for col in ("nc1", "nc2", "nc2_norms", "nc3", "nc4"):
+                a, b = table[col].iloc[l], metrics[col][k].item()
+                assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-4, abs=1e-8), col
+    regression = parse_config({"name": "r", "task": {"name": "fc1", "input_dim": 6, "teacher_width": 6},
+                               "model": {"depth": 1, "width": 6}, "train": {"steps": 4, "batch_size": 8, "device": "cpu"},
+                               "probe": {"n_samples": 32, "steps": [2]}})
+    assert train_pack(regression, root=str(tmp_path / "r")).records["nc1"].isna().all()
