@@ -284,7 +284,6 @@ def test_neural_collapse_is_zero_at_collapse_and_grows_with_within_class_spread(
 
 
 def test_a_classification_pack_records_neural_collapse_at_every_layer(tmp_path):
-
     from phasemap import measure
     from phasemap.config import TaskSpec
     from phasemap.models import StackedMLP
