@@ -76,6 +76,12 @@ class Holder:
         return f"pid {self.pid} on {self.host}, expires in {max(0.0, self.expires - time.time()):.0f} s"
 
 
+def _body(token: str, ttl: float, released: bool = False) -> bytes:
+    """A lease file's content: this process holds it for `ttl` more seconds (or released it)."""
+    return json.dumps({"token": token, "host": socket.gethostname(), "pid": os.getpid(),
+                       "expires": time.time() + ttl, "released": released}).encode()
+
+
 def _name(generation: int) -> str:
     return f"{PREFIX}{generation:06d}.json"
 
@@ -113,8 +119,7 @@ class Lease:
         self._thread.start()
 
     def _body(self, released: bool = False) -> bytes:
-        return json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-                           "expires": time.time() + self.ttl, "released": released}).encode()
+        return _body(self.token, self.ttl, released)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl / 4):
@@ -149,8 +154,7 @@ def try_acquire(root: str, sweep_id: str, run_id: str, ttl: float | None = None,
         return None, holder
     generation = (holder.generation + 1) if holder else 1
     token = uuid.uuid4().hex
-    body = json.dumps({"token": token, "host": socket.gethostname(), "pid": os.getpid(),
-                       "expires": time.time() + ttl}).encode()
+    body = _body(token, ttl)
     fs, folder = records.run_dir(root, sweep_id, run_id)
     fs.create_dir(folder, recursive=True)
     _HELD.add(token)  # before the file exists: a reader in this process must see it as live

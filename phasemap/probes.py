@@ -137,22 +137,22 @@ def alignment_null(A: torch.Tensor, B: torch.Tensor | None = None, samples: int 
     standard error), each (...); NaN where alignment(A, B) is undefined or samples < 2.
     """
     b = descending_eigvals(B.to(torch.float64)) if eig_b is None else eig_b
-    return _nulls(A, [b], samples, seed)[0]
+    return _nulls(_unit_entries(A.to(torch.float64)), [b], samples, seed)[0]
 
 
-def _nulls(A: torch.Tensor, spectra: list[torch.Tensor], samples: int, seed: int = 0):
-    """alignment_null of A (..., d, d) against several spectra (..., d): [(mean, se)].
+def _nulls(unit_a: tuple[torch.Tensor, torch.Tensor], spectra: list[torch.Tensor], samples: int, seed: int = 0):
+    """alignment_null of A, given as `_unit_entries(A)`, against several spectra (..., d): [(mean, se)].
 
     With B' = P diag(b) P^T (P Haar): <A - mean(A), B'> = sum_i b_i p_i^T (A - mean(A)) p_i
     and the mean of B''s entries is sum_i b_i (1^T p_i)^2 / d^2, so each rotation costs one
     (d, d) product with A, shared by every spectrum (in float32: the estimate's standard
     error is far above its rounding).
     """
-    d = A.shape[-1]
-    nan = torch.full(A.shape[:-2], torch.nan, dtype=torch.float64, device=A.device)
+    ua, ok_a = unit_a  # (A - mean) / |A - mean|, flattened (..., d * d); where that is defined
+    d = spectra[0].shape[-1]
+    nan = torch.full(ok_a.shape, torch.nan, dtype=torch.float64, device=ua.device)
     if samples < 2 or d < 2:
         return [(nan, nan.clone()) for _ in spectra]
-    ua, ok_a = _unit_entries(A.to(torch.float64))  # (A - mean) / |A - mean|, flattened
     Abar = torch.where(ok_a[..., None], ua, 0.0).unflatten(-1, (d, d)).to(torch.float32)
     bs, oks = [], []
     for b in spectra:
@@ -161,7 +161,7 @@ def _nulls(A: torch.Tensor, spectra: list[torch.Tensor], samples: int, seed: int
         bs.append(torch.where(ok[..., None], b, 0.0))
         oks.append(ok)
     values = [[] for _ in spectra]
-    for P in haar_rotations(d, samples, seed, torch.float32, A.device):
+    for P in haar_rotations(d, samples, seed, torch.float32, ua.device):
         diag = (P * (Abar @ P)).sum(-2).to(torch.float64)  # (..., d): p_i^T Abar p_i
         ones_sq = P.sum(-2).to(torch.float64) ** 2  # (d,): (1^T p_i)^2
         for b, out in zip(bs, values):
@@ -371,10 +371,13 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=
         out[f"degenerate_h_{side}"] = degenerate(H, h.shape[-2] - zero_h, covariance)
         out[f"degenerate_g_{side}"] = degenerate(G, g.shape[-2] - zero_g, covariance)
         # a degenerate matrix has no meaningful alignment, spectrum or rank: NaN throughout
-        H = torch.where(out[f"degenerate_h_{side}"][:, None, None] > 0, torch.nan, H.to(torch.float64))
-        G = torch.where(out[f"degenerate_g_{side}"][:, None, None] > 0, torch.nan, G.to(torch.float64))
+        # (filled in place: no copy beyond the float64 one, no host sync)
+        H = H.to(torch.float64, copy=True).masked_fill_(out[f"degenerate_h_{side}"][:, None, None] > 0, torch.nan)
+        G = G.to(torch.float64, copy=True).masked_fill_(out[f"degenerate_g_{side}"][:, None, None] > 0, torch.nan)
         out[f"n_zero_h_{side}"], out[f"n_zero_g_{side}"] = zero_h, zero_g
         uH, uG, uZ = _unit_entries(H), _unit_entries(G), _unit_entries(Z)
+        out[f"_unit_h_{side}"], out[f"_unit_h_{side}_ok"] = uH  # kept for the nulls
+        out[f"_unit_g_{side}"], out[f"_unit_g_{side}_ok"] = uG
         out[f"rga_{side}"] = _aligned(uH, uG)
         out[f"rwa_{side}"] = _aligned(uH, uZ)
         out[f"gwa_{side}"] = _aligned(uG, uZ)
@@ -532,10 +535,11 @@ def _spectral_metrics(out: dict, mats: dict, eigs: dict, pah_floor: float, null_
     (K, 3, d); NaN reasons."""
     for side, eig in eigs.items():
         eig_h, eig_g, eig_z = eig.unbind(1)
-        H, G, _ = mats[side]
+        unit_h = out.pop(f"_unit_h_{side}"), out.pop(f"_unit_h_{side}_ok")
+        unit_g = out.pop(f"_unit_g_{side}"), out.pop(f"_unit_g_{side}_ok")
         (out[f"rga_{side}_null"], out[f"rga_{side}_null_se"]), (out[f"rwa_{side}_null"], out[f"rwa_{side}_null_se"]) = \
-            _nulls(H, [eig_g, eig_z], null_samples)
-        ((out[f"gwa_{side}_null"], out[f"gwa_{side}_null_se"]),) = _nulls(G, [eig_z], null_samples)
+            _nulls(unit_h, [eig_g, eig_z], null_samples)
+        ((out[f"gwa_{side}_null"], out[f"gwa_{side}_null_se"]),) = _nulls(unit_g, [eig_z], null_samples)
         out[f"eig_h_{side}"], out[f"eig_g_{side}"], out[f"eig_z_{side}"] = eig_h, eig_g, eig_z  # (K, d)
         out[f"erank_h_{side}"], out[f"erank_g_{side}"] = effective_rank(eig_h), effective_rank(eig_g)
         for pair, (ea, eb) in zip(PAH_PAIRS, ((eig_h, eig_g), (eig_h, eig_z), (eig_g, eig_z))):

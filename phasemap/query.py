@@ -131,19 +131,20 @@ def _fill_v1(table: pa.Table) -> pa.Table:
     return table
 
 
-def one_per_config(df: pd.DataFrame, runs: dict[tuple[str, str], tuple[int, float]]) -> pd.DataFrame:
-    """The rows of one run per (sweep, config_hash), by the rule in the module docstring."""
-    keys = df[["sweep_id", "run_id", "config_hash"]].drop_duplicates()
+RUN_KEYS = ["sweep_id", "run_id", "config_hash"]
+
+
+def losing_runs(table: pa.Table, runs: dict[tuple[str, str], tuple[int, float]]) -> pd.DataFrame:
+    """The (sweep_id, run_id, config_hash) of `table` whose config another run of the same sweep
+    holds by the rule in the module docstring: the rows readers leave out. The one place the
+    rule lives; `load` and `sql` both apply it."""
+    keys = table.select(RUN_KEYS).group_by(RUN_KEYS).aggregate([]).to_pandas()  # distinct, in Arrow
     if not keys.duplicated(["sweep_id", "config_hash"]).any():
-        return df
+        return keys.iloc[:0]
     rank = [runs.get((s, r), (0, 0.0)) for s, r in zip(keys["sweep_id"], keys["run_id"])]
     keys = keys.assign(complete=[c for c, _ in rank], time=[t for _, t in rank])
     keys = keys.sort_values(["complete", "time", "run_id"], ascending=False)
-    losers = keys[keys.duplicated(["sweep_id", "config_hash"])]
-    cols = ["sweep_id", "run_id", "config_hash"]
-    drop = pd.MultiIndex.from_frame(df[cols]).isin(pd.MultiIndex.from_frame(losers[cols]))
-    log.info("%d rows of configs also found in a later or complete run left out", int(drop.sum()))
-    return df[~drop].reset_index(drop=True)
+    return keys[keys.duplicated(["sweep_id", "config_hash"])][RUN_KEYS]
 
 
 def load(
@@ -164,11 +165,17 @@ def load(
         return SCHEMA.empty_table().select(cols).to_pandas()
     filters = dict(filters or {})
     late = {c: filters.pop(c) for c in list(filters) if c in V1_DEFAULTS}  # filled first, then filtered
-    needed = list(dict.fromkeys(cols + ["sweep_id", "run_id", "config_hash"] + list(late)))
+    needed = list(dict.fromkeys(cols + RUN_KEYS + list(late)))
     table = _fill_v1(found.dataset().to_table(columns=needed, filter=_filter(filters)))
     if late:
         table = table.filter(_filter(late))
-    return one_per_config(table.to_pandas(), found.runs)[cols]
+    df = table.to_pandas()
+    lost = losing_runs(table, found.runs)
+    if len(lost):
+        drop = pd.MultiIndex.from_frame(df[RUN_KEYS]).isin(pd.MultiIndex.from_frame(lost))
+        log.info("%d rows of configs also found in a later or complete run left out", int(drop.sum()))
+        df = df[~drop].reset_index(drop=True)
+    return df[cols]
 
 
 def _literal(value: Any) -> str:
@@ -190,21 +197,13 @@ def sql(root: str, query: str, strict: bool = False) -> pd.DataFrame:
     try:
         dataset = found.dataset() if found.files else DATASET_SCHEMA.empty_table()
         con.register("all_records", dataset)
-        con.register("_runs", pd.DataFrame(
-            [(s, r, c, t) for (s, r), (c, t) in found.runs.items()], columns=["sweep", "run", "complete", "time"]))
+        keys = dataset.to_table(columns=RUN_KEYS) if found.files else dataset.select(RUN_KEYS)
+        con.register("_lost", losing_runs(keys, found.runs))
         filled = ", ".join(f"coalesce({c}, {_literal(v)}) AS {c}" for c, v in V1_DEFAULTS.items())
-        con.execute("""
-            CREATE TEMP VIEW _winners AS
-            SELECT sweep_id, run_id, config_hash FROM (
-                SELECT k.*, row_number() OVER (PARTITION BY k.sweep_id, k.config_hash
-                    ORDER BY coalesce(r.complete, 0) DESC, coalesce(r.time, 0) DESC, k.run_id DESC) AS rank
-                FROM (SELECT DISTINCT sweep_id, run_id, config_hash FROM all_records) k
-                LEFT JOIN _runs r ON r.sweep = k.sweep_id AND r.run = k.run_id)
-            WHERE rank = 1""")
         con.execute(f"""
             CREATE TEMP VIEW records AS
             SELECT a.* REPLACE ({filled}) FROM all_records a
-            SEMI JOIN _winners w ON a.sweep_id = w.sweep_id AND a.run_id = w.run_id AND a.config_hash = w.config_hash""")
+            ANTI JOIN _lost l ON a.sweep_id = l.sweep_id AND a.run_id = l.run_id AND a.config_hash = l.config_hash""")
         return con.execute(query).df()
     finally:
         con.close()

@@ -203,8 +203,9 @@ def write_file(root: str, sweep_id: str, run_id: str, name: str, data: bytes) ->
 
 def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
     try:
-        if fs.get_file_info(path).type == pafs.FileType.File:
-            fs.delete_file(path)
+        fs.delete_file(path)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (or no folder to hold it)
+        pass
     except OSError as e:
         log.warning("could not remove %s: %s", path, e)
 
@@ -235,7 +236,21 @@ def is_complete(root: str, sweep_id: str, run_id: str) -> bool:
     return fs.get_file_info(f"{folder}/{COMPLETE}").type == pafs.FileType.File
 
 
-def complete_members(root: str, sweep_id: str) -> dict[str, str]:
+def sweep_files(root: str, sweep_id: str) -> list[pafs.FileInfo]:
+    """Every file under a sweep's folder: one listing, for the readers of markers, leases and
+    temp files below (on S3 a recursive listing is one paged call, not one per run)."""
+    fs, base = filesystem(root)
+    infos = fs.get_file_info(pafs.FileSelector(f"{base}/sweep={sweep_id}", recursive=True, allow_not_found=True))
+    return [i for i in infos if i.type == pafs.FileType.File]
+
+
+def run_of(info: pafs.FileInfo) -> str | None:
+    """The run id of a file directly in a run folder, else None."""
+    folder = info.path.rsplit("/", 2)[-2]
+    return folder[len("run="):] if folder.startswith("run=") else None
+
+
+def complete_members(root: str, sweep_id: str, files: list[pafs.FileInfo] | None = None) -> dict[str, str]:
     """{config_hash: run_id} of every member of a complete run in the sweep's folder.
 
     Read from the completion markers alone; markers written before they listed their members
@@ -244,13 +259,13 @@ def complete_members(root: str, sweep_id: str) -> dict[str, str]:
     """
     from .config import parse_config  # records stay importable without the config machinery
 
-    fs, base = filesystem(root)
-    folder = f"{base}/sweep={sweep_id}"
-    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
-    markers = sorted((i for i in infos if i.base_name == COMPLETE), key=lambda i: (i.mtime.timestamp() if i.mtime else 0.0, i.path))
+    fs, _ = filesystem(root)
+    files = sweep_files(root, sweep_id) if files is None else files
+    markers = sorted((i for i in files if i.base_name == COMPLETE and run_of(i)),
+                     key=lambda i: (i.mtime.timestamp() if i.mtime else 0.0, i.path))
     found: dict[str, str] = {}
     for info in markers:
-        run_id = info.path.rsplit("/", 2)[-2][len("run="):]
+        run_id = run_of(info)
         with fs.open_input_stream(info.path) as f:
             summary = json.loads(f.read())
         hashes = summary.get("members")
@@ -261,18 +276,16 @@ def complete_members(root: str, sweep_id: str) -> dict[str, str]:
     return found
 
 
-def temp_files(root: str, sweep_id: str) -> dict[str, list[str]]:
+def temp_files(root: str, sweep_id: str, files: list[pafs.FileInfo] | None = None) -> dict[str, list[str]]:
     """{run_id: paths} of the temp files (`_tmp-*`) in a sweep's run folders.
 
     A write interrupted by a crash, or by storage that failed between upload and rename (an
     object store cut off mid-move), leaves one; the driver removes those of runs nobody holds.
     """
-    fs, base = filesystem(root)
-    infos = fs.get_file_info(pafs.FileSelector(f"{base}/sweep={sweep_id}", recursive=True, allow_not_found=True))
     found: dict[str, list[str]] = {}
-    for info in infos:
-        if info.base_name.startswith("_tmp-") and "/run=" in info.path:
-            found.setdefault(info.path.rsplit("/", 2)[-2][len("run="):], []).append(info.path)
+    for info in sweep_files(root, sweep_id) if files is None else files:
+        if info.base_name.startswith("_tmp-") and run_of(info):
+            found.setdefault(run_of(info), []).append(info.path)
     return found
 
 
@@ -291,10 +304,7 @@ def check_writable(root: str) -> None:
         with fs.open_output_stream(probe) as f:
             f.write(b"phasemap checks that it can write here")
     finally:
-        try:
-            _remove_quietly(fs, probe)
-        except OSError:
-            pass
+        _remove_quietly(fs, probe)
 
 
 def clear_run(root: str, sweep_id: str, run_id: str, keep_leases: bool = True) -> None:
@@ -315,18 +325,20 @@ def _parts(fs: pafs.FileSystem, folder: str) -> list[str]:
     return sorted(i.path for i in infos if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
 
 
-def compact(root: str, sweep_id: str, run_id: str) -> None:
+def compact(root: str, sweep_id: str, run_id: str, table: pa.Table | None = None) -> None:
     """One `records.parquet` for a finished run's parts (atomic rename), then the parts go.
 
-    Readers take `records.parquet` alone where it exists, so at no moment do they see both or
-    neither; parts left by a crash between the two steps are ignored and removed next time.
+    `table`: the run's rows when the caller holds them (the union of its parts), so the parts
+    need not be read back. Readers take `records.parquet` alone where it exists, so at no moment
+    do they see both or neither; parts left by a crash between the two steps are ignored.
     """
     fs, folder = run_dir(root, sweep_id, run_id)
     parts = _parts(fs, folder)
     if not parts:
         return
     if fs.get_file_info(f"{folder}/{COMPACTED}").type != pafs.FileType.File:
-        table = ds.dataset(parts, filesystem=fs, format="parquet", schema=SCHEMA).to_table()
+        if table is None:
+            table = ds.dataset(parts, filesystem=fs, format="parquet", schema=SCHEMA).to_table()
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         write_file(root, sweep_id, run_id, COMPACTED, sink.getvalue().to_pybytes())

@@ -263,15 +263,15 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
 
     seconds = time.perf_counter() - t_start
     _check_lease(lease)
-    records.compact(root, sweep_id, run_id)  # one file per finished run
+    table = records.to_table(all_rows)  # every part's rows, in memory: compacted without reading them back
+    records.compact(root, sweep_id, run_id, table)  # one file per finished run
     records.mark_complete(
         root, sweep_id, run_id,
         {"run_id": run_id, "members": [b["config_hash"] for b in base], "status": status, "rows": len(all_rows),
          "seconds": seconds, "probe_seconds": probe_seconds, "config": cfg.to_dict()},
     )
     records.delete_file(root, sweep_id, run_id, CHECKPOINT)
-    table = records.to_table(all_rows).to_pandas()
-    return RunResult(run_id, table, status, seconds, probe_seconds)
+    return RunResult(run_id, table.to_pandas(), status, seconds, probe_seconds)
 
 
 def _check_lease(lease: leases.Lease) -> None:

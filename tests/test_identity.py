@@ -344,7 +344,7 @@ def test_temp_files_left_by_a_storage_fault_are_removed_by_the_next_sweep_unless
     lease, _ = leases.try_acquire(str(tmp_path), "s", "held")
     try:
         assert sorted(records.temp_files(str(tmp_path), "s")) == ["free", "held"]
-        _remove_stale_temp(str(tmp_path), "s")
+        _remove_stale_temp(str(tmp_path), "s", records.temp_files(str(tmp_path), "s"))
         assert list(records.temp_files(str(tmp_path), "s")) == ["held"]  # its trainer may be writing it now
     finally:
         lease.release()

@@ -19,8 +19,8 @@ one `StorageError` line naming the root.
 
 from .driver import StorageError, SweepError, SweepResult, objective, overhead_summary, run_sweep, start_ray
 from .spec import SweepConfig, auto_pack_size, expand, grid_points, load_sweep, members, parse_sweep
-from .status import member_counts, sweep_status
+from .status import GridPlan, grid_plan, member_counts, sweep_status
 
-__all__ = ["SweepConfig", "SweepResult", "SweepError", "StorageError", "auto_pack_size", "expand", "grid_points",
+__all__ = ["SweepConfig", "SweepResult", "SweepError", "StorageError", "auto_pack_size", "expand", "grid_plan", "grid_points", "GridPlan",
            "load_sweep", "member_counts", "members", "objective", "overhead_summary", "parse_sweep", "run_sweep",
            "start_ray", "sweep_status"]

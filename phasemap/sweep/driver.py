@@ -28,11 +28,11 @@ from .. import leases, records
 from ..aggregate import last_records
 from ..config import parse_config
 from ..train import run_id_of, train_pack
-from .spec import SweepConfig, SweepStorage, _with, expand, members
+from .spec import SweepConfig, SweepStorage, _with
+from .status import FAILED, grid_plan
 
 log = logging.getLogger(__name__)
 
-FAILED = "_FAILED.json"
 
 
 def objective(table, column: str, direction: str) -> float:
@@ -147,9 +147,9 @@ def _storage_check(root: str) -> None:
         raise StorageError(f"{STORAGE_FAULT} {root!r}: {type(e).__name__}: {e}") from None
 
 
-def _remove_stale_temp(root: str, sweep_id: str) -> None:
-    """Temp files left by a crash or a storage fault, in runs no live trainer holds."""
-    for run_id, paths in records.temp_files(root, sweep_id).items():
+def _remove_stale_temp(root: str, sweep_id: str, temp: dict[str, list[str]]) -> None:
+    """Temp files left by a crash or a storage fault ({run_id: paths}), in runs no live trainer holds."""
+    for run_id, paths in temp.items():
         holder = leases.current(root, sweep_id, run_id)
         if holder is None or not holder.live():
             log.info("run %s: removing %d temp file(s) left by an interrupted write", run_id, len(paths))
@@ -178,23 +178,22 @@ def run_sweep(
            "cpus": cfg.resources.cpus, "base": cfg.base, "axes": list(cfg.axes), "choices": {},
            "mode": cfg.search.mode}
     trained = 0
-    _remove_stale_temp(root, sweep_id)
     if cfg.search.mode == "grid":
-        done = records.complete_members(root, sweep_id)
-        wanted = {m.config_hash() for m in members(cfg)}
+        plan = grid_plan(cfg)
+        _remove_stale_temp(root, sweep_id, plan.temp)
         if overwrite:
-            for run_id in {done[h] for h in wanted if h in done}:
+            for run_id in plan.finished:
                 records.clear_run(root, sweep_id, run_id, keep_leases=False)
-            done = {}
-        packs = expand(cfg, done=set(done))
-        skipped = len(wanted & set(done))
+            plan = grid_plan(cfg, ignore_done=True)
+        packs = plan.packs
+        skipped = len(plan.wanted & set(plan.done))
         trained = sum(len(p.members) for p in packs)
         log.info("sweep %s: %d configs, %d already complete, %d to train in %d packs",
-                 sweep_id, len(wanted), skipped, trained, len(packs))
+                 sweep_id, len(plan.wanted), skipped, trained, len(packs))
         if not packs:
             return SweepResult(sweep_id, 0, 0, skipped, [], time.time() - t0, [], 0)
         # packs another driver is training go last: by then they are likely done, and reused
-        busy = {run_id_of(p) for p in packs if (h := leases.current(root, sweep_id, run_id_of(p))) and h.live()}
+        busy = {r for r in plan.leased if (h := leases.current(root, sweep_id, r)) and h.live()}
         packs.sort(key=lambda p: run_id_of(p) in busy)
         param_space = {"pack": tune.grid_search([p.to_dict() for p in packs])}
         tune_config = tune.TuneConfig(reuse_actors=True, trial_dirname_creator=_short_name)
@@ -202,6 +201,7 @@ def run_sweep(
     else:
         if resume:
             raise SweepError("--resume applies to grid sweeps; an optuna sweep starts a new study")
+        _remove_stale_temp(root, sweep_id, records.temp_files(root, sweep_id))
         from ray.tune.search.optuna import OptunaSearch
 
         param_space = {}
