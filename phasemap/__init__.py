@@ -7,6 +7,7 @@ The public surface:
 - `Recorder`: measure inside your own training loop, writing the same records as a sweep;
 - `alignment`, `alignment_null`, `excess`: the alignment of two matrices, how high it is by
   chance for their spectra, and how far above chance it is (plain tensors or batches);
+- `power_law`: the signed power law between two matrices' spectra, paired through eigenvectors;
 - `label_phases`, `critical_depth`: phases and critical depth from alignment columns;
 - `load`, `sql`, `SCHEMA`: the records dataset (pandas or DuckDB SQL) and its one schema;
 - `aggregate`, `plots`: tables (phase grids, critical-depth maps, curves) and their figures.
@@ -16,7 +17,7 @@ __version__ = "0.1.0"
 
 from .config import ConfigError, RunConfig, load_config, parse_config
 from .phases import critical_depth, label_phases
-from .probes import alignment, alignment_null, excess, measure
+from .probes import alignment, alignment_null, excess, measure, power_law
 from .recorder import Recorder
 from .query import load, sql
 from .records import SCHEMA
@@ -37,6 +38,7 @@ __all__ = [
     "load_config",
     "measure",
     "parse_config",
+    "power_law",
     "load",
     "sql",
     "train_pack",

@@ -267,8 +267,9 @@ def evolution_figure(evo: pd.DataFrame, column: str, keys: Sequence[str], title:
 
 
 def spectra_figure(spectra: pd.DataFrame, records: pd.DataFrame, side: str = "b", title: str = ""):
-    """log-log eigenvalues of H against G per layer of one network, with the fitted exponent
-    from the records and reference power laws k = 1/3, 1/2, 1, 2, 3 (paper Fig. 3, 20)."""
+    """log-log eigenvalues of H against G per layer of one network, both sorted (paper Fig. 3,
+    20), with the sorted fit from the records, the paired exponent in the title (SCIENCE.md: the
+    sorted fit is never negative) and reference power laws k = 1/3, 1/2, 1, 2, 3."""
     _style()
     sizes = spectra[(spectra["side"] == side) & (spectra["matrix"] == "H")].groupby("layer").size()
     layers = sorted(sizes[sizes > 1].index)  # a 1x1 matrix has no spectrum to compare
@@ -278,8 +279,9 @@ def spectra_figure(spectra: pd.DataFrame, records: pd.DataFrame, side: str = "b"
         h = s[s["matrix"] == "H"].sort_values("rank")["eigenvalue"].to_numpy()
         g = s[s["matrix"] == "G"].sort_values("rank")["eigenvalue"].to_numpy()
         rec = records[records["layer"] == layer]
-        k = rec[f"pah_hg_{side}"].iloc[0] if len(rec) else float("nan")
-        n = int(rec[f"pah_hg_{side}_n"].iloc[0]) if len(rec) else 0
+        k = rec[f"pah_hg_{side}_sorted"].iloc[0] if len(rec) else float("nan")  # this figure's fit
+        n = int(rec[f"pah_hg_{side}_sorted_n"].iloc[0]) if len(rec) else 0
+        paired = rec[f"pah_hg_{side}"].iloc[0] if len(rec) else float("nan")
         # below ~1e-8 of the largest, eigenvalues of float32 sums are rounding, not spectrum
         keep = (h > SPECTRUM_FLOOR * h.max(initial=0)) & (g > SPECTRUM_FLOOR * g.max(initial=0))
         ax.loglog(g[keep], h[keep], "o", markersize=2.5, color="#4477AA", label="eigenvalues")
@@ -294,10 +296,13 @@ def spectra_figure(spectra: pd.DataFrame, records: pd.DataFrame, side: str = "b"
                 gf, hf = g[used & keep], h[used & keep]
                 if len(gf):
                     c = np.exp(np.mean(np.log(hf) - k * np.log(gf)))
-                    ax.loglog(gf, c * gf**k, color="#EE6677", linewidth=1.2, label=f"fit k = {k:.2f}")
+                    ax.loglog(gf, c * gf**k, color="#EE6677", linewidth=1.2, label=f"sorted fit k = {k:.2f}")
         if keep.any():
             ax.set_ylim(h[keep].min() / 3, h[keep].max() * 3)  # reference lines must not rescale the data
-        ax.set_title(f"layer {layer}: k = {k:.2f}" if not math.isnan(k) else f"layer {layer}")
+        title = f"layer {layer}: sorted k = {k:.2f}" if not math.isnan(k) else f"layer {layer}"
+        if not math.isnan(paired):
+            title += f"\npaired k = {paired:.2f}"
+        ax.set_title(title)
         ax.set_xlabel(f"λ of G_{side} (log)")
         ax.set_ylabel(f"λ of H_{side} (log)")
     axes[0][0].legend(frameon=False, loc="lower right")

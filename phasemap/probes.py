@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -29,7 +30,9 @@ PAH_PAIRS = ("hg", "hz", "gz")  # lambda_H ~ lambda_G^k, lambda_H ~ lambda_Z^k, 
 METRIC_COLUMNS = (
     [f"{r}_{s}" for s in "ab" for r in RELATIONS]
     + ["cross_b"]
+    # paired through B's eigenvectors (signed), then the sorted-spectra fit of the paper's Fig. 3
     + [f"pah_{p}_{s}{suffix}" for s in "ab" for p in PAH_PAIRS for suffix in ("", "_r2", "_n")]
+    + [f"pah_{p}_{s}_sorted{suffix}" for s in "ab" for p in PAH_PAIRS for suffix in ("", "_r2", "_n")]
     + ["erank_h_a", "erank_h_b", "n_zero_h_a", "n_zero_g_a", "n_zero_h_b", "n_zero_g_b"]
     + ["erank_g_a", "erank_g_b"]
     # trace ratios Tr[E[v]E[v]^T] / Tr[E[vv^T]] of the raw vectors (paper Fig. 10)
@@ -300,29 +303,91 @@ def effective_rank(eigs: torch.Tensor) -> torch.Tensor:
     return torch.where(total.squeeze(-1) > 0, entropy.exp(), torch.nan)
 
 
-def power_law_fit(eig_a: torch.Tensor, eig_b: torch.Tensor, floor: float = 1e-4):
-    """Fit lambda_A ~ lambda_B^k: the least-squares slope of log eig(A) on log eig(B).
+def descending_eigh(C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (..., d), largest first, negatives from rounding set to 0, and their
+    eigenvectors as columns (..., d, d) of symmetric PSD C; NaN for matrices with non-finite
+    entries (the rest of the batch is unaffected)."""
+    finite = torch.isfinite(_max_abs(C))
+    safe = C if bool(finite.all()) else torch.where(finite[..., None, None], C, 0.0)
+    try:
+        eig, vec = torch.linalg.eigh(safe)
+        eig, vec = eig.flip(-1), vec.flip(-1)
+    except torch.linalg.LinAlgError:  # rare convergence failure: PSD, so the SVD's U will do
+        vec, eig, _ = torch.linalg.svd(safe)
+    eig = torch.where(finite[..., None], eig.clamp_min(0.0), torch.nan)
+    return eig, torch.where(finite[..., None, None], vec, torch.nan)
 
-    Both spectra (..., d) are sorted descending; the fit uses the leading eigenvalues that
-    are above `floor` times the largest of their own spectrum in both. Returns (k, R^2, n);
-    k and R^2 are NaN with fewer than 3 usable eigenvalues.
+
+def paired_values(A: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """a_i = v_i^T A v_i for the columns v_i of V (..., d, m): A seen through B's eigenbasis."""
+    return ((A @ V) * V).sum(-2)
+
+
+class PowerLaw(NamedTuple):
+    """A fit lambda_A ~ lambda_B^k. `a` and `b` (..., d): the pairs, B's eigenvalues largest
+    first; `used` marks the pairs the fit used, `n` counts them."""
+
+    k: torch.Tensor
+    r2: torch.Tensor
+    n: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    used: torch.Tensor
+
+
+def power_law(A: torch.Tensor, B: torch.Tensor, floor: float = 1e-4) -> PowerLaw:
+    """The paired power law lambda_A ~ lambda_B^k of symmetric PSD A and B (..., d, d).
+
+    With B = sum_i lambda_i v_i v_i^T, a_i = v_i^T A v_i is fitted against lambda_i (SCIENCE.md):
+    the sign is kept (lambda_A = lambda_B^-1 in a shared basis gives k = -1) and unrelated
+    eigenbases give a poor fit (R^2 near 0). `power_law_fit` is the sorted-spectra fit.
+    """
+    A, B = A.to(torch.float64), B.to(torch.float64)
+    b, V = descending_eigh(B)
+    a = paired_values(A, V)
+    k, r2, n, used = _log_fit(a, b, floor, paired=True)
+    return PowerLaw(k, r2, n, a, b, used)
+
+
+def power_law_fit(eig_a: torch.Tensor, eig_b: torch.Tensor, floor: float = 1e-4):
+    """The sorted-spectra fit lambda_A ~ lambda_B^k (paper Fig. 3; the `_sorted` columns).
+
+    Both spectra (..., d) are sorted descending and paired by rank; the fit uses the leading
+    eigenvalues that are above `floor` times the largest of their own spectrum in both. Never
+    negative, and a good fit for unrelated eigenbases too: `power_law` pairs through
+    eigenvectors. Returns (k, R^2, n); k and R^2 are NaN with fewer than 3 usable pairs.
     """
     ea, eb = eig_a.sort(-1, descending=True).values, eig_b.sort(-1, descending=True).values
-    above = (ea > floor * ea[..., :1]) & (eb > floor * eb[..., :1]) & (ea > 0) & (eb > 0)
-    use = above.to(torch.int64).cumprod(-1).bool()  # the leading run only
+    k, r2, n, _ = _log_fit(ea, eb, floor, paired=False)
+    return k, r2, n
+
+
+def _log_fit(a: torch.Tensor, b: torch.Tensor, floor: float, paired: bool):
+    """Least-squares slope of log a on log b (..., d), b descending: (k, R^2, n, used).
+
+    Used: the leading run of b above `floor` times its largest, where a is above `floor` times
+    its largest too (for sorted spectra also a leading run; paired values are in B's order).
+    """
+    tiny = torch.finfo(torch.float64).tiny
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    a_ok = (a > floor * a.amax(-1, keepdim=True)) & (a > 0)
+    b_ok = (b > floor * b[..., :1]) & (b > 0)
+    if paired:
+        use = b_ok.to(torch.int64).cumprod(-1).bool() & a_ok
+    else:
+        use = (a_ok & b_ok).to(torch.int64).cumprod(-1).bool()
     n = use.sum(-1)
-    w = use.to(ea.dtype)
-    x = torch.where(use, eb.clamp_min(torch.finfo(eb.dtype).tiny).log(), 0.0)
-    y = torch.where(use, ea.clamp_min(torch.finfo(ea.dtype).tiny).log(), 0.0)
+    w = use.to(torch.float64)
+    x = torch.where(use, b.clamp_min(tiny).log(), 0.0)
+    y = torch.where(use, a.clamp_min(tiny).log(), 0.0)
     cnt = w.sum(-1).clamp_min(1)
     mx, my = (x * w).sum(-1) / cnt, (y * w).sum(-1) / cnt
     dx, dy = (x - mx.unsqueeze(-1)) * w, (y - my.unsqueeze(-1)) * w
     sxx, syy, sxy = (dx * dx).sum(-1), (dy * dy).sum(-1), (dx * dy).sum(-1)
-    tiny = torch.finfo(ea.dtype).tiny
     ok = (n >= 3) & (sxx > 0)
     k = torch.where(ok, sxy / sxx.clamp_min(tiny), torch.nan)
     r2 = torch.where(ok & (syy > 0), sxy**2 / (sxx * syy).clamp_min(tiny), torch.nan)
-    return k, r2, n
+    return k, r2, n, use
 
 
 # ----------------------------------------------------------------------------- per layer
@@ -386,6 +451,7 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=
             cross = torch.where(torch.isnan(H[:, :1, :1]) | torch.isnan(G[:, :1, :1]), torch.nan, cross)
             out["cross_b"] = _aligned(_unit_entries(cross + cross.transpose(1, 2)), uZ)
         mats[side] = (H, G, Z)
+    mats["W"] = W
     return out, mats
 
 
@@ -498,43 +564,54 @@ def _shared_second_moment(h: torch.Tensor, covariance: str):
 
 
 def _layer_spectra(layers: list[dict], dtype: torch.dtype) -> list[dict]:
-    """Eigenvalues (K, 3, d) of [H, G, Z] per side for each layer's matrices, largest first.
+    """Per layer and side: eigenvalues (K, 3, d) of [H, G, Z], largest first, and the
+    eigenvectors of G (K, d, d) and Z (K, d, r) that the paired power laws look through.
 
     The decomposition runs in `dtype`, the dtype the samples were summed in (their rounding
     is in the matrices' small eigenvalues either way; the PAH floor sits far above it), in one
-    batched call per distinct d. Z_a = W^T W and Z_b = W W^T share their nonzero
-    eigenvalues (the squared singular values of W): the smaller is decomposed, the larger
-    side's spectrum is the same padded with zeros.
+    batched call per distinct d and kind. Z_a = W^T W and Z_b = W W^T share their nonzero
+    eigenvalues (the squared singular values of W): the smaller is decomposed; the larger
+    side's spectrum is the same padded with zeros, its eigenvectors W v / |W v| (r of them).
     """
-    stacks, z_scales = [], []
+    values, vectors, z_scales = [], [], []
     for mats in layers:
         (H_a, G_a, Z_a), (H_b, G_b, Z_b) = mats["a"], mats["b"]
         Z = Z_a if Z_a.shape[-1] <= Z_b.shape[-1] else Z_b
         # H and G were summed in `dtype`; Z = W^T W was formed in float64 and overflows
         # float32 for a member about to diverge (|W| ~ 1e19): it goes scaled to max |entry| 1
         z_scale = _max_abs(Z).clamp_min(torch.finfo(Z.dtype).tiny)
-        stacks += [H_a, G_a, H_b, G_b, Z / z_scale[:, None, None]]
+        values += [H_a, H_b]
+        vectors += [G_a, G_b, Z / z_scale[:, None, None]]
         z_scales.append(z_scale[:, None])
     dtype = torch.promote_types(dtype, torch.float32)  # no half-precision eigensolvers
-    eigs = iter(e.to(torch.float64) for e in _batched_eigvals([m.to(dtype) for m in stacks]))
+    e_vals = iter(e.to(torch.float64) for e in _batched(descending_eigvals, [m.to(dtype) for m in values]))
+    e_vecs = iter((e.to(torch.float64), v.to(torch.float64))
+                  for e, v in _batched(descending_eigh, [m.to(dtype) for m in vectors]))
     spectra = []
     for mats, z_scale in zip(layers, z_scales):
-        e_ha, e_ga, e_hb, e_gb, e_z = (next(eigs) for _ in range(5))
+        e_ha, e_hb = next(e_vals), next(e_vals)
+        (e_ga, v_ga), (e_gb, v_gb), (e_z, v_z) = next(e_vecs), next(e_vecs), next(e_vecs)
         e_z = e_z * z_scale
+        W = mats["W"]
+        small = "a" if mats["a"][2].shape[-1] <= mats["b"][2].shape[-1] else "b"
+        other = W @ v_z if small == "a" else W.transpose(1, 2) @ v_z  # (K, d_other, r)
+        other = other / other.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        z_vectors = {small: v_z, "b" if small == "a" else "a": other}
         sides = {}
-        for side, e_h, e_g in (("a", e_ha, e_ga), ("b", e_hb, e_gb)):
+        for side, e_h, e_g, v_g in (("a", e_ha, e_ga, v_ga), ("b", e_hb, e_gb, v_gb)):
             pad = e_h.shape[-1] - e_z.shape[-1]  # zeros, or NaN for a non-finite W
             e_zs = torch.cat([e_z, (e_z[:, :1] * 0).expand(-1, pad)], -1) if pad else e_z
-            sides[side] = torch.stack([e_h, e_g, e_zs], 1)
+            sides[side] = {"eig": torch.stack([e_h, e_g, e_zs], 1), "vec_g": v_g, "vec_z": z_vectors[side]}
         spectra.append(sides)
     return spectra
 
 
-def _spectral_metrics(out: dict, mats: dict, eigs: dict, pah_floor: float, null_samples: int = NULL_SAMPLES):
-    """Effective ranks, PAH fits and the alignments' nulls from each side's eigenvalues
-    (K, 3, d); NaN reasons."""
-    for side, eig in eigs.items():
-        eig_h, eig_g, eig_z = eig.unbind(1)
+def _spectral_metrics(out: dict, mats: dict, spectra: dict, pah_floor: float, null_samples: int = NULL_SAMPLES):
+    """Effective ranks, PAH fits (paired and sorted) and the alignments' nulls from each
+    side's spectra (_layer_spectra); NaN reasons."""
+    for side in "ab":
+        eig_h, eig_g, eig_z = spectra[side]["eig"].unbind(1)
+        H, G, _ = mats[side]
         unit_h = out.pop(f"_unit_h_{side}"), out.pop(f"_unit_h_{side}_ok")
         unit_g = out.pop(f"_unit_g_{side}"), out.pop(f"_unit_g_{side}_ok")
         (out[f"rga_{side}_null"], out[f"rga_{side}_null_se"]), (out[f"rwa_{side}_null"], out[f"rwa_{side}_null_se"]) = \
@@ -542,9 +619,16 @@ def _spectral_metrics(out: dict, mats: dict, eigs: dict, pah_floor: float, null_
         ((out[f"gwa_{side}_null"], out[f"gwa_{side}_null_se"]),) = _nulls(unit_g, [eig_z], null_samples)
         out[f"eig_h_{side}"], out[f"eig_g_{side}"], out[f"eig_z_{side}"] = eig_h, eig_g, eig_z  # (K, d)
         out[f"erank_h_{side}"], out[f"erank_g_{side}"] = effective_rank(eig_h), effective_rank(eig_g)
-        for pair, (ea, eb) in zip(PAH_PAIRS, ((eig_h, eig_g), (eig_h, eig_z), (eig_g, eig_z))):
-            k, r2, n = power_law_fit(ea, eb, pah_floor)
+        v_g, v_z = spectra[side]["vec_g"], spectra[side]["vec_z"]
+        d = eig_h.shape[-1]
+        paired = (paired_values(H, v_g), paired_values(H, v_z), paired_values(G, v_z))
+        for pair, a, (ea, eb) in zip(PAH_PAIRS, paired, ((eig_h, eig_g), (eig_h, eig_z), (eig_g, eig_z))):
+            if a.shape[-1] < d:  # seen through Z's r nonzero directions; the rest have lambda = 0
+                a = torch.cat([a, a.new_zeros(*a.shape[:-1], d - a.shape[-1])], -1)
+            k, r2, n, _ = _log_fit(a, eb, pah_floor, paired=True)
             out[f"pah_{pair}_{side}"], out[f"pah_{pair}_{side}_r2"], out[f"pah_{pair}_{side}_n"] = k, r2, n
+            k, r2, n = power_law_fit(ea, eb, pah_floor)
+            out[f"pah_{pair}_{side}_sorted"], out[f"pah_{pair}_{side}_sorted_r2"], out[f"pah_{pair}_{side}_sorted_n"] = k, r2, n
     K = out["rga_a"].shape[0]
     reasons = [""] * K
     undefined = torch.stack([out[f"{r}_{s}"] for s in "ab" for r in RELATIONS]).isnan().any(0)
@@ -553,21 +637,27 @@ def _spectral_metrics(out: dict, mats: dict, eigs: dict, pah_floor: float, null_
     return out, reasons
 
 
-def _batched_eigvals(stacks: list[torch.Tensor]) -> list[torch.Tensor]:
-    """descending_eigvals of many (K, d, d) stacks: one call per distinct d, not per stack."""
-    out: list[torch.Tensor | None] = [None] * len(stacks)
-    sizes = sorted({m.shape[-1] for m in stacks})
-    for d in sizes:
+def _batched(decompose, stacks: list[torch.Tensor]) -> list:
+    """`decompose` (descending_eigvals or descending_eigh) of many (K, d, d) stacks: one call
+    per distinct d, not per stack."""
+    out: list = [None] * len(stacks)
+    for d in sorted({m.shape[-1] for m in stacks}):
         idx = [i for i, m in enumerate(stacks) if m.shape[-1] == d]
-        eig = descending_eigvals(torch.cat([stacks[i] for i in idx]))  # (sum of K, d)
-        for i, part in zip(idx, eig.split([stacks[i].shape[0] for i in idx])):
-            out[i] = part
+        result = decompose(torch.cat([stacks[i] for i in idx]))  # (sum of K, ...)
+        sizes = [stacks[i].shape[0] for i in idx]
+        if isinstance(result, torch.Tensor):
+            pieces = result.split(sizes)
+        else:  # (values, vectors)
+            pieces = list(zip(*(r.split(sizes) for r in result)))
+        for i, piece in zip(idx, pieces):
+            out[i] = piece
     return out
 
 
 def _nan_reasons(out: dict, mats: dict, k: int) -> str:
     notes = []
-    for side, (H, G, Z) in mats.items():
+    for side in "ab":
+        H, G, Z = mats[side]
         bad = {name: DEGENERATE.get(int(out[f"degenerate_{name.lower()}_{side}"][k]), "")
                for name in ("H", "G") if f"degenerate_{name.lower()}_{side}" in out}
         for col, pair in ((f"rga_{side}", "HG"), (f"rwa_{side}", "HZ"), (f"gwa_{side}", "GZ")):
@@ -650,7 +740,8 @@ def _cat_layer(chunks):
     if len(chunks) == 1:
         return chunks[0]
     out = {c: torch.cat([o[c] for o, _ in chunks]) for c in chunks[0][0]}
-    mats = {side: tuple(torch.cat(ms) for ms in zip(*(m[side] for _, m in chunks))) for side in chunks[0][1]}
+    mats = {side: tuple(torch.cat(ms) for ms in zip(*(m[side] for _, m in chunks))) for side in "ab"}
+    mats["W"] = torch.cat([m["W"] for _, m in chunks])
     return out, mats
 
 

@@ -3,7 +3,9 @@
 Both read every Parquet file under a storage root (hive folders `sweep=`/`run=` included),
 check each file's schema version first, and report unreadable files or files of an unknown
 schema version by name: skipped with a warning, or an error with strict=True. Files of schema
-version 1 are read with the config columns v1 lacked filled with the values v1 runs used.
+version 1 are read with the config columns v1 lacked filled with the values v1 runs used;
+files before version 3 with their power-law fits (sorted spectra then) in the `_sorted`
+columns and the paired ones null.
 
 One network per config: within a sweep, a member config (`config_hash`) found in more than
 one run is read from one run only. The rule: a complete run beats an unfinished one; among
@@ -25,7 +27,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .records import COMPACTED, COMPLETE, READABLE_VERSIONS, SCHEMA, V1_DEFAULTS, filesystem
+from .records import COMPACTED, COMPLETE, READABLE_VERSIONS, SCHEMA, SORTED_BEFORE_V3, V1_DEFAULTS, filesystem
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +124,34 @@ def _filter(filters: dict[str, Any] | None):
     return expr
 
 
-def _fill_v1(table: pa.Table) -> pa.Table:
-    """Config columns schema v1 did not have: the values v1 runs used, where they are null."""
+def _upgrade(table: pa.Table) -> pa.Table:
+    """Rows of older schema versions as this version reads them: config columns v1 did not have
+    filled with the values v1 runs used, and pre-v3 sorted power-law fits moved to `_sorted`."""
     for column, value in V1_DEFAULTS.items():
         if column in table.column_names and table[column].null_count:
             i = table.column_names.index(column)
             table = table.set_column(i, column, pc.fill_null(table[column], pa.scalar(value, table.schema.field(column).type)))
+    if "schema_version" not in table.column_names:
+        return table
+    old = pc.less(table["schema_version"], 3)
+    if not pc.any(old).as_py():
+        return table
+    for paired, sorted_ in SORTED_BEFORE_V3.items():
+        if paired not in table.column_names:
+            continue
+        if sorted_ in table.column_names:
+            i = table.column_names.index(sorted_)
+            table = table.set_column(i, sorted_, pc.if_else(old, table[paired], table[sorted_]))
+        i = table.column_names.index(paired)
+        table = table.set_column(i, paired, pc.if_else(old, pa.scalar(None, table[paired].type), table[paired]))
     return table
+
+
+def _read_columns(cols: list[str]) -> list[str]:
+    """The columns to read for `cols`: with the schema version and the other half of any
+    power-law column, which `_upgrade` needs for older files."""
+    partner = {**SORTED_BEFORE_V3, **{v: k for k, v in SORTED_BEFORE_V3.items()}}
+    return list(dict.fromkeys(cols + ["schema_version"] + [partner[c] for c in cols if c in partner]))
 
 
 RUN_KEYS = ["sweep_id", "run_id", "config_hash"]
@@ -164,9 +187,10 @@ def load(
     if not found.files:
         return SCHEMA.empty_table().select(cols).to_pandas()
     filters = dict(filters or {})
-    late = {c: filters.pop(c) for c in list(filters) if c in V1_DEFAULTS}  # filled first, then filtered
-    needed = list(dict.fromkeys(cols + RUN_KEYS + list(late)))
-    table = _fill_v1(found.dataset().to_table(columns=needed, filter=_filter(filters)))
+    upgraded = set(V1_DEFAULTS) | set(SORTED_BEFORE_V3) | set(SORTED_BEFORE_V3.values())
+    late = {c: filters.pop(c) for c in list(filters) if c in upgraded}  # upgraded first, then filtered
+    needed = _read_columns(cols + RUN_KEYS + list(late))
+    table = _upgrade(found.dataset().to_table(columns=needed, filter=_filter(filters)))
     if late:
         table = table.filter(_filter(late))
     df = table.to_pandas()
@@ -199,7 +223,10 @@ def sql(root: str, query: str, strict: bool = False) -> pd.DataFrame:
         con.register("all_records", dataset)
         keys = dataset.to_table(columns=RUN_KEYS) if found.files else dataset.select(RUN_KEYS)
         con.register("_lost", losing_runs(keys, found.runs))
-        filled = ", ".join(f"coalesce({c}, {_literal(v)}) AS {c}" for c, v in V1_DEFAULTS.items())
+        filled = [f"coalesce({c}, {_literal(v)}) AS {c}" for c, v in V1_DEFAULTS.items()]
+        filled += [f"CASE WHEN a.schema_version < 3 THEN NULL ELSE a.{p} END AS {p}" for p in SORTED_BEFORE_V3]
+        filled += [f"CASE WHEN a.schema_version < 3 THEN a.{p} ELSE a.{s} END AS {s}" for p, s in SORTED_BEFORE_V3.items()]
+        filled = ", ".join(filled)
         con.execute(f"""
             CREATE TEMP VIEW records AS
             SELECT a.* REPLACE ({filled}) FROM all_records a

@@ -34,8 +34,8 @@ from .probes import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # older files are read with V1_DEFAULTS filled in
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # older files are read with V1_DEFAULTS filled in, and SORTED_BEFORE_V3
 COMPLETE = "_COMPLETE.json"
 COMPACTED = "records.parquet"
 SPECTRA = "_spectra.parquet"  # eigenvalues at the last probe; beside, not in, the records
@@ -93,6 +93,10 @@ V1_DEFAULTS = {
     "checkpoint_every": 1000, "n_samples": 1000, "probe_count": 8, "probe_steps": "", "pah_floor": 1e-4,
     "null_samples": 0,  # v1 computed no null
 }
+# Before version 3, `pah_*` held the sorted-spectra fit: readers move it to the `_sorted` column
+# and leave the paired one null (a sorted exponent must never be read as a paired one).
+SORTED_BEFORE_V3 = {c: c.replace("_" + c.split("_")[2], "_" + c.split("_")[2] + "_sorted", 1)
+                    for c in METRIC_COLUMNS if c.startswith("pah_") and "_sorted" not in c}
 _CONFIG_FIELDS = [(c, t) for _, c, t in CONFIG_COLUMNS] + [("output_dim", pa.int32())]
 
 

@@ -89,6 +89,27 @@ def test_version_1_files_are_read_with_their_values_filled_in(tmp_path):
     assert got.iloc[0].tolist() == [0.5, len(recs), "auto"]
 
 
+def test_version_2_power_laws_are_read_as_the_sorted_fits_they_were(tmp_path):
+    recs = train_pack(small(), root=str(tmp_path / "new")).records
+    old = recs.assign(schema_version=2)
+    for paired, sorted_ in records.SORTED_BEFORE_V3.items():  # v2 wrote the sorted fit under the plain name
+        old[paired] = recs[sorted_]
+    folder = tmp_path / "v2" / "sweep=s" / "run=old"
+    folder.mkdir(parents=True)
+    table = pa.Table.from_pandas(old.drop(columns=list(records.SORTED_BEFORE_V3.values())), preserve_index=False)
+    pq.write_table(table.replace_schema_metadata({"phasemap_schema_version": "2"}), folder / "part-000000001.parquet")
+    got = load(str(tmp_path / "v2"))
+    assert got["pah_hg_b"].isna().all() and got["pah_hg_b_n"].isna().all()  # no paired fit in v2
+    assert got["pah_hg_b_sorted"].tolist() == pytest.approx(recs["pah_hg_b_sorted"].tolist(), nan_ok=True)
+    only = load(str(tmp_path / "v2"), columns=["pah_gz_a_sorted"])  # one column asked for: still moved
+    assert only["pah_gz_a_sorted"].tolist() == pytest.approx(recs["pah_gz_a_sorted"].tolist(), nan_ok=True)
+    q = sql(str(tmp_path / "v2"), "SELECT count(pah_hg_b) AS paired, sum(pah_hg_b_sorted) AS s FROM records")
+    assert q["paired"].iloc[0] == 0
+    assert q["s"].iloc[0] == pytest.approx(recs["pah_hg_b_sorted"].sum())
+    new = load(str(tmp_path / "new"))  # version 3 rows are read as written
+    assert new["pah_hg_b"].tolist() == pytest.approx(recs["pah_hg_b"].tolist(), nan_ok=True)
+
+
 def _copy_run(src_root, dst_root, sweep, run_from, run_to):
     src = src_root / f"sweep={sweep}" / f"run={run_from}"
     dst = dst_root / f"sweep={sweep}" / f"run={run_to}"
@@ -290,7 +311,7 @@ def test_a_reader_sees_the_parts_or_the_compacted_file_never_both(tmp_path):
 
 
 def test_a_full_disk_fails_naming_the_error_leaves_no_temp_file_and_a_rerun_completes(tmp_path):
-    fs, disk = full_disk(budget=30_000)
+    fs, disk = full_disk(budget=60_000)
     records.mount("full://", fs)
     cfg = small(optimizer__weight_decay=[0.0, 1e-3], train__steps=40, probe__steps=[5, 10, 20, 30],
                 train__checkpoint_every=10)

@@ -15,10 +15,12 @@ from phasemap.probes import (
     effective_rank,
     layer_metrics,
     measure,
+    power_law,
     power_law_fit,
     probe_stacked,
     second_moment,
 )
+from phasemap.probes import haar_rotations
 from phasemap.config import TaskSpec
 from phasemap.tasks import Task
 
@@ -130,6 +132,61 @@ def test_too_few_eigenvalues_give_nan():
 
 def _small_model(K=3, activation="tanh"):
     return StackedMLP([5, 7, 6, 2], activation, seeds=list(range(K)))
+
+
+def _planted(spectrum, basis):
+    return basis @ torch.diag(spectrum) @ basis.T
+
+
+def test_paired_power_law_keeps_the_sign_in_a_shared_basis():
+    q = haar_rotations(40, 1, seed=5)[0]
+    lam = torch.logspace(0, -2, 40, dtype=torch.float64)
+    fit = power_law(_planted(1 / lam, q), _planted(lam, q))  # lambda_A = lambda_B^-1
+    assert fit.k.item() == pytest.approx(-1.0, abs=1e-9) and fit.r2.item() >= 0.99 and fit.n.item() == 40
+    assert fit.b.tolist() == pytest.approx(lam.tolist())  # B's eigenvalues, largest first
+    assert fit.a.tolist() == pytest.approx((1 / lam).tolist())  # v_i^T A v_i
+    # the sorted fit cannot see the sign: it pairs 100 with 1
+    k_sorted, r2_sorted, _ = power_law_fit(descending_eigvals(_planted(1 / lam, q)), lam)
+    assert k_sorted.item() == pytest.approx(1.0) and r2_sorted.item() == pytest.approx(1.0)
+
+
+def test_unrelated_eigenbases_give_a_poor_paired_fit_while_the_sorted_fit_reports_two():
+    q = haar_rotations(60, 2, seed=1)
+    lam = torch.logspace(0, -1.5, 60, dtype=torch.float64)
+    A, B = _planted(lam**2, q[0]), _planted(lam, q[1])
+    fit = power_law(A, B)
+    assert fit.r2.item() < 0.1  # measured 0.02
+    k_sorted, r2_sorted, _ = power_law_fit(descending_eigvals(A), descending_eigvals(B))
+    assert k_sorted.item() == pytest.approx(2.0) and r2_sorted.item() == pytest.approx(1.0)
+
+
+def test_paired_fit_uses_pairs_above_the_floor_in_both():
+    lam = torch.logspace(0, -6, 7, dtype=torch.float64)  # 1 ... 1e-6
+    fit = power_law(torch.diag(lam**0.5), torch.diag(lam), floor=1e-3)
+    assert fit.n.item() == 3 and fit.used.tolist() == [True] * 3 + [False] * 4
+    assert fit.k.item() == pytest.approx(0.5)
+    batch = power_law(torch.stack([torch.diag(lam**0.5), torch.diag(lam**2)]), torch.diag(lam).expand(2, 7, 7), 1e-9)
+    assert batch.k.tolist() == pytest.approx([0.5, 2.0])  # batched over leading dims
+
+
+@pytest.mark.parametrize("d_in, d_out", [(5, 8), (8, 5)])
+def test_probe_exponents_are_the_paired_fits_of_the_layer_matrices(d_in, d_out):
+    # Z_a = W^T W and Z_b = W W^T come from one decomposition; both sides' eigenvectors must
+    # pair as a direct decomposition of each would
+    g = torch.Generator().manual_seed(d_in)
+    h_a = torch.randn(1, 400, d_in, generator=g, dtype=torch.float64) * torch.linspace(2, 0.2, d_in, dtype=torch.float64)
+    W = torch.randn(1, d_out, d_in, generator=g, dtype=torch.float64)
+    h_b = h_a @ W.transpose(1, 2)
+    g_b = torch.tanh(h_b) * torch.randn(1, 400, 1, generator=g, dtype=torch.float64)
+    out, _ = layer_metrics(h_a, h_b, g_b, W, pah_floor=1e-6)
+    for side, h, grad, Z in (("a", h_a, g_b @ W, W.transpose(1, 2) @ W), ("b", h_b, g_b, W @ W.transpose(1, 2))):
+        H, G = second_moment(h)[0], second_moment(grad)[0]
+        for pair, A, B in (("hg", H, G), ("hz", H, Z), ("gz", G, Z)):
+            fit = power_law(A, B, floor=1e-6)
+            assert out[f"pah_{pair}_{side}_n"].item() == fit.n.item(), (pair, side)
+            assert out[f"pah_{pair}_{side}"].item() == pytest.approx(fit.k.item(), rel=1e-6, abs=1e-9), (pair, side)
+            k, _, _ = power_law_fit(descending_eigvals(A), descending_eigvals(B), 1e-6)
+            assert out[f"pah_{pair}_{side}_sorted"].item() == pytest.approx(k.item(), rel=1e-6, nan_ok=True)
 
 
 def test_per_sample_gradients_from_one_backward_equal_single_sample_autograd():

@@ -38,13 +38,17 @@ def test_pack_of_four_equals_four_single_runs(tmp_path):
     pack = small(optimizer__weight_decay=[0.0, 1e-3], train__seed=[0, 1])
     packed = train_pack(pack, root=str(tmp_path / "pack")).records
     assert packed["member"].nunique() == 4
-    cols = ["train_loss", "probe_loss"] + METRIC_COLUMNS
+    # paired exponents of unrelated eigenbases sit near 0 with R^2 near 0: rounding of the
+    # eigenvectors moves them by ~1e-6 absolute, so they get an absolute tolerance of their own
+    paired = [c for c in METRIC_COLUMNS if c.startswith("pah_") and "sorted" not in c]
+    cols = ["train_loss", "probe_loss"] + [c for c in METRIC_COLUMNS if c not in paired]
     for k, member in enumerate(pack.members):
         alone = train_pack(pack.member_config(member), root=str(tmp_path / f"alone{k}")).records
         mine = packed[packed["member"] == k].reset_index(drop=True)
         assert list(mine["config_hash"].unique()) == list(alone["config_hash"].unique())
         assert list(mine["step"]) == list(alone["step"])
         pd.testing.assert_frame_equal(mine[cols], alone[cols], rtol=1e-4, atol=1e-6)
+        pd.testing.assert_frame_equal(mine[paired], alone[paired], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
