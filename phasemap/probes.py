@@ -42,11 +42,15 @@ METRIC_COLUMNS = (
     # neural collapse of the layer's input features h_a (classification; NaN otherwise):
     # NC1-NC2 at every layer, NC3 (classifier against class means) and NC4 at the output layer
     + ["nc1", "nc2", "nc2_norms", "nc3", "nc4"]
+    # the neural feature ansatz: W^T W against the AGOP of the network output w.r.t. h_a
+    + ["nfa", "nfa_cos"]
     # the null of each relation (alignment_null) and its Monte Carlo standard error
     + [f"{r}_{s}_null{suffix}" for s in "ab" for r in RELATIONS for suffix in ("", "_se")]
 )
 NULL_SAMPLES = 8  # Haar rotations per null estimate (probe.null_samples)
 NC_COLUMNS = ("nc1", "nc2", "nc2_norms", "nc3", "nc4")
+NFA_EXACT = 16  # networks with at most this many outputs (per sample): the AGOP exactly
+NFA_PROJECTIONS = 16  # beyond that: this many Gaussian projections of the output (unbiased)
 
 
 # ----------------------------------------------------------------------------- pure maths
@@ -402,20 +406,23 @@ def layer_metrics(
     pah_floor: float = 1e-4,
     null_samples: int = NULL_SAMPLES,
     weight_decay=None,
+    agop_b: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Every CRH/PAH metric of one linear layer, batched over a leading K.
 
     h_a (K, N, d_in), h_b and g_b (K, N, d_out), W (K, d_out, d_in); g_b = -dl/dh_b per
-    sample. Returns ({column: (K,) tensor, plus the spectra `eig_{h,g,z}_{a,b}`: (K, d)
-    descending}, [reason per member why some value is NaN]).
+    sample. `agop_b` (K, d_out, d_out): the AGOP of the network output w.r.t. h_b, for the NFA
+    columns (NaN without). Returns ({column: (K,) tensor, plus the spectra
+    `eig_{h,g,z}_{a,b}`: (K, d) descending}, [reason per member why some value is NaN]).
     """
-    out, mats = _layer_matrices(h_a, h_b, g_b, W, covariance, weight_decay=weight_decay)
+    out, mats = _layer_matrices(h_a, h_b, g_b, W, covariance, weight_decay=weight_decay, agop_b=agop_b)
     eigs = _layer_spectra([mats], h_a.dtype)[0]
     return _spectral_metrics(out, mats, eigs, pah_floor, null_samples)
 
 
-def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=None, weight_decay=None):
-    """Alignments, zero counts, trace ratios and balance of one layer, and its float64
+def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=None, weight_decay=None,
+                    agop_b=None):
+    """Alignments, zero counts, trace ratios, balance and NFA of one layer, and its float64
     (H, G, Z) per side.
 
     g_b (and g_a, computed as W^T g_b per sample when not given) may come as +dl/dh with
@@ -427,6 +434,10 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=
     out: dict[str, torch.Tensor] = {"balance": balance(h_a, g_sign * g_b, W, weight_decay)}
     out.update({c: torch.full(W.shape[:-2], torch.nan, dtype=torch.float64, device=W.device) for c in NC_COLUMNS})
     W = W.to(torch.float64)
+    if agop_b is None:
+        out["nfa"] = out["nfa_cos"] = torch.full(W.shape[:-2], torch.nan, dtype=torch.float64, device=W.device)
+    else:  # d f / d h_a = (d f / d h_b) W, so the AGOP w.r.t. h_a is W^T AGOP_b W
+        out["nfa"], out["nfa_cos"] = nfa(W, W.transpose(-1, -2) @ agop_b.to(torch.float64) @ W)
     mats = {}
     for side, h, g, Z in (("a", h_a, g_a, W.transpose(1, 2) @ W), ("b", h_b, g_b, W @ W.transpose(1, 2))):
         out[f"r_h_{side}"], out[f"r_g_{side}"] = trace_ratio(h), trace_ratio(g)
@@ -526,6 +537,56 @@ def neural_collapse(h: torch.Tensor, labels: torch.Tensor, n_classes: int, W: to
     if C < 2:
         out = {k: nan.clone() for k in out}
     return out
+
+
+def nfa(W: torch.Tensor, agop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The neural feature ansatz of a layer: W^T W (W (..., d_out, d_in)) against the AGOP
+    (..., d_in, d_in) of the network output with respect to the layer's input. Returns the
+    centred Pearson alignment of their entries and the uncentred cosine <A, B> / (|A| |B|) the
+    NFA papers use; NaN where undefined (a zero AGOP)."""
+    W = W.to(torch.float64)
+    Z, agop = W.transpose(-1, -2) @ W, agop.to(torch.float64)
+    norms = Z.flatten(-2).norm(dim=-1) * agop.flatten(-2).norm(dim=-1)
+    cosine = (Z * agop).sum((-2, -1)) / norms.clamp_min(torch.finfo(torch.float64).tiny)
+    return alignment(Z, agop), torch.where(norms > 0, cosine.clamp(-1.0, 1.0), torch.nan)
+
+
+def output_directions(shape: torch.Size, per_sample_outputs: int, device=None, seed: int = 0):
+    """The output cotangents whose vector-Jacobian products give the AGOP: `shape` is the
+    network output's, the last dimension its outputs per sample (or per token).
+
+    Exact (one-hot vectors, one per output) when a sample has at most NFA_EXACT outputs and the
+    output has one row per sample (2-D): then sum_c J_c^T J_c is the AGOP. Otherwise
+    NFA_PROJECTIONS Gaussian vectors u over the whole output, scaled so sum_p J_u^T J_u is an
+    unbiased estimate of it (E[u u^T] = I); the same vectors on every call (seeded), shared by
+    the members of a pack. Yields tensors of `shape` (or broadcastable to it).
+    """
+    if len(shape) <= 2 and per_sample_outputs <= NFA_EXACT:
+        for c in range(per_sample_outputs):
+            e = torch.zeros(per_sample_outputs, device=device)
+            e[c] = 1.0
+            yield e
+        return
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(NFA_PROJECTIONS):
+        yield (torch.randn(tuple(shape), generator=g) / NFA_PROJECTIONS**0.5).to(device)
+
+
+def output_gradient_grams(output: torch.Tensor, h_bs: list[torch.Tensor], shape: torch.Size,
+                          batch_dims: int = 1) -> list[torch.Tensor]:
+    """Per tensor h_b in `output`'s graph: the AGOP of the output with respect to it, the mean
+    over its samples of J^T J, float64 (*batch, d, d). The first `batch_dims` dimensions of h_b
+    are kept (a pack's K), every other but the last counts as samples (tokens too); `shape`:
+    one member's output shape, for output_directions. The graph is kept for a later backward."""
+    grams = [None] * len(h_bs)
+    for u in output_directions(shape, shape[-1], output.device):
+        js = torch.autograd.grad(output, h_bs, grad_outputs=u.to(output.dtype).expand_as(output), retain_graph=True)
+        for l, j in enumerate(js):
+            j = j.reshape(*j.shape[:batch_dims], -1, j.shape[-1])
+            gram = (j.transpose(-1, -2) @ j).to(torch.float64)
+            grams[l] = gram if grams[l] is None else grams[l] + gram
+    samples = [h.numel() // (math.prod(h.shape[:batch_dims]) * h.shape[-1]) for h in h_bs]
+    return [g / n for g, n in zip(grams, samples)]
 
 
 DEGENERATE = {1: "spread at rounding level (every sample points the same way)",
@@ -718,11 +779,12 @@ def _probe_matrices(model, task, x, y, covariance: str, members: slice, weight_d
         # the sum's gradient w.r.t. h_b holds every sample's own dl/dh_b (no batch coupling);
         # the backward pass computes dl/dh_a of every layer but the first on its way
         L = len(h_bs)
+        agops = output_gradient_grams(out, h_bs, out.shape[1:])  # before the last backward frees the graph
         grads = torch.autograd.grad(loss.sum(), h_bs + h_as[1:])
     grad_b, grad_a = grads[:L], (None,) + grads[L:]
     weights = [W[members] for W in model.weights]
     per_layer = [_layer_matrices(h_as[l], h_bs[l], grad_b[l], W, covariance, g_sign=-1.0, g_a=grad_a[l],
-                                 weight_decay=weight_decay)
+                                 weight_decay=weight_decay, agop_b=agops[l])
                  for l, W in enumerate(weights)]
     if task.classification:  # neural collapse of every layer's input; NC3 and NC4 at the classifier
         k = out.shape[0]
@@ -800,13 +862,16 @@ def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples,
             output = model(x)
             losses = loss_fn(output, y)
             used = [m for _, m in linears if m in seen]
-            grads = torch.autograd.grad(losses.sum(), [seen[m][1] for m in used])
+            outputs = [seen[m][1] for m in used]
+            agops = output_gradient_grams(output, outputs, output.shape, batch_dims=0)
+            grads = torch.autograd.grad(losses.sum(), outputs)
     finally:
         for h in handles:
             h.remove()
         for (_, m), flag in zip(linears, flags):
             m.weight.requires_grad_(flag)
     grad_of = dict(zip(used, grads))
+    agop_of = dict(zip(used, agops))
     rows = []
     skipped = []
     for index, (name, m) in enumerate(linears, start=1):
@@ -830,6 +895,7 @@ def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples,
             pah_floor,
             null_samples,
             weight_decay,
+            agop_b=agop_of[m].unsqueeze(0),
         )
         if labels is not None and h_a.reshape(-1, d_in).shape[0] == labels.numel():  # one feature row per label
             last = m is used[-1]

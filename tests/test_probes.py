@@ -259,7 +259,8 @@ def test_measure_counts_tokens_as_samples_and_removes_its_hooks():
     per_sample = lambda out, y: 0.5 * ((out - y) ** 2).sum(-1)  # noqa: E731
     table = measure(net, x, y, per_sample)
     flat = measure(net, x.reshape(70, 4), y.reshape(70, 3), per_sample)
-    cols = [c for c in METRIC_COLUMNS]
+    # NFA: exact for the flat output, estimated from projections for tokens (output_directions)
+    cols = [c for c in METRIC_COLUMNS if not c.startswith("nfa")]
     assert table[cols].equals(flat[cols]) or (table[cols] - flat[cols]).abs().max().max() < 1e-9
     for m in net.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from phasemap import SCHEMA, parse_config, load, train_pack
+from phasemap.records import SCHEMA_VERSION
 from phasemap.cli import main
 from phasemap.config import TaskSpec
 from phasemap.models import StackedMLP
@@ -127,7 +128,7 @@ def test_parquet_round_trip_keeps_every_column_and_type(tmp_path):
     pd.testing.assert_frame_equal(
         back.sort_values(key).reset_index(drop=True), result.records.sort_values(key).reset_index(drop=True)
     )
-    assert back["schema_version"].unique().tolist() == [2]
+    assert back["schema_version"].unique().tolist() == [SCHEMA_VERSION]
     assert back["phasemap_version"].iloc[0]
 
 
