@@ -44,6 +44,8 @@ METRIC_COLUMNS = (
     + ["nc1", "nc2", "nc2_norms", "nc3", "nc4"]
     # the neural feature ansatz: W^T W against the AGOP of the network output w.r.t. h_a
     + ["nfa", "nfa_cos"]
+    # stationarity |M_t - M_t'| / |M_t| of H and G since the previous probe (NaN at the first)
+    + ["stat_h_a", "stat_g_a", "stat_h_b", "stat_g_b"]
     # the null of each relation (alignment_null) and its Monte Carlo standard error
     + [f"{r}_{s}_null{suffix}" for s in "ab" for r in RELATIONS for suffix in ("", "_se")]
 )
@@ -407,15 +409,19 @@ def layer_metrics(
     null_samples: int = NULL_SAMPLES,
     weight_decay=None,
     agop_b: torch.Tensor | None = None,
+    stationarity: Stationarity | None = None,
+    key=0,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Every CRH/PAH metric of one linear layer, batched over a leading K.
 
     h_a (K, N, d_in), h_b and g_b (K, N, d_out), W (K, d_out, d_in); g_b = -dl/dh_b per
     sample. `agop_b` (K, d_out, d_out): the AGOP of the network output w.r.t. h_b, for the NFA
-    columns (NaN without). Returns ({column: (K,) tensor, plus the spectra
+    columns (NaN without); `stationarity` and this layer's `key` in it, for the stat_* columns.
+    Returns ({column: (K,) tensor, plus the spectra
     `eig_{h,g,z}_{a,b}`: (K, d) descending}, [reason per member why some value is NaN]).
     """
     out, mats = _layer_matrices(h_a, h_b, g_b, W, covariance, weight_decay=weight_decay, agop_b=agop_b)
+    _stationarity(stationarity, key, out, mats)
     eigs = _layer_spectra([mats], h_a.dtype)[0]
     return _spectral_metrics(out, mats, eigs, pah_floor, null_samples)
 
@@ -462,7 +468,7 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=
             cross = torch.where(torch.isnan(H[:, :1, :1]) | torch.isnan(G[:, :1, :1]), torch.nan, cross)
             out["cross_b"] = _aligned(_unit_entries(cross + cross.transpose(1, 2)), uZ)
         mats[side] = (H, G, Z)
-    mats["W"] = W
+    mats["W"], mats["kind"] = W, covariance
     return out, mats
 
 
@@ -587,6 +593,44 @@ def output_gradient_grams(output: torch.Tensor, h_bs: list[torch.Tensor], shape:
             grams[l] = gram if grams[l] is None else grams[l] + gram
     samples = [h.numel() // (math.prod(h.shape[:batch_dims]) * h.shape[-1]) for h in h_bs]
     return [g / n for g, n in zip(grams, samples)]
+
+
+class Stationarity:
+    """The H and G matrices of each layer at the previous probe, for the relative change
+    |M_t - M_t'| / |M_t| (Frobenius) since then: the `stat_*` columns (paper Fig. 21).
+
+    Keeps K * 4 * d^2 float32 values per layer (fc1, K = 8: 6.4 MB); `state()`/`load()` carry
+    them through a checkpoint so that a resumed run records what an uninterrupted one does.
+    """
+
+    def __init__(self):
+        self.previous: dict = {}
+
+    def update(self, layer, out: dict, mats: dict) -> None:
+        """Set out["stat_{h,g}_{a,b}"] (K,) from this probe's matrices; remember them."""
+        for side in "ab":
+            for name, M in zip("hg", mats[side][:2]):
+                key = (layer, f"{name}_{side}")
+                before = self.previous.get(key)
+                now = M.to(torch.float32)
+                if before is None or before.shape != now.shape:
+                    change = torch.full(M.shape[:-2], torch.nan, dtype=torch.float64, device=M.device)
+                else:
+                    change = ((now - before.to(now.device)).flatten(-2).norm(dim=-1)
+                              / now.flatten(-2).norm(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)).to(torch.float64)
+                if mats["kind"] == "centered":  # at rounding level (as `degenerate` judges it, 1x1
+                    # included) a matrix has no meaningful relative change
+                    trace = torch.diagonal(now, dim1=-2, dim2=-1).sum(-1)
+                    change = torch.where(trace <= now.shape[-1] * (8 * torch.finfo(torch.float32).eps) ** 2,
+                                         torch.nan, change)
+                out[f"stat_{name}_{side}"] = change
+                self.previous[key] = now
+
+    def state(self) -> dict:
+        return {key: M.cpu() for key, M in self.previous.items()}
+
+    def load(self, state: dict, device=None) -> None:
+        self.previous = {key: M.to(device) for key, M in state.items()}
 
 
 DEGENERATE = {1: "spread at rounding level (every sample points the same way)",
@@ -733,8 +777,10 @@ def _nan_reasons(out: dict, mats: dict, k: int) -> str:
 
 
 def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str, pah_floor: float,
-                  chunk: int | None = None, null_samples: int = NULL_SAMPLES, weight_decay=None):
-    """Probe every layer of a StackedMLP on (x, y).
+                  chunk: int | None = None, null_samples: int = NULL_SAMPLES, weight_decay=None,
+                  stationarity: Stationarity | None = None):
+    """Probe every layer of a StackedMLP on (x, y); `stationarity` (kept between probes) for
+    the stat_* columns (NaN without).
 
     On a CPU the members go through in chunks of `chunk` (default: a chunk's sample-sized
     tensors fit in the cache), on a GPU all at once. Returns (per-member probe loss (K,),
@@ -751,6 +797,8 @@ def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str
         losses.append(loss)
         parts.append(per_layer)
     per_layer = [_cat_layer(chunks) for chunks in zip(*parts)]
+    for l, (out, mats) in enumerate(per_layer):
+        _stationarity(stationarity, l, out, mats)
     spectra = _layer_spectra([mats for _, mats in per_layer], x.dtype)  # as few eigen calls as widths
     layers = [_spectral_metrics(out, mats, eigs, pah_floor, null_samples)
               for (out, mats), eigs in zip(per_layer, spectra)]
@@ -797,13 +845,21 @@ def _probe_matrices(model, task, x, y, covariance: str, members: slice, weight_d
     return loss.detach().mean(1), per_layer
 
 
+def _stationarity(tracker: Stationarity | None, layer, out: dict, mats: dict) -> None:
+    if tracker is None:
+        for c in ("stat_h_a", "stat_g_a", "stat_h_b", "stat_g_b"):
+            out[c] = torch.full(mats["W"].shape[:-2], torch.nan, dtype=torch.float64, device=mats["W"].device)
+    else:
+        tracker.update(layer, out, mats)
+
+
 def _cat_layer(chunks):
     """One layer's (metrics, matrices) of consecutive member chunks joined into one."""
     if len(chunks) == 1:
         return chunks[0]
     out = {c: torch.cat([o[c] for o, _ in chunks]) for c in chunks[0][0]}
     mats = {side: tuple(torch.cat(ms) for ms in zip(*(m[side] for _, m in chunks))) for side in "ab"}
-    mats["W"] = torch.cat([m["W"] for _, m in chunks])
+    mats["W"], mats["kind"] = torch.cat([m["W"] for _, m in chunks]), chunks[0][1]["kind"]
     return out, mats
 
 
@@ -818,6 +874,7 @@ def measure(
     train_mode: bool = False,
     weight_decay: float | None = None,
     labels: torch.Tensor | None = None,
+    stationarity: Stationarity | None = None,
 ) -> pd.DataFrame:
     """CRH/PAH metrics of every `nn.Linear` in any model, one row per layer.
 
@@ -828,6 +885,8 @@ def measure(
     `weight_decay`: the L2 gamma the model trains with, for the `balance` column (else NaN).
     `labels` (N,): class labels of the samples, for the neural-collapse columns of every layer
     whose input has one row per sample (NC3 and NC4 at the last measured layer; else NaN).
+    `stationarity`: one `Stationarity` passed to every probe of a run, for the stat_* columns
+    (each layer's change since the previous call; NaN without or at the first).
     An `nn.Linear` the forward pass does not call as a module (e.g. `nn.MultiheadAttention`'s
     `out_proj`, which it applies functionally) is not measured: its row says why, with NaN
     metrics, and a warning names it.
@@ -838,14 +897,15 @@ def measure(
     modes = {m: m.training for m in model.modules()}
     model.train(train_mode)
     try:
-        return _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay, labels)
+        return _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay, labels,
+                        stationarity)
     finally:
         for m, mode in modes.items():
             m.training = mode
 
 
 def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay,
-             labels) -> pd.DataFrame:
+             labels, stationarity) -> pd.DataFrame:
     seen: dict[nn.Module, tuple] = {}
 
     def hook(module, inputs, output):
@@ -896,6 +956,8 @@ def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples,
             null_samples,
             weight_decay,
             agop_b=agop_of[m].unsqueeze(0),
+            stationarity=stationarity,
+            key=name,
         )
         if labels is not None and h_a.reshape(-1, d_in).shape[0] == labels.numel():  # one feature row per label
             last = m is used[-1]

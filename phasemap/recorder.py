@@ -26,7 +26,7 @@ import torch
 
 from . import __version__, leases, records
 from .config import RunConfig
-from .probes import METRIC_COLUMNS, NULL_SAMPLES, measure
+from .probes import METRIC_COLUMNS, NULL_SAMPLES, Stationarity, measure
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class Recorder:
                                f"another process ({holder.describe()})")
         records.clear_run(self.root, sweep_id, run_id)  # a fresh run: no stale parts of an earlier one
         self.rows = 0
+        self.stationarity = Stationarity()  # each probe's change since the previous one
         self.closed = False
         self.started = time.time()
 
@@ -76,7 +77,8 @@ class Recorder:
         if self.closed:
             raise RuntimeError(f"run {self.run_id!r}: the recorder is closed")
         gamma = self.columns.get("weight_decay")
-        table = measure(model, x, y, loss_fn, weight_decay=gamma, labels=labels, **self.options)
+        table = measure(model, x, y, loss_fn, weight_decay=gamma, labels=labels, stationarity=self.stationarity,
+                        **self.options)
         measured = table[~table["nan_reason"].str.startswith("not measured")]
         base = {"schema_version": records.SCHEMA_VERSION, "phasemap_version": __version__,
                 "sweep_id": self.sweep_id, "trial_id": self.run_id, "run_id": self.run_id,

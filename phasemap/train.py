@@ -29,7 +29,7 @@ from . import __version__, leases, records
 from .config import RunConfig
 from .models import StackedMLP, mlp_dims
 from .optim import make_optimizer
-from .probes import METRIC_COLUMNS, probe_stacked
+from .probes import METRIC_COLUMNS, Stationarity, probe_stacked
 from .records import SCHEMA_VERSION
 from .tasks import Task
 
@@ -181,6 +181,7 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
     status = ["ok"] * K
     all_rows: list[dict] = []
     probe_seconds = 0.0
+    stationarity = Stationarity()  # the previous probe's matrices
 
     start = 0
     saved = records.read_file(root, sweep_id, run_id, CHECKPOINT) if resume else None
@@ -195,6 +196,7 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
         opt.load_state(state["optimizer"])
         data_gen.set_state(state["data_gen"])
         diverged_at, status, start = state["diverged_at"].to(device), state["status"], state["step"]
+        stationarity.load(state.get("previous_probe", {}), device)
         # rows of parts written before the checkpoint; later parts are written again, same names
         all_rows = records.read_run(root, sweep_id, run_id, before_step=start).to_dict("records")
         log.info("run %s: resuming at step %d of %d", run_id, start, steps)
@@ -207,7 +209,7 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
     for step in range(start, steps + 1):
         if step > start and step % cfg.train.checkpoint_every == 0:
             _check_lease(lease)
-            _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, diverged_at, status)
+            _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, diverged_at, status, stationarity)
         # every step draws a fresh batch (online training); the loss is the train loss at `step`
         x, y = task.sample(cfg.train.batch_size, data_gen)
         loss = task.loss(model(x), y).mean(1)  # (K,)
@@ -223,6 +225,7 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
                 probe_loss, layers = probe_stacked(
                     model, task, x_probe, y_probe, cfg.probe.covariance, cfg.probe.pah_floor,
                     null_samples=cfg.probe.null_samples, weight_decay=[m.weight_decay for m in members],
+                    stationarity=stationarity,
                 )
                 probe_loss = probe_loss.tolist()
                 train_loss = loss.detach().tolist()
@@ -285,11 +288,12 @@ def _fits(model: torch.nn.Module, saved: dict) -> bool:
     return mine.keys() == saved.keys() and all(mine[k].shape == saved[k].shape for k in mine)
 
 
-def _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, diverged_at, status) -> None:
+def _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, diverged_at, status, stationarity) -> None:
     """The state at the start of `step` (before its batch is drawn), written atomically."""
     buf = io.BytesIO()
     torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state(),
-                "data_gen": data_gen.get_state(), "diverged_at": diverged_at, "status": list(status)}, buf)
+                "data_gen": data_gen.get_state(), "diverged_at": diverged_at, "status": list(status),
+                "previous_probe": stationarity.state()}, buf)
     records.write_file(root, sweep_id, run_id, CHECKPOINT, buf.getvalue())
 
 

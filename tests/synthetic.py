@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from phasemap.probes import METRIC_COLUMNS
-from phasemap.records import SCHEMA
+from phasemap.records import SCHEMA, SCHEMA_VERSION
 
 HIGH, LOW = 0.97, 0.3
 REL = ["rga_a", "rwa_a", "gwa_a", "rga_b", "rwa_b", "gwa_b"]
@@ -77,20 +77,22 @@ def synthetic_records(
 def _fill_schema(df: pd.DataFrame) -> pd.DataFrame:
     """Give every SCHEMA column a plausible constant where the grid did not set it."""
     n = len(df)
-    defaults = {"schema_version": 1, "phasemap_version": "test", "trial_id": df["run_id"],
+    defaults = {"schema_version": SCHEMA_VERSION, "phasemap_version": "test", "trial_id": df["run_id"],
                 "config_hash": df["run_id"] + "-" + df["member"].astype(str), "task": "fc1", "input_dim": 100,
                 "output_dim": 1, "activation": "relu", "batch_size": 100, "optimizer": "sgd", "lr": 0.01,
                 "momentum": 0.9, "data_seed": 0, "steps": df["step"].max(), "covariance": "centered",
                 "dim_in": df["width"], "dim_out": df["width"], "train_loss": 0.1, "probe_loss": 0.1,
                 "nan_reason": ""}
+    filled = {}
     for name in SCHEMA.names:
         if name not in df:
             if name in defaults:
-                df[name] = defaults[name]
+                filled[name] = defaults[name]
             elif name in METRIC_COLUMNS:
-                df[name] = 0 if (name.startswith("n_zero") or name.endswith("_n")) else 0.5
+                filled[name] = 0 if (name.startswith("n_zero") or name.endswith("_n")) else 0.5
             else:
-                df[name] = np.nan
+                filled[name] = np.nan
+    df = pd.concat([df, pd.DataFrame(filled, index=df.index)], axis=1)  # at once: no fragmented frame
     return df[SCHEMA.names]
 
 

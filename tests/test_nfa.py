@@ -79,3 +79,25 @@ def test_many_outputs_give_an_estimate_close_to_the_exact_agop():
     exact, exact_cos = nfa(net[0].weight.detach(), agop)
     assert table["nfa"].iloc[0] == pytest.approx(exact.item(), abs=0.15)
     assert table["nfa_cos"].iloc[0] == pytest.approx(exact_cos.item(), abs=0.05)
+
+
+def test_stationarity_is_the_relative_change_since_the_previous_probe():
+    from phasemap.probes import Stationarity, layer_metrics, second_moment
+
+    g = torch.Generator().manual_seed(0)
+    h_a, W = torch.randn(1, 300, 4, generator=g, dtype=torch.float64), torch.randn(1, 3, 4, generator=g, dtype=torch.float64)
+    g_b = torch.randn(1, 300, 3, generator=g, dtype=torch.float64)
+    tracker = Stationarity()
+    first, _ = layer_metrics(h_a, h_a @ W.transpose(1, 2), g_b, W, stationarity=tracker, key="fc")
+    assert all(first[c].isnan().all() for c in ("stat_h_a", "stat_g_a", "stat_h_b", "stat_g_b"))  # nothing before
+    # the same samples scaled: centred covariances of unit rows do not change
+    again, _ = layer_metrics(3 * h_a, 3 * h_a @ W.transpose(1, 2), g_b, W, stationarity=tracker, key="fc")
+    assert again["stat_h_a"].item() == pytest.approx(0.0, abs=1e-6) and again["stat_g_b"].item() == pytest.approx(0.0, abs=1e-6)
+    # new inputs: |H_t - H_t'| / |H_t| of the two covariances
+    h_new = h_a * torch.tensor([1.0, 2.0, 0.5, 1.0], dtype=torch.float64)
+    moved, _ = layer_metrics(h_new, h_new @ W.transpose(1, 2), g_b, W, stationarity=tracker, key="fc")
+    H0, H1 = second_moment(h_a)[0], second_moment(h_new)[0]
+    assert moved["stat_h_a"].item() == pytest.approx(((H1 - H0).norm() / H1.norm()).item(), rel=1e-5)
+    assert moved["stat_g_b"].item() == pytest.approx(0.0, abs=1e-6)  # g_b did not change
+    other, _ = layer_metrics(h_new, h_new @ W.transpose(1, 2), g_b, W, stationarity=tracker, key="other layer")
+    assert other["stat_h_a"].isnan().all()  # kept per layer
