@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import attention
+
 log = logging.getLogger(__name__)
 
 RELATIONS = ("rga", "rwa", "gwa")
@@ -887,18 +889,25 @@ def measure(
     whose input has one row per sample (NC3 and NC4 at the last measured layer; else NaN).
     `stationarity`: one `Stationarity` passed to every probe of a run, for the stat_* columns
     (each layer's change since the previous call; NaN without or at the first).
-    An `nn.Linear` the forward pass does not call as a module (e.g. `nn.MultiheadAttention`'s
-    `out_proj`, which it applies functionally) is not measured: its row says why, with NaN
-    metrics, and a warning names it.
+    `nn.MultiheadAttention` is measured as four linear maps, `q_proj`, `k_proj`, `v_proj` (the
+    slices of its fused input projection) and `out_proj`, by running it step by step for the
+    call (`phasemap.attention`; tokens as samples). An `nn.Linear` the forward pass does not
+    call as a module is not measured: its row says why, with NaN metrics, and a warning names it.
     """
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    qkv = attention.projections(model)
+    linears = []  # every linear map in module order; an attention's q, k, v before its out_proj
+    for name, m in model.named_modules():
+        linears += [(n, p) for n, p, owner in qkv if owner is m]
+        if isinstance(m, nn.Linear):
+            linears.append((name, m))
     if not linears:
         raise ValueError(f"`model has at least one nn.Linear` must hold, but got {type(model).__name__}")
     modes = {m: m.training for m in model.modules()}
     model.train(train_mode)
     try:
-        return _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay, labels,
-                        stationarity)
+        with attention.decomposed(model, qkv):
+            return _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay,
+                            labels, stationarity)
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -914,10 +923,11 @@ def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples,
         seen[module] = (inputs[0], output)
 
     handles = [m.register_forward_hook(hook) for _, m in linears]
-    flags = [m.weight.requires_grad for _, m in linears]
+    params = list({id(p): p for p in (_parameter(m) for _, m in linears)}.values())
+    flags = [p.requires_grad for p in params]
     try:
-        for _, m in linears:
-            m.weight.requires_grad_(True)  # so every layer's output is part of the graph
+        for p in params:
+            p.requires_grad_(True)  # so every layer's output is part of the graph
         with torch.enable_grad():
             output = model(x)
             losses = loss_fn(output, y)
@@ -928,8 +938,8 @@ def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples,
     finally:
         for h in handles:
             h.remove()
-        for (_, m), flag in zip(linears, flags):
-            m.weight.requires_grad_(flag)
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
     grad_of = dict(zip(used, grads))
     agop_of = dict(zip(used, agops))
     rows = []
@@ -937,7 +947,8 @@ def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples,
     for index, (name, m) in enumerate(linears, start=1):
         if m not in seen:
             owner = _owner(model, name)
-            why = (f"not measured: called functionally by its {type(owner).__name__} (its forward hook never fires)"
+            why = (f"not measured: called functionally by its {type(owner).__name__} "
+                   f"({attention.unsupported(owner) or 'its forward was replaced'})"
                    if owner is not None else "not measured: not called in this forward pass")
             skipped.append(f"{name} ({why})")
             rows.append({"layer": index, "name": name, "dim_in": m.in_features, "dim_out": m.out_features,
@@ -974,6 +985,11 @@ def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples,
     table = pd.DataFrame(rows)
     table["probe_loss"] = losses.detach().float().mean().item()
     return table
+
+
+def _parameter(m: nn.Module) -> nn.Parameter:
+    """The trained parameter a layer's weight is (a q/k/v projection's is a slice of one)."""
+    return m.parameter if isinstance(m, attention.Projection) else m.weight
 
 
 def _owner(model: nn.Module, name: str) -> nn.Module | None:

@@ -76,7 +76,6 @@ def synthetic_records(
 
 def _fill_schema(df: pd.DataFrame) -> pd.DataFrame:
     """Give every SCHEMA column a plausible constant where the grid did not set it."""
-    n = len(df)
     defaults = {"schema_version": SCHEMA_VERSION, "phasemap_version": "test", "trial_id": df["run_id"],
                 "config_hash": df["run_id"] + "-" + df["member"].astype(str), "task": "fc1", "input_dim": 100,
                 "output_dim": 1, "activation": "relu", "batch_size": 100, "optimizer": "sgd", "lr": 0.01,

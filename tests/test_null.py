@@ -152,10 +152,19 @@ def test_measure_runs_in_eval_mode_restores_modes_and_names_what_it_cannot_measu
     assert net.training and layer.dropout.training  # modes restored
     pd.testing.assert_frame_equal(first, second)  # dropout off: two calls agree
     names = first.set_index("name")
-    out_proj = names.loc["0.self_attn.out_proj"]
-    assert math.isnan(out_proj["rga_b"]) and "called functionally by its MultiheadAttention" in out_proj["nan_reason"]
+    # attention's projections are measured too (phasemap.attention), the last layer is 1x1
+    assert list(names.index) == ["0.self_attn.q_proj", "0.self_attn.k_proj", "0.self_attn.v_proj",
+                                 "0.self_attn.out_proj", "0.linear1", "0.linear2", "1"]
+    assert (names.iloc[:-1]["nan_reason"] == "").all() and names.iloc[:-1]["rga_a"].notna().all()
+    assert "not measured" not in caplog.text
+    # an attention module it cannot decompose: its out_proj is named, with the reason
+    odd = nn.Sequential(nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True), head)
+    odd[0].self_attn = nn.MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True)
+    with caplog.at_level("WARNING"):
+        skipped = measure(odd, x, y, loss).set_index("name")
+    out_proj = skipped.loc["0.self_attn.out_proj"]
+    assert math.isnan(out_proj["rga_b"]) and "add_bias_kv=True is not decomposed" in out_proj["nan_reason"]
     assert "0.self_attn.out_proj" in caplog.text
-    assert names.loc["0.linear1"]["nan_reason"] == "" and not math.isnan(names.loc["0.linear1"]["rga_a"])
     in_train = measure(net, x, y, loss, train_mode=True)
     assert not in_train["probe_loss"].equals(first["probe_loss"])  # dropout on when asked
 

@@ -1,6 +1,5 @@
 """Training a pack: equivalence with single runs, optimizers, divergence, records on disk."""
 
-import math
 import os
 import subprocess
 import sys
