@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from synthetic import million_rows  # noqa: E402
 
 from phasemap import load  # noqa: E402
-from phasemap.aggregate import critical_depth_map, phase_grid  # noqa: E402
+from phasemap.analysis.aggregate import critical_depth_map, phase_grid  # noqa: E402
 from phasemap.records import SCHEMA  # noqa: E402
 
 

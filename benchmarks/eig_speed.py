@@ -2,7 +2,7 @@
 
 A probe of a pack of K fc1 networks (width 100, depth 4) decomposes about 22 K matrices of
 100 x 100. On CUDA, torch hands a batch of matrices larger than 32 to cuSOLVER one matrix at
-a time; `phasemap.probes.batched_eigvalsh` advances the whole batch in lockstep. Prints
+a time; `phasemap.measure.batched_eigvalsh` advances the whole batch in lockstep. Prints
 seconds per batch for both and their largest difference, per batch size, so that
 `CUDA_LOCKSTEP_EIG_BATCH` (where probes switch to the lockstep solver) can be set from a
 measurement on the GPU at hand.
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from phasemap.probes import CUDA_LOCKSTEP_EIG_BATCH, batched_eigvalsh
+from phasemap.measure import CUDA_LOCKSTEP_EIG_BATCH, batched_eigvalsh
 
 
 def timed(fn, device: torch.device, repeat: int = 3) -> float:

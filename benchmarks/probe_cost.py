@@ -17,8 +17,8 @@ import torch
 
 from phasemap.config import TaskSpec
 from phasemap.models import StackedMLP
-from phasemap.probes import Stationarity, probe_stacked
-from phasemap.tasks import Task
+from phasemap.measure import Stationarity, probe_stacked
+from phasemap.data import Task
 
 
 def main() -> None:

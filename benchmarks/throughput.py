@@ -26,7 +26,7 @@ import torch
 
 from phasemap import measure, parse_config
 from phasemap.sweep import expand, parse_sweep, run_sweep, start_ray
-from phasemap.tasks import Task
+from phasemap.data import Task
 from phasemap.train import PROBE_SEED_OFFSET, resolve_device
 
 

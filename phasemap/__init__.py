@@ -16,12 +16,10 @@ The public surface:
 __version__ = "0.1.0"
 
 from .config import ConfigError, RunConfig, load_config, parse_config
-from .phases import critical_depth, label_phases
-from .probes import alignment, alignment_null, excess, measure, power_law
-from .recorder import Recorder
-from .query import load, sql
+from .measure import alignment, alignment_null, critical_depth, excess, label_phases, measure, power_law
+from .analysis import load, sql
 from .records import SCHEMA
-from .train import RunResult, train_pack
+from .train import Recorder, RunResult, train_pack
 
 __all__ = [
     "Recorder",

@@ -13,7 +13,7 @@ import pandas as pd
 
 from . import __version__
 from .config import ConfigError, RunConfig, load_config, read_yaml, replace
-from .phases import critical_depth, label_phases
+from .measure.phases import critical_depth, label_phases
 
 EPILOG = """examples:
   phasemap validate configs/fc1.yaml
@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="write the result to a .csv or .parquet file instead of printing it")
     q.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
 
-    from .report import KINDS
+    from .figures.report import KINDS
 
     pl = sub.add_parser("plot", help="draw one figure from the records", description="Draw one figure kind from "
                         "the records under ROOT. Axes default to the sweep's varying columns (x: weight decay, "
@@ -119,7 +119,7 @@ def _figure_options(p: argparse.ArgumentParser) -> None:
 
 
 def _records_for_figures(args) -> pd.DataFrame:
-    from .query import load, sql
+    from .analysis.query import load, sql
 
     if args.where:
         sweep = f" AND sweep_id = '{args.sweep}'" if args.sweep else ""
@@ -130,10 +130,10 @@ def _records_for_figures(args) -> pd.DataFrame:
 def _data_command(args) -> int:
     import duckdb
 
-    from .aggregate import parse_layer
-    from .plots import save
-    from .query import DatasetError, sql
-    from .report import FigureOptions, make_figure, write_report
+    from .analysis.aggregate import parse_layer
+    from .figures.plots import save
+    from .analysis.query import DatasetError, sql
+    from .figures.report import FigureOptions, make_figure, write_report
 
     try:
         if args.command == "query":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from phasemap.probes import METRIC_COLUMNS
+from phasemap.measure import METRIC_COLUMNS
 from phasemap.records import SCHEMA, SCHEMA_VERSION
 
 HIGH, LOW = 0.97, 0.3

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from synthetic import HIGH, LOW, default_l_star, synthetic_records
 
-from phasemap.aggregate import critical_depth_map, evolution, layer_profile, pah_table, phase_grid, pick_layer
+from phasemap.analysis.aggregate import critical_depth_map, evolution, layer_profile, pah_table, phase_grid, pick_layer
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""nn.MultiheadAttention measured as four linear maps (phasemap.attention)."""
+"""nn.MultiheadAttention measured as four linear maps (phasemap.measure.attention)."""
 
 import pandas as pd
 import pytest
@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from phasemap import measure
-from phasemap.attention import decomposed, projections
-from phasemap.probes import METRIC_COLUMNS
+from phasemap.measure.attention import decomposed, projections
+from phasemap.measure import METRIC_COLUMNS
 
 
 def _stepwise(mha, *args, **kwargs):

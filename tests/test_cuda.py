@@ -14,8 +14,8 @@ import torch
 from phasemap import parse_config, train_pack
 from phasemap.config import TaskSpec
 from phasemap.models import StackedMLP
-from phasemap.probes import CUDA_LOCKSTEP_EIG_BATCH, METRIC_COLUMNS, descending_eigvals, probe_stacked
-from phasemap.tasks import Task
+from phasemap.measure import CUDA_LOCKSTEP_EIG_BATCH, METRIC_COLUMNS, descending_eigvals, probe_stacked
+from phasemap.data import Task
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from phasemap import SCHEMA, load, parse_config, sql, train_pack
-from phasemap import leases, records
+from phasemap import records
+from phasemap.records import leases
 from phasemap.cli import main
 from phasemap.config import ConfigError, RunConfig
 from phasemap.sweep import expand, members, objective, parse_sweep
@@ -261,7 +262,7 @@ def test_a_lease_of_a_dead_process_on_this_host_is_free_at_once(tmp_path):
     import sys
 
     root = str(tmp_path)
-    code = f"from phasemap import leases; l, _ = leases.try_acquire({root!r}, 's', 'r', ttl=600); print(l.generation)"
+    code = f"from phasemap.records import leases; l, _ = leases.try_acquire({root!r}, 's', 'r', ttl=600); print(l.generation)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"
     holder = leases.current(root, "s", "r")
@@ -332,8 +333,8 @@ def test_a_full_disk_fails_naming_the_error_leaves_no_temp_file_and_a_rerun_comp
 
 
 def test_a_sweep_over_task_phi_gives_a_phase_grid_with_phi_as_an_axis(tmp_path):
-    from phasemap import aggregate
-    from phasemap.report import FigureOptions, choose_axes, make_figure
+    from phasemap.analysis import aggregate
+    from phasemap.figures.report import FigureOptions, choose_axes, make_figure
 
     cfg = parse_sweep({
         "name": "phi", "storage": {"root": str(tmp_path)},
@@ -350,7 +351,7 @@ def test_a_sweep_over_task_phi_gives_a_phase_grid_with_phi_as_an_axis(tmp_path):
     assert choose_axes(df, FigureOptions()) == ("phi", "depth", None)
     _, _, caption = make_figure(df, "phase-diagram", FigureOptions())
     assert "over depth × phi" in caption and "pooled" not in caption
-    from phasemap.report import _pooled
+    from phasemap.figures.report import _pooled
 
     assert _pooled(df, ("depth",)) == "; pooled over phi"  # what a caption says of an axis it does not show
 

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from phasemap.models import StackedMLP
-from phasemap.probes import NFA_EXACT, NFA_PROJECTIONS, measure, nfa, output_directions, probe_stacked
+from phasemap.measure import NFA_EXACT, NFA_PROJECTIONS, measure, nfa, output_directions, probe_stacked
 from phasemap.config import TaskSpec
-from phasemap.tasks import Task
+from phasemap.data import Task
 
 
 def _orthogonal(d, seed):
@@ -82,7 +82,7 @@ def test_many_outputs_give_an_estimate_close_to_the_exact_agop():
 
 
 def test_stationarity_is_the_relative_change_since_the_previous_probe():
-    from phasemap.probes import Stationarity, layer_metrics, second_moment
+    from phasemap.measure import Stationarity, layer_metrics, second_moment
 
     g = torch.Generator().manual_seed(0)
     h_a, W = torch.randn(1, 300, 4, generator=g, dtype=torch.float64), torch.randn(1, 3, 4, generator=g, dtype=torch.float64)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from phasemap import alignment, alignment_null, excess, label_phases, parse_config, train_pack
-from phasemap.phases import ALIGNMENT_COLUMNS, critical_depth
-from phasemap.probes import haar_rotations, second_moment
+from phasemap.measure.phases import ALIGNMENT_COLUMNS, critical_depth
+from phasemap.measure import haar_rotations, second_moment
 
 
 def cov(n, d, seed):
@@ -118,7 +118,7 @@ def test_a_dead_layer_gives_nan_with_its_reason_not_numbers():
 
 
 def test_the_degenerate_rule_is_at_rounding_level_and_no_higher():
-    from phasemap.probes import degenerate
+    from phasemap.measure import degenerate
 
     d, n = 100, 1000
     for dtype in (torch.float32, torch.float64):
@@ -152,7 +152,7 @@ def test_measure_runs_in_eval_mode_restores_modes_and_names_what_it_cannot_measu
     assert net.training and layer.dropout.training  # modes restored
     pd.testing.assert_frame_equal(first, second)  # dropout off: two calls agree
     names = first.set_index("name")
-    # attention's projections are measured too (phasemap.attention), the last layer is 1x1
+    # attention's projections are measured too (phasemap.measure.attention), the last layer is 1x1
     assert list(names.index) == ["0.self_attn.q_proj", "0.self_attn.k_proj", "0.self_attn.v_proj",
                                  "0.self_attn.out_proj", "0.linear1", "0.linear2", "1"]
     assert (names.iloc[:-1]["nan_reason"] == "").all() and names.iloc[:-1]["rga_a"].notna().all()
@@ -170,7 +170,7 @@ def test_measure_runs_in_eval_mode_restores_modes_and_names_what_it_cannot_measu
 
 
 def test_trace_ratios_by_construction():
-    from phasemap.probes import trace_ratio
+    from phasemap.measure import trace_ratio
 
     v = torch.randn(7, dtype=torch.float64)
     assert trace_ratio(v.expand(30, 7)).item() == pytest.approx(1.0)  # one vector: all mean
@@ -182,7 +182,7 @@ def test_trace_ratios_by_construction():
 
 
 def test_the_balance_residual_is_zero_at_a_planted_stationary_point():
-    from phasemap.probes import balance, layer_metrics
+    from phasemap.measure import balance, layer_metrics
 
     g = torch.Generator().manual_seed(0)
     h_a = torch.randn(2, 400, 5, generator=g, dtype=torch.float64)
@@ -198,7 +198,7 @@ def test_the_balance_residual_is_zero_at_a_planted_stationary_point():
 
 
 def test_the_effective_rank_of_g_counts_its_directions():
-    from phasemap.probes import layer_metrics
+    from phasemap.measure import layer_metrics
 
     g = torch.Generator().manual_seed(1)
     h_a = torch.randn(1, 2000, 6, generator=g, dtype=torch.float64)
@@ -271,7 +271,7 @@ def etf_features(C=4, d=6, per_class=25, noise=0.0, seed=0):
 
 
 def test_neural_collapse_is_zero_at_collapse_and_grows_with_within_class_spread():
-    from phasemap.probes import neural_collapse
+    from phasemap.measure import neural_collapse
 
     h, labels, means = etf_features()
     nc = neural_collapse(h, labels, 4, W=means, logits=h @ means.T)
@@ -296,8 +296,8 @@ def test_a_classification_pack_records_neural_collapse_at_every_layer(tmp_path):
     from phasemap import measure
     from phasemap.config import TaskSpec
     from phasemap.models import StackedMLP
-    from phasemap.probes import probe_stacked
-    from phasemap.tasks import Task
+    from phasemap.measure import probe_stacked
+    from phasemap.data import Task
 
     task = Task(TaskSpec(name="clusters", input_dim=6, n_classes=3, noise=0.3))
     x, y = task.sample(300, torch.Generator().manual_seed(1))

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phasemap.phases import ALIGNMENT_COLUMNS, NUMBERED_PHASES, critical_depth, label_phases, phase_of
+from phasemap.measure.phases import ALIGNMENT_COLUMNS, NUMBERED_PHASES, critical_depth, label_phases, phase_of
 
 HIGH, LOW = 0.95, 0.2
 

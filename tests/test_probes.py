@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from phasemap.models import StackedMLP
-from phasemap.probes import (
+from phasemap.measure import (
     METRIC_COLUMNS,
     alignment,
     batched_eigvalsh,
@@ -20,9 +20,9 @@ from phasemap.probes import (
     probe_stacked,
     second_moment,
 )
-from phasemap.probes import haar_rotations
+from phasemap.measure import haar_rotations
 from phasemap.config import TaskSpec
-from phasemap.tasks import Task
+from phasemap.data import Task
 
 torch.set_default_dtype(torch.float32)
 

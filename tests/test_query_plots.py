@@ -9,11 +9,11 @@ import pytest
 from synthetic import synthetic_records
 
 from phasemap import load, parse_config, sql, train_pack
-from phasemap.aggregate import phase_grid
+from phasemap.analysis.aggregate import phase_grid
 from phasemap.cli import main
-from phasemap.plots import NO_DATA_HATCH, PHASE_COLORS, phase_diagram, phase_color
-from phasemap.probes import power_law_fit
-from phasemap.query import DatasetError
+from phasemap.figures.plots import NO_DATA_HATCH, PHASE_COLORS, phase_diagram, phase_color
+from phasemap.measure import power_law_fit
+from phasemap.analysis.query import DatasetError
 from phasemap.records import SCHEMA, read_spectra
 
 

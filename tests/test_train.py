@@ -14,9 +14,9 @@ from phasemap.records import SCHEMA_VERSION
 from phasemap.cli import main
 from phasemap.config import TaskSpec
 from phasemap.models import StackedMLP
-from phasemap.optim import make_optimizer
-from phasemap.probes import METRIC_COLUMNS
-from phasemap.tasks import Task
+from phasemap.train.optim import make_optimizer
+from phasemap.measure import METRIC_COLUMNS
+from phasemap.data import Task
 
 
 def small(**over):
@@ -218,11 +218,11 @@ def test_without_resume_a_run_starts_afresh(tmp_path):
 
 FAULTS_SCRIPT = """
 import resource, torch
-from phasemap.train import keep_cpu_buffers
+from phasemap.train.loop import keep_cpu_buffers
 from phasemap.config import TaskSpec
 from phasemap.models import StackedMLP
-from phasemap.probes import probe_stacked
-from phasemap.tasks import Task
+from phasemap.measure import probe_stacked
+from phasemap.data import Task
 torch.set_num_threads(1)
 print(keep_cpu_buffers())
 model = StackedMLP([32, 64, 64, 1], "relu", seeds=[0, 1, 2, 3])

@@ -24,8 +24,9 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from tqdm import tqdm
 
-from .. import leases, records
-from ..aggregate import last_records
+from .. import records
+from ..records import leases
+from ..analysis.aggregate import last_records
 from ..config import parse_config
 from ..train import run_id_of, train_pack
 from .spec import SweepConfig, SweepStorage, _with

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from .. import leases, records
+from .. import records
+from ..records import leases
 from ..config import RunConfig
 from ..train import ATTEMPT, run_id_of
 from .spec import SweepConfig, expand, members

@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
-from . import __version__, leases, records
-from .config import RunConfig
-from .probes import METRIC_COLUMNS, NULL_SAMPLES, Stationarity, measure
+from .. import __version__, records
+from ..records import leases
+from ..config import RunConfig
+from ..measure import METRIC_COLUMNS, NULL_SAMPLES, Stationarity, measure
 
 log = logging.getLogger(__name__)
 

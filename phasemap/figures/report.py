@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from . import aggregate, plots, records
+from .. import records
+from ..analysis import aggregate
+from . import plots
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .records import COMPACTED, COMPLETE, READABLE_VERSIONS, SCHEMA, SORTED_BEFORE_V3, V1_DEFAULTS, filesystem
+from ..records import COMPACTED, COMPLETE, READABLE_VERSIONS, SCHEMA, SORTED_BEFORE_V3, V1_DEFAULTS, filesystem
 
 log = logging.getLogger(__name__)
 

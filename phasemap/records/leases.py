@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from . import records
+from . import store as records
 
 log = logging.getLogger(__name__)
 

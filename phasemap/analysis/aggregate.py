@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .phases import ALIGNMENT_COLUMNS, critical_depth, label_phases
-from .records import CONFIG_COLUMNS
+from ..measure.phases import ALIGNMENT_COLUMNS, critical_depth, label_phases
+from ..records import CONFIG_COLUMNS
 
 NETWORK = ["sweep_id", "run_id", "member"]
 # seeds are what cells aggregate over; every other config column can be an axis

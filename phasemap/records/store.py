@@ -30,7 +30,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .probes import METRIC_COLUMNS
+from ..measure.columns import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def complete_members(root: str, sweep_id: str, files: list[pafs.FileInfo] | None
     give them through the pack config they hold. Where a config completed in several runs
     (roots written by older versions), the latest marker's run is named, as readers choose it.
     """
-    from .config import parse_config  # records stay importable without the config machinery
+    from ..config import parse_config  # records stay importable without the config machinery
 
     fs, _ = filesystem(root)
     files = sweep_files(root, sweep_id) if files is None else files

@@ -25,13 +25,14 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from . import __version__, leases, records
-from .config import RunConfig
-from .models import StackedMLP, mlp_dims
+from .. import __version__, records
+from ..records import leases
+from ..config import RunConfig
+from ..models import StackedMLP, mlp_dims
 from .optim import make_optimizer
-from .probes import METRIC_COLUMNS, Stationarity, probe_stacked
-from .records import SCHEMA_VERSION
-from .tasks import Task
+from ..measure import METRIC_COLUMNS, Stationarity, probe_stacked
+from ..records import SCHEMA_VERSION
+from ..data import Task
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .config import TaskSpec
+from ..config import TaskSpec
 
 
 class Task:

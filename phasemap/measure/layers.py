@@ -1,0 +1,298 @@
+"""Every metric of one linear map from its samples: h_a, h_b, g_b (and g_a) and W, batched over
+a leading K. The column list (METRIC_COLUMNS), the assembly of matrices, spectra, power laws,
+nulls and NaN reasons per layer, the AGOP for NFA and stationarity between probes.
+
+Sums over samples and eigendecompositions run in the activations' dtype; the (d, d) matrices,
+alignments and fits in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .columns import NC_COLUMNS, PAH_PAIRS, RELATIONS
+from .maths import (
+    DEGENERATE, _aligned, _log_fit, _max_abs, _nulls, _unit_entries, alignment_reason, balance,
+    degenerate, descending_eigh, descending_eigvals, effective_rank, nfa, paired_values, power_law_fit,
+    second_moment, trace_ratio,
+)
+
+NULL_SAMPLES = 8  # Haar rotations per null estimate (probe.null_samples)
+NFA_EXACT = 16  # networks with at most this many outputs (per sample): the AGOP exactly
+NFA_PROJECTIONS = 16  # beyond that: this many Gaussian projections of the output (unbiased)
+
+
+def layer_metrics(
+    h_a: torch.Tensor,
+    h_b: torch.Tensor,
+    g_b: torch.Tensor,
+    W: torch.Tensor,
+    covariance: str = "centered",
+    pah_floor: float = 1e-4,
+    null_samples: int = NULL_SAMPLES,
+    weight_decay=None,
+    agop_b: torch.Tensor | None = None,
+    stationarity: Stationarity | None = None,
+    key=0,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Every CRH/PAH metric of one linear layer, batched over a leading K.
+
+    h_a (K, N, d_in), h_b and g_b (K, N, d_out), W (K, d_out, d_in); g_b = -dl/dh_b per
+    sample. `agop_b` (K, d_out, d_out): the AGOP of the network output w.r.t. h_b, for the NFA
+    columns (NaN without); `stationarity` and this layer's `key` in it, for the stat_* columns.
+    Returns ({column: (K,) tensor, plus the spectra
+    `eig_{h,g,z}_{a,b}`: (K, d) descending}, [reason per member why some value is NaN]).
+    """
+    out, mats = _layer_matrices(h_a, h_b, g_b, W, covariance, weight_decay=weight_decay, agop_b=agop_b)
+    _stationarity(stationarity, key, out, mats)
+    eigs = _layer_spectra([mats], h_a.dtype)[0]
+    return _spectral_metrics(out, mats, eigs, pah_floor, null_samples)
+
+
+def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=None, weight_decay=None,
+                    agop_b=None):
+    """Alignments, zero counts, trace ratios, balance and NFA of one layer, and its float64
+    (H, G, Z) per side.
+
+    g_b (and g_a, computed as W^T g_b per sample when not given) may come as +dl/dh with
+    g_sign = -1 (no negated copy of the samples): every matrix but the cross term and the
+    balance is the same for g and -g. `weight_decay` (K,): each member's gamma, for balance.
+    """
+    h_a, h_b, g_b, W = (t.detach() for t in (h_a, h_b, g_b, W))
+    g_a = g_b @ W if g_a is None else g_a.detach()  # (K, N, d_in)
+    out: dict[str, torch.Tensor] = {"balance": balance(h_a, g_sign * g_b, W, weight_decay)}
+    out.update({c: torch.full(W.shape[:-2], torch.nan, dtype=torch.float64, device=W.device) for c in NC_COLUMNS})
+    W = W.to(torch.float64)
+    if agop_b is None:
+        out["nfa"] = out["nfa_cos"] = torch.full(W.shape[:-2], torch.nan, dtype=torch.float64, device=W.device)
+    else:  # d f / d h_a = (d f / d h_b) W, so the AGOP w.r.t. h_a is W^T AGOP_b W
+        out["nfa"], out["nfa_cos"] = nfa(W, W.transpose(-1, -2) @ agop_b.to(torch.float64) @ W)
+    mats = {}
+    for side, h, g, Z in (("a", h_a, g_a, W.transpose(1, 2) @ W), ("b", h_b, g_b, W @ W.transpose(1, 2))):
+        out[f"r_h_{side}"], out[f"r_g_{side}"] = trace_ratio(h), trace_ratio(g)
+        # sample-sized maths in the activations' dtype; the (d, d) matrices in float64
+        H, u_h, zero_h = _shared_second_moment(h, covariance)
+        G, u_g, zero_g = second_moment(g, covariance)
+        out[f"degenerate_h_{side}"] = degenerate(H, h.shape[-2] - zero_h, covariance)
+        out[f"degenerate_g_{side}"] = degenerate(G, g.shape[-2] - zero_g, covariance)
+        # a degenerate matrix has no meaningful alignment, spectrum or rank: NaN throughout
+        # (filled in place: no copy beyond the float64 one, no host sync)
+        H = H.to(torch.float64, copy=True).masked_fill_(out[f"degenerate_h_{side}"][:, None, None] > 0, torch.nan)
+        G = G.to(torch.float64, copy=True).masked_fill_(out[f"degenerate_g_{side}"][:, None, None] > 0, torch.nan)
+        out[f"n_zero_h_{side}"], out[f"n_zero_g_{side}"] = zero_h, zero_g
+        uH, uG, uZ = _unit_entries(H), _unit_entries(G), _unit_entries(Z)
+        out[f"_unit_h_{side}"], out[f"_unit_h_{side}_ok"] = uH  # kept for the nulls
+        out[f"_unit_g_{side}"], out[f"_unit_g_{side}_ok"] = uG
+        out[f"rga_{side}"] = _aligned(uH, uG)
+        out[f"rwa_{side}"] = _aligned(uH, uZ)
+        out[f"gwa_{side}"] = _aligned(uG, uZ)
+        if side == "b":
+            cross = g_sign * (u_g.transpose(1, 2) @ u_h).to(torch.float64)  # cov(g_b, h_b), up to a scale
+            cross = torch.where(torch.isnan(H[:, :1, :1]) | torch.isnan(G[:, :1, :1]), torch.nan, cross)
+            out["cross_b"] = _aligned(_unit_entries(cross + cross.transpose(1, 2)), uZ)
+        mats[side] = (H, G, Z)
+    mats["W"], mats["kind"] = W, covariance
+    return out, mats
+
+
+def output_directions(shape: torch.Size, per_sample_outputs: int, device=None, seed: int = 0):
+    """The output cotangents whose vector-Jacobian products give the AGOP: `shape` is the
+    network output's, the last dimension its outputs per sample (or per token).
+
+    Exact (one-hot vectors, one per output) when a sample has at most NFA_EXACT outputs and the
+    output has one row per sample (2-D): then sum_c J_c^T J_c is the AGOP. Otherwise
+    NFA_PROJECTIONS Gaussian vectors u over the whole output, scaled so sum_p J_u^T J_u is an
+    unbiased estimate of it (E[u u^T] = I); the same vectors on every call (seeded), shared by
+    the members of a pack. Yields tensors of `shape` (or broadcastable to it).
+    """
+    if len(shape) <= 2 and per_sample_outputs <= NFA_EXACT:
+        for c in range(per_sample_outputs):
+            e = torch.zeros(per_sample_outputs, device=device)
+            e[c] = 1.0
+            yield e
+        return
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(NFA_PROJECTIONS):
+        yield (torch.randn(tuple(shape), generator=g) / NFA_PROJECTIONS**0.5).to(device)
+
+
+def output_gradient_grams(output: torch.Tensor, h_bs: list[torch.Tensor], shape: torch.Size,
+                          batch_dims: int = 1) -> list[torch.Tensor]:
+    """Per tensor h_b in `output`'s graph: the AGOP of the output with respect to it, the mean
+    over its samples of J^T J, float64 (*batch, d, d). The first `batch_dims` dimensions of h_b
+    are kept (a pack's K), every other but the last counts as samples (tokens too); `shape`:
+    one member's output shape, for output_directions. The graph is kept for a later backward."""
+    grams = [None] * len(h_bs)
+    for u in output_directions(shape, shape[-1], output.device):
+        js = torch.autograd.grad(output, h_bs, grad_outputs=u.to(output.dtype).expand_as(output), retain_graph=True)
+        for l, j in enumerate(js):
+            j = j.reshape(*j.shape[:batch_dims], -1, j.shape[-1])
+            gram = (j.transpose(-1, -2) @ j).to(torch.float64)
+            grams[l] = gram if grams[l] is None else grams[l] + gram
+    samples = [h.numel() // (math.prod(h.shape[:batch_dims]) * h.shape[-1]) for h in h_bs]
+    return [g / n for g, n in zip(grams, samples)]
+
+
+class Stationarity:
+    """The H and G matrices of each layer at the previous probe, for the relative change
+    |M_t - M_t'| / |M_t| (Frobenius) since then: the `stat_*` columns (paper Fig. 21).
+
+    Keeps K * 4 * d^2 float32 values per layer (fc1, K = 8: 6.4 MB); `state()`/`load()` carry
+    them through a checkpoint so that a resumed run records what an uninterrupted one does.
+    """
+
+    def __init__(self):
+        self.previous: dict = {}
+
+    def update(self, layer, out: dict, mats: dict) -> None:
+        """Set out["stat_{h,g}_{a,b}"] (K,) from this probe's matrices; remember them."""
+        for side in "ab":
+            for name, M in zip("hg", mats[side][:2]):
+                key = (layer, f"{name}_{side}")
+                before = self.previous.get(key)
+                now = M.to(torch.float32)
+                if before is None or before.shape != now.shape:
+                    change = torch.full(M.shape[:-2], torch.nan, dtype=torch.float64, device=M.device)
+                else:
+                    change = ((now - before.to(now.device)).flatten(-2).norm(dim=-1)
+                              / now.flatten(-2).norm(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)).to(torch.float64)
+                if mats["kind"] == "centered":  # at rounding level (as `degenerate` judges it, 1x1
+                    # included) a matrix has no meaningful relative change
+                    trace = torch.diagonal(now, dim1=-2, dim2=-1).sum(-1)
+                    change = torch.where(trace <= now.shape[-1] * (8 * torch.finfo(torch.float32).eps) ** 2,
+                                         torch.nan, change)
+                out[f"stat_{name}_{side}"] = change
+                self.previous[key] = now
+
+    def state(self) -> dict:
+        return {key: M.cpu() for key, M in self.previous.items()}
+
+    def load(self, state: dict, device=None) -> None:
+        self.previous = {key: M.to(device) for key, M in state.items()}
+
+
+def _shared_second_moment(h: torch.Tensor, covariance: str):
+    """second_moment of h (K, N, d); computed once when h is one input broadcast to all K.
+
+    The first layer's input is the probe set itself, the same for every member of a pack.
+    """
+    if h.shape[0] > 1 and h.stride(0) == 0:
+        C, u, zero = second_moment(h[:1], covariance)
+        K = h.shape[0]
+        return C.expand(K, -1, -1), u.expand(K, -1, -1), zero.expand(K)
+    return second_moment(h, covariance)
+
+
+def _layer_spectra(layers: list[dict], dtype: torch.dtype) -> list[dict]:
+    """Per layer and side: eigenvalues (K, 3, d) of [H, G, Z], largest first, and the
+    eigenvectors of G (K, d, d) and Z (K, d, r) that the paired power laws look through.
+
+    The decomposition runs in `dtype`, the dtype the samples were summed in (their rounding
+    is in the matrices' small eigenvalues either way; the PAH floor sits far above it), in one
+    batched call per distinct d and kind. Z_a = W^T W and Z_b = W W^T share their nonzero
+    eigenvalues (the squared singular values of W): the smaller is decomposed; the larger
+    side's spectrum is the same padded with zeros, its eigenvectors W v / |W v| (r of them).
+    """
+    values, vectors, z_scales = [], [], []
+    for mats in layers:
+        (H_a, G_a, Z_a), (H_b, G_b, Z_b) = mats["a"], mats["b"]
+        Z = Z_a if Z_a.shape[-1] <= Z_b.shape[-1] else Z_b
+        # H and G were summed in `dtype`; Z = W^T W was formed in float64 and overflows
+        # float32 for a member about to diverge (|W| ~ 1e19): it goes scaled to max |entry| 1
+        z_scale = _max_abs(Z).clamp_min(torch.finfo(Z.dtype).tiny)
+        values += [H_a, H_b]
+        vectors += [G_a, G_b, Z / z_scale[:, None, None]]
+        z_scales.append(z_scale[:, None])
+    dtype = torch.promote_types(dtype, torch.float32)  # no half-precision eigensolvers
+    e_vals = iter(e.to(torch.float64) for e in _batched(descending_eigvals, [m.to(dtype) for m in values]))
+    e_vecs = iter((e.to(torch.float64), v.to(torch.float64))
+                  for e, v in _batched(descending_eigh, [m.to(dtype) for m in vectors]))
+    spectra = []
+    for mats, z_scale in zip(layers, z_scales):
+        e_ha, e_hb = next(e_vals), next(e_vals)
+        (e_ga, v_ga), (e_gb, v_gb), (e_z, v_z) = next(e_vecs), next(e_vecs), next(e_vecs)
+        e_z = e_z * z_scale
+        W = mats["W"]
+        small = "a" if mats["a"][2].shape[-1] <= mats["b"][2].shape[-1] else "b"
+        other = W @ v_z if small == "a" else W.transpose(1, 2) @ v_z  # (K, d_other, r)
+        other = other / other.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        z_vectors = {small: v_z, "b" if small == "a" else "a": other}
+        sides = {}
+        for side, e_h, e_g, v_g in (("a", e_ha, e_ga, v_ga), ("b", e_hb, e_gb, v_gb)):
+            pad = e_h.shape[-1] - e_z.shape[-1]  # zeros, or NaN for a non-finite W
+            e_zs = torch.cat([e_z, (e_z[:, :1] * 0).expand(-1, pad)], -1) if pad else e_z
+            sides[side] = {"eig": torch.stack([e_h, e_g, e_zs], 1), "vec_g": v_g, "vec_z": z_vectors[side]}
+        spectra.append(sides)
+    return spectra
+
+
+def _spectral_metrics(out: dict, mats: dict, spectra: dict, pah_floor: float, null_samples: int = NULL_SAMPLES):
+    """Effective ranks, PAH fits (paired and sorted) and the alignments' nulls from each
+    side's spectra (_layer_spectra); NaN reasons."""
+    for side in "ab":
+        eig_h, eig_g, eig_z = spectra[side]["eig"].unbind(1)
+        H, G, _ = mats[side]
+        unit_h = out.pop(f"_unit_h_{side}"), out.pop(f"_unit_h_{side}_ok")
+        unit_g = out.pop(f"_unit_g_{side}"), out.pop(f"_unit_g_{side}_ok")
+        (out[f"rga_{side}_null"], out[f"rga_{side}_null_se"]), (out[f"rwa_{side}_null"], out[f"rwa_{side}_null_se"]) = \
+            _nulls(unit_h, [eig_g, eig_z], null_samples)
+        ((out[f"gwa_{side}_null"], out[f"gwa_{side}_null_se"]),) = _nulls(unit_g, [eig_z], null_samples)
+        out[f"eig_h_{side}"], out[f"eig_g_{side}"], out[f"eig_z_{side}"] = eig_h, eig_g, eig_z  # (K, d)
+        out[f"erank_h_{side}"], out[f"erank_g_{side}"] = effective_rank(eig_h), effective_rank(eig_g)
+        v_g, v_z = spectra[side]["vec_g"], spectra[side]["vec_z"]
+        d = eig_h.shape[-1]
+        paired = (paired_values(H, v_g), paired_values(H, v_z), paired_values(G, v_z))
+        for pair, a, (ea, eb) in zip(PAH_PAIRS, paired, ((eig_h, eig_g), (eig_h, eig_z), (eig_g, eig_z))):
+            if a.shape[-1] < d:  # seen through Z's r nonzero directions; the rest have lambda = 0
+                a = torch.cat([a, a.new_zeros(*a.shape[:-1], d - a.shape[-1])], -1)
+            k, r2, n, _ = _log_fit(a, eb, pah_floor, paired=True)
+            out[f"pah_{pair}_{side}"], out[f"pah_{pair}_{side}_r2"], out[f"pah_{pair}_{side}_n"] = k, r2, n
+            k, r2, n = power_law_fit(ea, eb, pah_floor)
+            out[f"pah_{pair}_{side}_sorted"], out[f"pah_{pair}_{side}_sorted_r2"], out[f"pah_{pair}_{side}_sorted_n"] = k, r2, n
+    K = out["rga_a"].shape[0]
+    reasons = [""] * K
+    undefined = torch.stack([out[f"{r}_{s}"] for s in "ab" for r in RELATIONS]).isnan().any(0)
+    for k in undefined.nonzero().flatten().tolist():  # rare (1x1 outputs, dead layers)
+        reasons[k] = _nan_reasons(out, mats, k)
+    return out, reasons
+
+
+def _batched(decompose, stacks: list[torch.Tensor]) -> list:
+    """`decompose` (descending_eigvals or descending_eigh) of many (K, d, d) stacks: one call
+    per distinct d, not per stack."""
+    out: list = [None] * len(stacks)
+    for d in sorted({m.shape[-1] for m in stacks}):
+        idx = [i for i, m in enumerate(stacks) if m.shape[-1] == d]
+        result = decompose(torch.cat([stacks[i] for i in idx]))  # (sum of K, ...)
+        sizes = [stacks[i].shape[0] for i in idx]
+        if isinstance(result, torch.Tensor):
+            pieces = result.split(sizes)
+        else:  # (values, vectors)
+            pieces = list(zip(*(r.split(sizes) for r in result)))
+        for i, piece in zip(idx, pieces):
+            out[i] = piece
+    return out
+
+
+def _nan_reasons(out: dict, mats: dict, k: int) -> str:
+    notes = []
+    for side in "ab":
+        H, G, Z = mats[side]
+        bad = {name: DEGENERATE.get(int(out[f"degenerate_{name.lower()}_{side}"][k]), "")
+               for name in ("H", "G") if f"degenerate_{name.lower()}_{side}" in out}
+        for col, pair in ((f"rga_{side}", "HG"), (f"rwa_{side}", "HZ"), (f"gwa_{side}", "GZ")):
+            if torch.isnan(out[col][k]):
+                why = [f"{m}_{side} {bad[m]}" for m in pair if bad.get(m)]
+                why += [r for r in (alignment_reason({"H": H, "G": G, "Z": Z}[m][k]) for m in pair) if r]
+                notes.append(f"{col}: {why[0] if why else 'undefined'}")
+    return "; ".join(notes)
+
+
+def _stationarity(tracker: Stationarity | None, layer, out: dict, mats: dict) -> None:
+    if tracker is None:
+        for c in ("stat_h_a", "stat_g_a", "stat_h_b", "stat_g_b"):
+            out[c] = torch.full(mats["W"].shape[:-2], torch.nan, dtype=torch.float64, device=mats["W"].device)
+    else:
+        tracker.update(layer, out, mats)
