@@ -12,6 +12,7 @@ computes it for every layer but the first anyway.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -28,6 +29,8 @@ from .layers import (
 from .maths import neural_collapse
 
 log = logging.getLogger(__name__)
+
+MAX_SAMPLES = 32768  # samples per layer (conv: images x positions) above which measure subsamples
 
 
 def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str, pah_floor: float,
@@ -121,53 +124,112 @@ def measure(
     weight_decay: float | None = None,
     labels: torch.Tensor | None = None,
     stationarity: Stationarity | None = None,
+    max_samples: int = MAX_SAMPLES,
 ) -> pd.DataFrame:
-    """CRH/PAH metrics of every `nn.Linear` in any model, one row per layer.
+    """CRH/PAH metrics of every linear map in any model, one row per layer.
+
+    Linear maps: `nn.Linear`; `nn.Conv2d` as a linear map on patches (SCIENCE.md: h_a the
+    unfolded C_in*kh*kw patch, h_b the C_out outputs at its position, W reshaped to (C_out,
+    C_in*kh*kw), every (image, position) pair a sample); `nn.MultiheadAttention` as four,
+    `q_proj`, `k_proj`, `v_proj` (the slices of its fused input projection) and `out_proj`, by
+    running it step by step for the call (`phasemap.measure.attention`; tokens as samples).
+    The table says each layer's `kind` (linear, conv, attention.q/k/v/out) and `name`.
 
     `loss_fn(output, y)` must return one loss per sample (any shape; it is summed). Extra
-    leading dimensions of a layer's activations (tokens) count as samples. The model runs in
-    eval mode (dropout off, BatchNorm on its running statistics, so samples stay independent)
-    unless `train_mode`; its modes are restored after. Hooks are removed on every path out.
+    leading dimensions of a layer's activations (tokens) count as samples; a layer with more
+    than `max_samples` samples (a convolution's positions) is measured on a fixed random subset
+    of that many. The model runs in eval mode (dropout off, BatchNorm on its running
+    statistics, so samples stay independent) unless `train_mode`; its modes are restored after.
+    Hooks are removed on every path out.
     `weight_decay`: the L2 gamma the model trains with, for the `balance` column (else NaN).
     `labels` (N,): class labels of the samples, for the neural-collapse columns of every layer
     whose input has one row per sample (NC3 and NC4 at the last measured layer; else NaN).
     `stationarity`: one `Stationarity` passed to every probe of a run, for the stat_* columns
     (each layer's change since the previous call; NaN without or at the first).
-    `nn.MultiheadAttention` is measured as four linear maps, `q_proj`, `k_proj`, `v_proj` (the
-    slices of its fused input projection) and `out_proj`, by running it step by step for the
-    call (`phasemap.measure.attention`; tokens as samples). An `nn.Linear` the forward pass does not
-    call as a module is not measured: its row says why, with NaN metrics, and a warning names it.
+    A layer the forward pass does not call as a module, or cannot be measured (a grouped
+    convolution), gets a row that says why, with NaN metrics, and a warning names it.
     """
     qkv = attention.projections(model)
-    linears = []  # every linear map in module order; an attention's q, k, v before its out_proj
+    maps = []  # every linear map in module order; an attention's q, k, v before its out_proj
     for name, m in model.named_modules():
-        linears += [(n, p) for n, p, owner in qkv if owner is m]
-        if isinstance(m, nn.Linear):
-            linears.append((name, m))
-    if not linears:
-        raise ValueError(f"`model has at least one nn.Linear` must hold, but got {type(model).__name__}")
+        maps += [(n, p) for n, p, owner in qkv if owner is m]
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            maps.append((name, m))
+    if not maps:
+        raise ValueError(f"`model has at least one nn.Linear or nn.Conv2d` must hold, but got {type(model).__name__}")
     modes = {m: m.training for m in model.modules()}
     model.train(train_mode)
     try:
         with attention.decomposed(model, qkv):
-            return _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay,
-                            labels, stationarity)
+            return _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay,
+                            labels, stationarity, max_samples)
     finally:
         for m, mode in modes.items():
             m.training = mode
 
 
-def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay,
-             labels, stationarity) -> pd.DataFrame:
+def layer_kind(model: nn.Module, name: str, m: nn.Module) -> str:
+    """What kind of linear map a layer is: linear, conv, attention.q/k/v/out."""
+    if isinstance(m, attention.Projection):
+        return "attention." + "qkv"[m.part]
+    if isinstance(m, nn.Conv2d):
+        return "conv"
+    return "attention.out" if _owner(model, name) is not None else "linear"
+
+
+def _dims(m: nn.Module) -> tuple[int, int]:
+    if isinstance(m, nn.Conv2d):
+        return m.weight[0].numel(), m.out_channels
+    return m.in_features, m.out_features
+
+
+def _unmeasurable(m: nn.Module) -> str:
+    if isinstance(m, nn.Conv2d) and m.groups > 1:
+        return f"not measured: grouped convolution (groups={m.groups})"
+    return ""
+
+
+def _patches(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The conv's input as (N * positions, C_in * kh * kw) rows, in the order of its output's
+    (N, H', W') positions: `unfold` with the conv's own geometry."""
+    x = x if x.dim() == 4 else x.unsqueeze(0)
+    padding = m.padding
+    if m.padding_mode != "zeros":  # as Conv2d does: pad first, then a convolution without padding
+        x = nn.functional.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode)
+        padding = 0
+    elif isinstance(padding, str):  # "same" / "valid"
+        padding = 0 if padding == "valid" else tuple(d * (k - 1) // 2 for d, k in zip(m.dilation, m.kernel_size))
+        if padding != 0 and any((d * (k - 1)) % 2 for d, k in zip(m.dilation, m.kernel_size)):
+            raise ValueError(f"measure: padding='same' with an even kernel ({m.kernel_size}) is not supported")
+    cols = nn.functional.unfold(x, m.kernel_size, dilation=m.dilation, padding=padding, stride=m.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def _output_rows(m: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """A layer's output (or its gradient) as (samples, d_out) rows."""
+    if isinstance(m, nn.Conv2d):
+        t = t if t.dim() == 4 else t.unsqueeze(0)
+        return t.movedim(1, -1).reshape(-1, t.shape[1])
+    return t.reshape(-1, t.shape[-1])
+
+
+def _input_rows(m: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    return _patches(m, t) if isinstance(m, nn.Conv2d) else t.reshape(-1, t.shape[-1])
+
+
+def _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay,
+             labels, stationarity, max_samples) -> pd.DataFrame:
     seen: dict[nn.Module, tuple] = {}
 
     def hook(module, inputs, output):
         if module in seen:
-            raise RuntimeError("measure: an nn.Linear called twice in one forward is not supported")
+            raise RuntimeError(f"measure: a layer called twice in one forward is not supported "
+                               f"({type(module).__name__})")
         seen[module] = (inputs[0], output)
 
-    handles = [m.register_forward_hook(hook) for _, m in linears]
-    params = list({id(p): p for p in (_parameter(m) for _, m in linears)}.values())
+    measurable = [(n, m) for n, m in maps if not _unmeasurable(m)]
+    handles = [m.register_forward_hook(hook) for _, m in measurable]
+    params = list({id(p): p for p in (_parameter(m) for _, m in measurable)}.values())
     flags = [p.requires_grad for p in params]
     try:
         for p in params:
@@ -175,9 +237,10 @@ def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples,
         with torch.enable_grad():
             output = model(x)
             losses = loss_fn(output, y)
-            used = [m for _, m in linears if m in seen]
+            used = [m for _, m in measurable if m in seen]
             outputs = [seen[m][1] for m in used]
-            agops = output_gradient_grams(output, outputs, output.shape, batch_dims=0)
+            agops = output_gradient_grams(output, outputs, output.shape, batch_dims=0,
+                                          rows=[functools.partial(_output_rows, m) for m in used])
             grads = torch.autograd.grad(losses.sum(), outputs)
     finally:
         for h in handles:
@@ -188,44 +251,42 @@ def _measure(model, linears, x, y, loss_fn, covariance, pah_floor, null_samples,
     agop_of = dict(zip(used, agops))
     rows = []
     skipped = []
-    for index, (name, m) in enumerate(linears, start=1):
+    for index, (name, m) in enumerate(maps, start=1):
+        d_in, d_out = _dims(m)
+        head = {"layer": index, "name": name, "kind": layer_kind(model, name, m), "dim_in": d_in, "dim_out": d_out}
         if m not in seen:
             owner = _owner(model, name)
-            why = (f"not measured: called functionally by its {type(owner).__name__} "
-                   f"({attention.unsupported(owner) or 'its forward was replaced'})"
-                   if owner is not None else "not measured: not called in this forward pass")
+            why = _unmeasurable(m) or (
+                f"not measured: called functionally by its {type(owner).__name__} "
+                f"({attention.unsupported(owner) or 'its forward was replaced'})"
+                if owner is not None else "not measured: not called in this forward pass")
             skipped.append(f"{name} ({why})")
-            rows.append({"layer": index, "name": name, "dim_in": m.in_features, "dim_out": m.out_features,
-                         **{c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan) for c in METRIC_COLUMNS},
-                         "nan_reason": why})
+            rows.append({**head, **{c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan)
+                                    for c in METRIC_COLUMNS}, "nan_reason": why})
             continue
         h_a, h_b = seen[m]
-        d_in, d_out = m.in_features, m.out_features
+        h_a, h_b, g_b = _input_rows(m, h_a), _output_rows(m, h_b), -_output_rows(m, grad_of[m])
+        if h_a.shape[0] > max_samples:  # the same fixed subset of samples for all three
+            keep = torch.randperm(h_a.shape[0], generator=torch.Generator().manual_seed(0))[:max_samples]
+            keep = keep.sort().values.to(h_a.device)
+            h_a, h_b, g_b = h_a[keep], h_b[keep], g_b[keep]
+        W = m.weight.reshape(d_out, d_in)
         metrics, reasons = layer_metrics(
-            h_a.reshape(1, -1, d_in),
-            h_b.reshape(1, -1, d_out),
-            -grad_of[m].reshape(1, -1, d_out),
-            m.weight.unsqueeze(0),
-            covariance,
-            pah_floor,
-            null_samples,
-            weight_decay,
-            agop_b=agop_of[m].unsqueeze(0),
-            stationarity=stationarity,
-            key=name,
+            h_a.unsqueeze(0), h_b.unsqueeze(0), g_b.unsqueeze(0), W.unsqueeze(0), covariance, pah_floor,
+            null_samples, weight_decay, agop_b=agop_of[m].unsqueeze(0), stationarity=stationarity, key=name,
         )
-        if labels is not None and h_a.reshape(-1, d_in).shape[0] == labels.numel():  # one feature row per label
+        if labels is not None and h_a.shape[0] == labels.numel():  # one feature row per label
             last = m is used[-1]
             n_classes = int(labels.max()) + 1 if output.shape[-1] < 2 else output.shape[-1]
-            metrics.update(neural_collapse(h_a.detach().reshape(1, -1, d_in), labels.reshape(-1), n_classes,
-                                           W=m.weight.detach().unsqueeze(0) if last else None,
+            metrics.update(neural_collapse(h_a.detach().unsqueeze(0), labels.reshape(-1), n_classes,
+                                           W=W.detach().unsqueeze(0) if last else None,
                                            logits=output.detach().reshape(1, -1, output.shape[-1]) if last else None))
-        row = {"layer": index, "name": name, "dim_in": d_in, "dim_out": d_out}
+        row = dict(head)
         row.update({c: metrics[c][0].item() for c in METRIC_COLUMNS})
         row["nan_reason"] = reasons[0]
         rows.append(row)
     if skipped:
-        log.warning("measure: %d nn.Linear layer(s) not measured: %s", len(skipped), "; ".join(skipped))
+        log.warning("measure: %d layer(s) not measured: %s", len(skipped), "; ".join(skipped))
     table = pd.DataFrame(rows)
     table["probe_loss"] = losses.detach().float().mean().item()
     return table

@@ -8,7 +8,6 @@ alignments and fits in float64.
 
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -119,20 +118,25 @@ def output_directions(shape: torch.Size, per_sample_outputs: int, device=None, s
 
 
 def output_gradient_grams(output: torch.Tensor, h_bs: list[torch.Tensor], shape: torch.Size,
-                          batch_dims: int = 1) -> list[torch.Tensor]:
+                          batch_dims: int = 1, rows: list | None = None) -> list[torch.Tensor]:
     """Per tensor h_b in `output`'s graph: the AGOP of the output with respect to it, the mean
     over its samples of J^T J, float64 (*batch, d, d). The first `batch_dims` dimensions of h_b
-    are kept (a pack's K), every other but the last counts as samples (tokens too); `shape`:
-    one member's output shape, for output_directions. The graph is kept for a later backward."""
-    grams = [None] * len(h_bs)
+    are kept (a pack's K), every other but the last counts as samples (tokens too), unless
+    `rows` gives per tensor a function from a tensor of its shape to (*batch, samples, d) (a
+    convolution's (N, C, H, W) output: one sample per image and position). `shape`: one
+    member's output shape, for output_directions. The graph is kept for a later backward."""
+    if rows is None:
+        rows = [lambda t: t.reshape(*t.shape[:batch_dims], -1, t.shape[-1])] * len(h_bs)
+    grams: list = [None] * len(h_bs)
+    counts = [0] * len(h_bs)
     for u in output_directions(shape, shape[-1], output.device):
         js = torch.autograd.grad(output, h_bs, grad_outputs=u.to(output.dtype).expand_as(output), retain_graph=True)
         for l, j in enumerate(js):
-            j = j.reshape(*j.shape[:batch_dims], -1, j.shape[-1])
+            j = rows[l](j)
+            counts[l] = j.shape[-2]
             gram = (j.transpose(-1, -2) @ j).to(torch.float64)
             grams[l] = gram if grams[l] is None else grams[l] + gram
-    samples = [h.numel() // (math.prod(h.shape[:batch_dims]) * h.shape[-1]) for h in h_bs]
-    return [g / n for g, n in zip(grams, samples)]
+    return [g / n for g, n in zip(grams, counts)]
 
 
 class Stationarity:
