@@ -23,7 +23,10 @@ from typing import Any
 
 import yaml
 
-TASKS = ("fc1", "fc2", "clusters")
+IMAGE_TASKS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "npz")  # phasemap/data/images.py
+TASKS = ("fc1", "fc2", "clusters") + IMAGE_TASKS
+FAMILIES = ("mlp", "cnn", "resnet", "factory")
+NORMS = ("none", "batch", "group")
 ACTIVATIONS = ("relu", "tanh", "gelu", "linear")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 COVARIANCES = ("centered", "raw")
@@ -61,18 +64,32 @@ class TaskSpec:
     n_classes: int = field(default=10, metadata=_check("n_classes >= 2", lambda v: v >= 2))
     # clusters: per-coordinate standard deviation around each centre (centres ~ N(0, I))
     noise: float = field(default=1.0, metadata=_check("noise > 0", lambda v: v > 0))
+    # image tasks read from disk (cifar10, cifar100, mnist, fashion_mnist, npz): a file or folder
+    path: str = ""
+    # digits, and npz files holding only x and y: how many of the last samples are held out
+    held_out: int = field(default=297, metadata=_check("held_out >= 1", lambda v: v >= 1))
+    # image tasks: random crop (zero padding 4) and horizontal flip of training batches, on the device
+    augment: bool = False
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    # number of hidden layers; the MLP has depth + 1 linear layers
+    # mlp (stacked, the fast path) | cnn (a conv stack) | resnet (CIFAR-style) | factory (yours)
+    family: str = field(default="mlp", metadata=_check(f"family in {FAMILIES}", lambda v: v in FAMILIES))
+    # mlp: hidden layers (depth + 1 linear layers); cnn: conv layers; resnet: 6 n + 2 layers
     depth: int = field(default=4, metadata=_check("depth >= 1", lambda v: v >= 1))
-    # width of every hidden layer
+    # mlp: hidden width; cnn: channels; resnet: width multiplier (16, 32, 64 channels times it)
     width: int = field(default=100, metadata=_check("width >= 1", lambda v: v >= 1))
     activation: str = field(
         default="relu", metadata=_check(f"activation in {ACTIVATIONS}", lambda v: v in ACTIVATIONS)
     )
     bias: bool = True
+    # cnn and resnet: normalisation after each convolution
+    norm: str = field(default="batch", metadata=_check(f"norm in {NORMS}", lambda v: v in NORMS))
+    # family factory: "package.module:function", importable on every worker; called with kwargs,
+    # it returns one member (an nn.Module from the task's inputs to its outputs)
+    factory: str = ""
+    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -182,7 +199,9 @@ class RunConfig:
 
     @property
     def output_dim(self) -> int:
-        return {"fc1": 1, "fc2": self.task.output_dim, "clusters": self.task.n_classes}[self.task.name]
+        fixed = {"fc1": 1, "fc2": self.task.output_dim, "cifar100": 100, "digits": 10, "cifar10": 10, "mnist": 10,
+                 "fashion_mnist": 10}
+        return fixed.get(self.task.name, self.task.n_classes)  # clusters and npz: task.n_classes
 
     def probe_steps(self) -> list[int]:
         """Steps after which probes run: the schedule plus step 0 and the last step."""
@@ -215,6 +234,10 @@ class RunConfig:
         d = self.to_dict()
         d.pop("storage")
         d.pop("name")
+        for path, default in ADDED_FIELDS.items():  # fields added later hash as before at their default
+            section, key = path.split(".")
+            if d[section].get(key) == default:
+                del d[section][key]
         blob = json.dumps(d, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -225,6 +248,12 @@ class Member:
     momentum: float
     weight_decay: float
     seed: int
+
+
+# Fields added after configs were first hashed, with their defaults: a config that leaves them
+# at the default keeps the hash (and so the stored runs) it had before they existed.
+ADDED_FIELDS = {"task.path": "", "task.held_out": 297, "task.augment": False, "model.family": "mlp",
+                "model.norm": "batch", "model.factory": "", "model.kwargs": {}}
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -272,6 +301,16 @@ def _build(cls, data: Any, path: str, problems: list[str]):
         if dataclasses.is_dataclass(typ):
             values[f.name] = _build(typ, raw, where, problems)
             continue
+        if typ is dict:
+            try:
+                json.dumps(raw)
+            except (TypeError, ValueError):
+                raw = None
+            if not isinstance(raw, dict):
+                problems.append(f"{where}: must be a mapping of plain values, but got {data[f.name]!r}")
+                continue
+            values[f.name] = raw
+            continue
         if typing.get_origin(typ) is tuple:
             item = typing.get_args(typ)[0]
             items = list(raw) if isinstance(raw, (list, tuple)) else [raw]
@@ -313,11 +352,47 @@ def _cross_checks(cfg: RunConfig, problems: list[str]) -> None:
         problems.append(
             f"probe.steps: `step <= train.steps` must hold, but got {late} with steps={cfg.train.steps}"
         )
+    image = cfg.task.name in IMAGE_TASKS
+    if cfg.model.family in ("cnn", "resnet") and not image:
+        problems.append(f"model.family: `an image task for family {cfg.model.family}` must hold, but got "
+                        f"task.name={cfg.task.name!r} (image tasks: {', '.join(IMAGE_TASKS)})")
+    if cfg.model.family == "resnet" and (cfg.model.depth < 8 or (cfg.model.depth - 2) % 6):
+        problems.append(f"model.depth: `resnet depth = 6 n + 2 (8, 14, 20, 32, ...)` must hold, but got "
+                        f"{cfg.model.depth}")
+    if cfg.model.family == "factory":
+        problems.extend(_factory_problems(cfg.model.factory))
+    elif cfg.model.factory:
+        problems.append(f"model.factory: set only with family factory, but got {cfg.model.factory!r} "
+                        f"with family {cfg.model.family!r}")
+    if image and cfg.task.name != "digits" and not cfg.task.path:
+        problems.append(f"task.path: `the data's file or folder for task {cfg.task.name}` must be given, but got ''")
+    elif image and cfg.task.path and not Path(cfg.task.path).exists():
+        problems.append(f"task.path: `path exists` must hold, but got {cfg.task.path!r} (no such file or folder)")
     if cfg.optimizer.name != "sgd" and any(m != 0 for m in cfg.optimizer.momentum):
         problems.append(
             f"optimizer.momentum: momentum applies to sgd only (use betas for "
             f"{cfg.optimizer.name}), but got {list(cfg.optimizer.momentum)}"
         )
+
+
+def load_factory(spec: str):
+    """The callable named by "package.module:function"."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _factory_problems(spec: str) -> list[str]:
+    if ":" not in spec or not all(spec.partition(":")[::2]):
+        return [f"model.factory: `package.module:function` must be given for family factory, but got {spec!r}"]
+    try:
+        fn = load_factory(spec)
+    except (ImportError, AttributeError) as e:
+        return [f"model.factory: `importable` must hold, but got {spec!r} ({type(e).__name__}: {e})"]
+    if not callable(fn):
+        return [f"model.factory: `a callable` must hold, but got {spec!r} ({type(fn).__name__})"]
+    return []
 
 
 def parse_config(data: Any, source: str = "config") -> RunConfig:

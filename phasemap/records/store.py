@@ -60,10 +60,17 @@ CONFIG_COLUMNS = [
     ("task.phi", "phi", pa.float64()),
     ("task.n_classes", "n_classes", pa.int32()),
     ("task.noise", "noise", pa.float64()),
+    ("task.path", "data_path", pa.string()),
+    ("task.held_out", "held_out", pa.int32()),
+    ("task.augment", "augment", pa.bool_()),
+    ("model.family", "family", pa.string()),
     ("model.depth", "depth", pa.int32()),
     ("model.width", "width", pa.int32()),
     ("model.activation", "activation", pa.string()),
     ("model.bias", "bias", pa.bool_()),
+    ("model.norm", "norm", pa.string()),
+    ("model.factory", "factory", pa.string()),
+    ("model.kwargs", "model_kwargs", pa.string()),  # JSON, keys sorted
     ("optimizer.name", "optimizer", pa.string()),
     ("optimizer.lr", "lr", pa.float64()),
     ("optimizer.momentum", "momentum", pa.float64()),
@@ -85,13 +92,16 @@ CONFIG_COLUMNS = [
     ("probe.pah_floor", "pah_floor", pa.float64()),
     ("probe.null_samples", "null_samples", pa.int32()),
 ]
-# Columns that schema version 1 did not have, with the value every v1 run used (the defaults
+# Columns that older schema versions did not have, with the value every such run used (the defaults
 # of the time: v1 sweeps could vary these fields but not record them).
 V1_DEFAULTS = {
     "teacher_seed": 0, "teacher_width": 100, "task_output_dim": 100, "phi": 0.5, "n_classes": 10, "noise": 1.0,
     "bias": True, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "device": "auto", "check_every": 100,
     "checkpoint_every": 1000, "n_samples": 1000, "probe_count": 8, "probe_steps": "", "pah_floor": 1e-4,
     "null_samples": 0,  # v1 computed no null
+    "layer_kind": "linear",  # before version 3 every measured layer was an MLP's linear layer
+    "data_path": "", "held_out": 297, "augment": False, "family": "mlp", "norm": "batch", "factory": "",
+    "model_kwargs": "{}",  # before version 3 every network was an MLP on a synthetic task
 }
 # Before version 3, `pah_*` held the sorted-spectra fit: readers move it to the `_sorted` column
 # and leave the paired one null (a sorted exponent must never be read as a paired one).
@@ -110,6 +120,8 @@ def config_value(cfg, path: str):
         return node[int(index[:-1])]
     if path == "probe.steps":
         return ",".join(str(s) for s in node)
+    if isinstance(node, dict):
+        return json.dumps(node, sort_keys=True)
     if isinstance(node, tuple):  # a member field of a one-member config
         return node[0]
     return node
@@ -125,11 +137,15 @@ def config_columns(cfg) -> dict:
 _ROW_FIELDS = [
     ("step", pa.int64()),
     ("layer", pa.int32()),  # 1-based; layers 1..depth produce hidden layers, depth+1 the output
+    ("layer_name", pa.string()),  # the layer's name in the model (fc1, features.0, block 2 attn.q, ...)
+    ("layer_kind", pa.string()),  # linear | conv | attention.q | attention.k | attention.v | attention.out
     ("dim_in", pa.int32()),
     ("dim_out", pa.int32()),
     ("status", pa.string()),  # ok | diverged
     ("train_loss", pa.float64()),
     ("probe_loss", pa.float64()),
+    ("train_accuracy", pa.float64()),  # classification: on the first n_samples training samples; else NaN
+    ("probe_accuracy", pa.float64()),  # classification: on the probe (held-out) samples; else NaN
 ]
 _METRIC_FIELDS = [(c, pa.int32() if c.startswith("n_zero") or c.endswith("_n") else pa.float64()) for c in METRIC_COLUMNS]
 

@@ -239,7 +239,8 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
                         continue
                     for l, (_, reasons) in enumerate(layers):
                         row = dict(base[k])
-                        row.update(step=step, layer=l + 1, dim_in=dims[l], dim_out=dims[l + 1], status="ok",
+                        row.update(step=step, layer=l + 1, layer_name=f"fc{l + 1}", layer_kind="linear",
+                                   dim_in=dims[l], dim_out=dims[l + 1], status="ok",
                                    train_loss=train_loss[k], probe_loss=probe_loss[k], nan_reason=reasons[k])
                         row.update({c: v[k] for c, v in values[l].items()})
                         rows.append(row)
@@ -329,7 +330,8 @@ def _diverged_rows(base: dict, step: int, dims: list[int]) -> list[dict]:
     rows = []
     for l in range(len(dims) - 1):
         row = dict(base)
-        row.update(step=step, layer=l + 1, dim_in=dims[l], dim_out=dims[l + 1], status="diverged",
+        row.update(step=step, layer=l + 1, layer_name=f"fc{l + 1}", layer_kind="linear",
+                   dim_in=dims[l], dim_out=dims[l + 1], status="diverged",
                    train_loss=float("nan"), probe_loss=float("nan"),
                    nan_reason="diverged: non-finite loss")
         row.update({c: (0 if c.startswith("n_zero") or c.endswith("_n") else float("nan")) for c in METRIC_COLUMNS})

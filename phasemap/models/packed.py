@@ -1,0 +1,69 @@
+"""The packed engine: K members of any `nn.Module` architecture as one computation.
+
+The members are built one by one, each from its own seed (so a member is initialised the
+same in a pack as alone), then their parameters and buffers are stacked with a leading K
+dimension (`torch.func.stack_module_state`) and the forward pass runs under `torch.func.vmap`
+over `functional_call` on one shared batch. The stacked tensors are ordinary parameters with a
+leading K, so the stacked optimizers (`train/optim.py`) train them with per-member learning
+rate, momentum and weight decay. BatchNorm's running statistics are stacked buffers: each
+member keeps its own, updated in place under vmap. `member(k)` rebuilds member k as a plain
+module (for probes, which run in eval mode one member at a time).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # parameter names may not contain dots
+
+
+class PackedModel(nn.Module):
+    """`make()` builds one member; `seeds` (K,) seed each member's initialisation."""
+
+    def __init__(self, make: Callable[[], nn.Module], seeds: Sequence[int]):
+        super().__init__()
+        self.make = make
+        self.K = len(seeds)
+        members = []
+        for seed in seeds:
+            with torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
+                torch.manual_seed(int(seed))
+                members.append(make())
+        params, buffers = stack_module_state(members)
+        self.param_names, self.buffer_names = list(params), list(buffers)
+        self.stacked = nn.ParameterDict({_key(n): nn.Parameter(p.detach()) for n, p in params.items()})
+        for n, b in buffers.items():
+            self.register_buffer("buf__" + _key(n), b)
+        self._base = [copy.deepcopy(members[0]).to("meta")]  # the structure only; not a submodule
+
+    def _member_params(self) -> dict[str, torch.Tensor]:
+        return {n: self.stacked[_key(n)] for n in self.param_names}
+
+    def _member_buffers(self) -> dict[str, torch.Tensor]:
+        return {n: getattr(self, "buf__" + _key(n)) for n in self.buffer_names}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, ...) shared by every member -> (K, N, outputs)."""
+        base = self._base[0]
+        base.train(self.training)
+
+        def one(params, buffers, inputs):
+            return functional_call(base, (params, buffers), (inputs,))
+
+        return vmap(one, in_dims=(0, 0, None), randomness="different")(self._member_params(), self._member_buffers(), x)
+
+    def member(self, k: int) -> nn.Module:
+        """Member k as a plain module holding copies of its parameters and buffers."""
+        device = next(iter(self.stacked.values())).device
+        with torch.random.fork_rng(devices=[]):
+            m = self.make()
+        state = {n: t[k].detach().clone() for n, t in {**self._member_params(), **self._member_buffers()}.items()}
+        m.load_state_dict(state)
+        return m.to(device)
