@@ -59,6 +59,18 @@ class Task:
         y = torch.sin(x @ self.w.T + self.b) @ self.u  # (n, out)
         return x, y
 
+    @property
+    def input_shape(self) -> tuple[int]:
+        return (self.spec.input_dim,)
+
+    def probe_set(self, n: int, generator: torch.Generator):
+        """`n` fresh samples from the probe stream (never trained on)."""
+        return self.sample(n, generator)
+
+    def train_set(self, n: int):
+        """None: training is online, so train accuracy is that of the current batch."""
+        return None
+
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample loss; `out` may carry extra leading dims (a pack's K)."""
         if self.classification:

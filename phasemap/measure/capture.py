@@ -33,6 +33,24 @@ log = logging.getLogger(__name__)
 MAX_SAMPLES = 32768  # samples per layer (conv: images x positions) above which measure subsamples
 
 
+def _linear_maps(model: nn.Module):
+    """(attention projections, [(name, module)] of every linear map in module order: an
+    attention's q, k, v before its out_proj)."""
+    qkv = attention.projections(model)
+    maps = []
+    for name, m in model.named_modules():
+        maps += [(n, p) for n, p, owner in qkv if owner is m]
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            maps.append((name, m))
+    return qkv, maps
+
+
+def describe_layers(model: nn.Module) -> list[tuple[str, str, int, int]]:
+    """(name, kind, dim_in, dim_out) of every layer `measure` reports, in its order, without
+    running the model."""
+    return [(name, layer_kind(model, name, m), *_dims(m)) for name, m in _linear_maps(model)[1]]
+
+
 def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str, pah_floor: float,
                   chunk: int | None = None, null_samples: int = NULL_SAMPLES, weight_decay=None,
                   stationarity: Stationarity | None = None):
@@ -149,12 +167,7 @@ def measure(
     A layer the forward pass does not call as a module, or cannot be measured (a grouped
     convolution), gets a row that says why, with NaN metrics, and a warning names it.
     """
-    qkv = attention.projections(model)
-    maps = []  # every linear map in module order; an attention's q, k, v before its out_proj
-    for name, m in model.named_modules():
-        maps += [(n, p) for n, p, owner in qkv if owner is m]
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            maps.append((name, m))
+    qkv, maps = _linear_maps(model)
     if not maps:
         raise ValueError(f"`model has at least one nn.Linear or nn.Conv2d` must hold, but got {type(model).__name__}")
     modes = {m: m.training for m in model.modules()}

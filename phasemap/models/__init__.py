@@ -2,4 +2,35 @@
 
 from .mlp import ACTIVATION_FNS, ACTIVATION_MODULES, StackedMLP, mlp_dims
 
-__all__ = ["ACTIVATION_FNS", "ACTIVATION_MODULES", "StackedMLP", "mlp_dims"]
+__all__ = ["ACTIVATION_FNS", "ACTIVATION_MODULES", "StackedMLP", "build_model", "mlp_dims"]
+
+
+def build_model(spec, input_shape: tuple[int, ...], n_outputs: int, seeds):
+    """The pack's model for `model` spec `spec` and `(model, prepare)`: `prepare` maps the task's
+    inputs to the model's (an MLP flattens images). The MLP is the stacked fast path; every
+    other family goes through the packed engine."""
+    import math
+
+    from torch import nn
+
+    from ..config import load_factory
+    from .cnn import cnn
+    from .packed import PackedModel
+    from .resnet import resnet
+
+    if spec.family == "mlp":
+        d_in = math.prod(input_shape)
+        model = StackedMLP(mlp_dims(d_in, spec.width, spec.depth, n_outputs), spec.activation, seeds, spec.bias)
+        return model, ((lambda x: x.flatten(1)) if len(input_shape) > 1 else (lambda x: x))
+    if spec.family == "cnn":
+        def make() -> nn.Module:
+            return cnn(input_shape, n_outputs, spec.depth, spec.width, spec.activation, spec.norm, spec.bias)
+    elif spec.family == "resnet":
+        def make() -> nn.Module:
+            return resnet(input_shape, n_outputs, spec.depth, spec.width, spec.activation, spec.norm)
+    else:
+        factory = load_factory(spec.factory)
+
+        def make() -> nn.Module:
+            return factory(**spec.kwargs)
+    return PackedModel(make, seeds), (lambda x: x)

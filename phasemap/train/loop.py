@@ -1,9 +1,10 @@
-"""Train one pack (K stacked networks) with probes on a schedule, writing records.
+"""Train one pack (K networks of one architecture) with probes on a schedule, writing records.
 
-`train_pack` reads top to bottom: build task, model and optimizer; then for every step draw
-a fresh batch, and at sync points (probe steps, every `check_every` steps, the end) check
-for divergence, probe, and write that step's records; then take one optimizer step for all
-members at once.
+`_train` reads top to bottom: build task, model, optimizer and prober, resume or start
+afresh; then for every step draw a batch, and at sync points (probe steps, every
+`check_every` steps, the end) probe, mark divergence and write that step's records; then
+take one optimizer step for all members at once. Resuming, the rows of a probe and the
+divergence bookkeeping are helpers of their own below it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import platform
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
@@ -28,11 +29,12 @@ import torch
 from .. import __version__, records
 from ..records import leases
 from ..config import RunConfig
-from ..models import StackedMLP, mlp_dims
-from .optim import make_optimizer
-from ..measure import METRIC_COLUMNS, Stationarity, probe_stacked
+from ..data import make_task
+from ..measure import METRIC_COLUMNS
+from ..models import build_model
 from ..records import SCHEMA_VERSION
-from ..data import Task
+from .optim import make_optimizer
+from .probing import Prober
 
 log = logging.getLogger(__name__)
 
@@ -153,16 +155,15 @@ def stored_result(root: str, sweep_id: str, run_id: str) -> RunResult:
 
 def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lease: leases.Lease) -> RunResult:
     t_start = time.perf_counter()
-    sweep_id = cfg.storage.sweep_id
-    run_id = run_id_of(cfg)
+    sweep_id, run_id = cfg.storage.sweep_id, run_id_of(cfg)
     device = resolve_device(cfg.train.device)
     members = cfg.members
     K, steps = len(members), cfg.train.steps
 
     keep_cpu_buffers()
-    task = Task(cfg.task, device)
-    dims = mlp_dims(cfg.task.input_dim, cfg.model.width, cfg.model.depth, task.output_dim)
-    model = StackedMLP(dims, cfg.model.activation, [m.seed for m in members], cfg.model.bias).to(device)
+    task = make_task(cfg.task, device)
+    model, prepare = build_model(cfg.model, task.input_shape, task.output_dim, [m.seed for m in members])
+    model = model.to(device)
     opt = make_optimizer(
         cfg.optimizer.name,
         model.parameters(),
@@ -172,92 +173,48 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
         betas=cfg.optimizer.betas,
         eps=cfg.optimizer.eps,
     )
+    prober = Prober(model, task, prepare, cfg.probe, [m.weight_decay for m in members])
     data_gen = torch.Generator(device=device).manual_seed(cfg.train.data_seed)
     probe_gen = torch.Generator(device=device).manual_seed(cfg.train.data_seed + PROBE_SEED_OFFSET)
-    x_probe, y_probe = task.sample(cfg.probe.n_samples, probe_gen)
+    x_probe, y_probe = task.probe_set(cfg.probe.n_samples, probe_gen)
+    train_subset = task.train_set(cfg.probe.n_samples) if task.classification else None
 
-    probe_at = set(cfg.probe_steps())
-    base = _member_columns(cfg, sweep_id, trial_id, run_id)
-    diverged_at = torch.full((K,), -1, dtype=torch.long, device=device)  # first non-finite step
-    status = ["ok"] * K
-    all_rows: list[dict] = []
-    probe_seconds = 0.0
-    stationarity = Stationarity()  # the previous probe's matrices
-
-    start = 0
-    saved = records.read_file(root, sweep_id, run_id, CHECKPOINT) if resume else None
-    resumable = saved is not None and not records.is_complete(root, sweep_id, run_id)
-    state = torch.load(io.BytesIO(saved), map_location="cpu", weights_only=False) if resumable else None
-    if state is not None and not _fits(model, state["model"]):
-        log.warning("run %s: its checkpoint was written by another phasemap version (parameter layout "
-                    "differs): starting the run afresh", run_id)
-        state = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state(state["optimizer"])
-        data_gen.set_state(state["data_gen"])
-        diverged_at, status, start = state["diverged_at"].to(device), state["status"], state["step"]
-        stationarity.load(state.get("previous_probe", {}), device)
-        # rows of parts written before the checkpoint; later parts are written again, same names
-        all_rows = records.read_run(root, sweep_id, run_id, before_step=start).to_dict("records")
-        log.info("run %s: resuming at step %d of %d", run_id, start, steps)
-    else:
-        records.clear_run(root, sweep_id, run_id)  # a fresh attempt: no stale parts survive
+    run = _RunState(base=_member_columns(cfg, sweep_id, trial_id, run_id), status=["ok"] * K,
+                    diverged_at=torch.full((K,), -1, dtype=torch.long, device=device))  # first non-finite step
+    start = _resume(cfg, root, run_id, resume, model, opt, data_gen, prober, run, device)
     records.write_file(root, sweep_id, run_id, ATTEMPT, json.dumps(
         {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "from_step": start}).encode())
-    log.info("run %s: K=%d members, dims %s, %d steps, device %s", run_id, K, dims, steps, device)
+    log.info("run %s: K=%d members, %s %s, %d layers measured, %d steps, device %s", run_id, K, cfg.model.family,
+             [(info.name, info.dim_in, info.dim_out) for info in prober.layers], len(prober.layers), steps, device)
 
+    probe_at = set(cfg.probe_steps())
+    model.train()
     for step in range(start, steps + 1):
         if step > start and step % cfg.train.checkpoint_every == 0:
             _check_lease(lease)
-            _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, diverged_at, status, stationarity)
-        # every step draws a fresh batch (online training); the loss is the train loss at `step`
+            _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, run, prober)
+        # every step draws a fresh batch; the loss is the train loss at `step`
         x, y = task.sample(cfg.train.batch_size, data_gen)
-        loss = task.loss(model(x), y).mean(1)  # (K,)
+        out = model(prepare(x))
+        loss = task.loss(out, y).mean(1)  # (K,)
         # record the first non-finite step per member without a host sync
-        diverged_at = torch.where((diverged_at < 0) & ~torch.isfinite(loss), step, diverged_at)
+        run.diverged_at = torch.where((run.diverged_at < 0) & ~torch.isfinite(loss), step, run.diverged_at)
 
-        is_probe = step in probe_at
-        if is_probe or step % cfg.train.check_every == 0 or step == steps:
+        if step in probe_at or step % cfg.train.check_every == 0 or step == steps:
+            first_bad = run.diverged_at.tolist()  # the one sync of this point
             rows = []
-            first_bad = diverged_at.tolist()  # the one sync of this point
-            if is_probe:
+            if step in probe_at:
                 t0 = time.perf_counter()
-                probe_loss, layers = probe_stacked(
-                    model, task, x_probe, y_probe, cfg.probe.covariance, cfg.probe.pah_floor,
-                    null_samples=cfg.probe.null_samples, weight_decay=[m.weight_decay for m in members],
-                    stationarity=stationarity,
-                )
-                probe_loss = probe_loss.tolist()
-                train_loss = loss.detach().tolist()
-                # one host transfer per layer and column, not one per member (each is a sync on a GPU)
-                values = [{c: metrics[c].tolist() for c in METRIC_COLUMNS} for metrics, _ in layers]
-                for k in range(K):
-                    if status[k] == "ok" and first_bad[k] < 0 and not math.isfinite(probe_loss[k]):
-                        first_bad[k] = step  # finite batch loss but the probe blew up
-                    if status[k] != "ok" or first_bad[k] >= 0:
-                        continue
-                    for l, (_, reasons) in enumerate(layers):
-                        row = dict(base[k])
-                        row.update(step=step, layer=l + 1, layer_name=f"fc{l + 1}", layer_kind="linear",
-                                   dim_in=dims[l], dim_out=dims[l + 1], status="ok",
-                                   train_loss=train_loss[k], probe_loss=probe_loss[k], nan_reason=reasons[k])
-                        row.update({c: v[k] for c, v in values[l].items()})
-                        rows.append(row)
-                if step == steps:
-                    _write_spectra(root, sweep_id, run_id, step, layers, base, status, first_bad)
-                probe_seconds += time.perf_counter() - t0
-            newly = [k for k in range(K) if status[k] == "ok" and first_bad[k] >= 0]
-            for k in newly:
-                status[k] = "diverged"
-                diverged_at[k] = first_bad[k]
-                log.warning("run %s member %d diverged at step %d", run_id, k, first_bad[k])
-                rows.extend(_diverged_rows(base[k], first_bad[k], dims))
-            if newly:
-                opt.freeze(torch.tensor([k in newly for k in range(K)], device=device))
+                accuracy = _accuracies(prober, task, x_probe, y_probe, train_subset, out, y)
+                probe = prober(x_probe, y_probe)
+                rows = _probe_rows(run, step, probe, loss.detach().tolist(), accuracy, first_bad)
+                if step == steps and probe.spectra is not None:
+                    _write_spectra(root, sweep_id, run_id, step, probe.spectra, run.base, run.status, first_bad)
+                run.probe_seconds += time.perf_counter() - t0
+            rows += _mark_diverged(run, first_bad, prober.layers, opt, run_id)
             _check_lease(lease)
             records.write_part(root, sweep_id, run_id, step, rows)
-            all_rows.extend(rows)
+            run.rows.extend(rows)
         if progress is not None:
             progress(step)
         if step == steps:
@@ -268,15 +225,97 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
 
     seconds = time.perf_counter() - t_start
     _check_lease(lease)
-    table = records.to_table(all_rows)  # every part's rows, in memory: compacted without reading them back
+    table = records.to_table(run.rows)  # every part's rows, in memory: compacted without reading them back
     records.compact(root, sweep_id, run_id, table)  # one file per finished run
     records.mark_complete(
         root, sweep_id, run_id,
-        {"run_id": run_id, "members": [b["config_hash"] for b in base], "status": status, "rows": len(all_rows),
-         "seconds": seconds, "probe_seconds": probe_seconds, "config": cfg.to_dict()},
+        {"run_id": run_id, "members": [b["config_hash"] for b in run.base], "status": run.status,
+         "rows": len(run.rows), "seconds": seconds, "probe_seconds": run.probe_seconds, "config": cfg.to_dict()},
     )
     records.delete_file(root, sweep_id, run_id, CHECKPOINT)
-    return RunResult(run_id, table.to_pandas(), status, seconds, probe_seconds)
+    return RunResult(run_id, table.to_pandas(), run.status, seconds, run.probe_seconds)
+
+
+@dataclass
+class _RunState:
+    """What the loop carries between steps, and a checkpoint saves."""
+
+    base: list[dict]  # per member: the columns all its rows share
+    status: list[str]  # per member: ok | diverged
+    diverged_at: torch.Tensor  # (K,) first non-finite step, -1 while finite
+    rows: list[dict] = field(default_factory=list)  # every row written so far
+    probe_seconds: float = 0.0
+
+
+def _resume(cfg, root, run_id, resume, model, opt, data_gen, prober, run: _RunState, device) -> int:
+    """Continue an unfinished attempt from its checkpoint (returns the step to start at), or
+    clear the run's folder for a fresh one (returns 0)."""
+    sweep_id = cfg.storage.sweep_id
+    saved = records.read_file(root, sweep_id, run_id, CHECKPOINT) if resume else None
+    resumable = saved is not None and not records.is_complete(root, sweep_id, run_id)
+    state = torch.load(io.BytesIO(saved), map_location="cpu", weights_only=False) if resumable else None
+    if state is not None and not _fits(model, state["model"]):
+        log.warning("run %s: its checkpoint was written by another phasemap version (parameter layout "
+                    "differs): starting the run afresh", run_id)
+        state = None
+    if state is None:
+        records.clear_run(root, sweep_id, run_id)  # a fresh attempt: no stale parts survive
+        return 0
+    model.load_state_dict(state["model"])
+    opt.load_state(state["optimizer"])
+    data_gen.set_state(state["data_gen"])
+    run.diverged_at, run.status = state["diverged_at"].to(device), state["status"]
+    prober.load(state.get("previous_probe", []), device)
+    # rows of parts written before the checkpoint; later parts are written again, same names
+    run.rows = records.read_run(root, sweep_id, run_id, before_step=state["step"]).to_dict("records")
+    log.info("run %s: resuming at step %d of %d", run_id, state["step"], cfg.train.steps)
+    return state["step"]
+
+
+def _accuracies(prober, task, x_probe, y_probe, train_subset, out, y) -> tuple[list, list]:
+    """(train, probe) accuracy per member for classification, else NaN: train accuracy on the
+    first probe.n_samples training samples (image data) or on this step's batch (online)."""
+    K = out.shape[0]
+    if not task.classification:
+        return [math.nan] * K, [math.nan] * K
+    if train_subset is None:
+        train = (out.detach().argmax(-1) == y).float().mean(-1).tolist()
+    else:
+        train = prober.accuracy(*train_subset)
+    return train, prober.accuracy(x_probe, y_probe)
+
+
+def _probe_rows(run: _RunState, step: int, probe, train_loss: list, accuracy, first_bad: list) -> list[dict]:
+    """One row per layer for every member still finite at this probe."""
+    rows = []
+    train_acc, probe_acc = accuracy
+    for k in range(len(run.base)):
+        if run.status[k] == "ok" and first_bad[k] < 0 and not math.isfinite(probe.loss[k]):
+            first_bad[k] = step  # finite batch loss but the probe blew up
+        if run.status[k] != "ok" or first_bad[k] >= 0:
+            continue
+        for l, info in enumerate(probe.layers):
+            row = dict(run.base[k])
+            row.update(step=step, layer=l + 1, layer_name=info.name, layer_kind=info.kind, dim_in=info.dim_in,
+                       dim_out=info.dim_out, status="ok", train_loss=train_loss[k], probe_loss=probe.loss[k],
+                       train_accuracy=train_acc[k], probe_accuracy=probe_acc[k], nan_reason=probe.reasons[l][k])
+            row.update({c: v[k] for c, v in probe.values[l].items()})
+            rows.append(row)
+    return rows
+
+
+def _mark_diverged(run: _RunState, first_bad: list, layers, opt, run_id: str) -> list[dict]:
+    """Members found non-finite at this sync point: marked, frozen, and their rows."""
+    newly = [k for k in range(len(run.base)) if run.status[k] == "ok" and first_bad[k] >= 0]
+    rows = []
+    for k in newly:
+        run.status[k] = "diverged"
+        run.diverged_at[k] = first_bad[k]
+        log.warning("run %s member %d diverged at step %d", run_id, k, first_bad[k])
+        rows.extend(_diverged_rows(run.base[k], first_bad[k], layers))
+    if newly:
+        opt.freeze(torch.tensor([k in newly for k in range(len(run.base))], device=run.diverged_at.device))
+    return rows
 
 
 def _check_lease(lease: leases.Lease) -> None:
@@ -290,20 +329,21 @@ def _fits(model: torch.nn.Module, saved: dict) -> bool:
     return mine.keys() == saved.keys() and all(mine[k].shape == saved[k].shape for k in mine)
 
 
-def _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, diverged_at, status, stationarity) -> None:
+def _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, run: _RunState, prober) -> None:
     """The state at the start of `step` (before its batch is drawn), written atomically."""
     buf = io.BytesIO()
     torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state(),
-                "data_gen": data_gen.get_state(), "diverged_at": diverged_at, "status": list(status),
-                "previous_probe": stationarity.state()}, buf)
+                "data_gen": data_gen.get_state(), "diverged_at": run.diverged_at, "status": list(run.status),
+                "previous_probe": prober.state()}, buf)
     records.write_file(root, sweep_id, run_id, CHECKPOINT, buf.getvalue())
 
 
-def _write_spectra(root, sweep_id, run_id, step, layers, base, status, first_bad) -> None:
-    """Eigenvalues of H, G, Z per member, layer and side at the last probe (for spectra plots)."""
+def _write_spectra(root, sweep_id, run_id, step, layers: list[dict], base, status, first_bad) -> None:
+    """Eigenvalues of H, G, Z per member, layer and side at the last probe (for spectra plots);
+    `layers`: per layer the probe's metrics with their `eig_*` (K, d) spectra."""
     cols = {n: [] for n in records.SPECTRA_SCHEMA.names}
     spectra = [{(side, matrix): metrics[f"eig_{matrix}_{side}"].tolist() for side in "ab" for matrix in "hgz"}
-               for metrics, _ in layers]  # (K, d) each: one host transfer apiece
+               for metrics in layers]  # (K, d) each: one host transfer apiece
     for k, b in enumerate(base):
         if status[k] != "ok" or first_bad[k] >= 0:
             continue
@@ -325,15 +365,14 @@ def _write_spectra(root, sweep_id, run_id, step, layers, base, status, first_bad
     records.write_spectra(root, sweep_id, run_id, pa.table(cols, schema=records.SPECTRA_SCHEMA))
 
 
-def _diverged_rows(base: dict, step: int, dims: list[int]) -> list[dict]:
+def _diverged_rows(base: dict, step: int, layers) -> list[dict]:
     """One row per layer saying the member diverged at `step`; metrics are NaN."""
     rows = []
-    for l in range(len(dims) - 1):
+    for l, info in enumerate(layers):
         row = dict(base)
-        row.update(step=step, layer=l + 1, layer_name=f"fc{l + 1}", layer_kind="linear",
-                   dim_in=dims[l], dim_out=dims[l + 1], status="diverged",
-                   train_loss=float("nan"), probe_loss=float("nan"),
-                   nan_reason="diverged: non-finite loss")
+        row.update(step=step, layer=l + 1, layer_name=info.name, layer_kind=info.kind, dim_in=info.dim_in,
+                   dim_out=info.dim_out, status="diverged", train_loss=float("nan"), probe_loss=float("nan"),
+                   train_accuracy=float("nan"), probe_accuracy=float("nan"), nan_reason="diverged: non-finite loss")
         row.update({c: (0 if c.startswith("n_zero") or c.endswith("_n") else float("nan")) for c in METRIC_COLUMNS})
         rows.append(row)
     return rows

@@ -1,0 +1,104 @@
+"""Probing a pack: every layer's metrics for every member, as plain per-member values.
+
+Two paths, one result: the stacked MLP is probed in one pass for all K members
+(`probe_stacked`); a packed model of any architecture member by member (`measure` on
+`model.member(k)`, in eval mode, so BatchNorm uses that member's running statistics).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..measure import METRIC_COLUMNS, Stationarity, describe_layers, measure, probe_stacked
+from ..models import StackedMLP
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    kind: str  # linear | conv | attention.q | attention.k | attention.v | attention.out
+    dim_in: int
+    dim_out: int
+
+
+@dataclass
+class Probe:
+    """One probe of a pack: per member (lists of K), per layer."""
+
+    loss: list[float]
+    layers: list[LayerInfo]
+    values: list[dict[str, list]]  # per layer: {metric column: K values}
+    reasons: list[list[str]]  # per layer: K nan reasons
+    spectra: list[dict] | None  # stacked MLP only: per layer {eig_*: (K, d) tensors}
+
+
+class Prober:
+    """Probes of one pack, keeping what later probes need (the previous probe's matrices)."""
+
+    def __init__(self, model, task, prepare, probe_spec, weight_decays: list[float]):
+        self.model, self.task, self.prepare = model, task, prepare
+        self.spec = probe_spec
+        self.weight_decays = weight_decays
+        self.stacked = isinstance(model, StackedMLP)
+        K = len(weight_decays)
+        self.trackers = [Stationarity()] if self.stacked else [Stationarity() for _ in range(K)]
+        if self.stacked:
+            dims = model.dims
+            self.layers = [LayerInfo(f"fc{l + 1}", "linear", dims[l], dims[l + 1]) for l in range(len(dims) - 1)]
+        else:
+            self.layers = [LayerInfo(*row) for row in describe_layers(model.member(0))]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Probe:
+        return self._stacked(x, y) if self.stacked else self._by_member(x, y)
+
+    def _stacked(self, x, y) -> Probe:
+        s = self.spec
+        loss, layers = probe_stacked(self.model, self.task, self.prepare(x), y, s.covariance, s.pah_floor,
+                                     null_samples=s.null_samples, weight_decay=self.weight_decays,
+                                     stationarity=self.trackers[0])
+        # one host transfer per layer and column, not one per member (each is a sync on a GPU)
+        values = [{c: metrics[c].tolist() for c in METRIC_COLUMNS} for metrics, _ in layers]
+        return Probe(loss.tolist(), self.layers, values, [reasons for _, reasons in layers], [m for m, _ in layers])
+
+    def _by_member(self, x, y) -> Probe:
+        s, K = self.spec, len(self.weight_decays)
+        tables = []
+        for k in range(K):
+            member = self.model.member(k)
+            if not all(torch.isfinite(p).all() for p in member.parameters()):
+                tables.append(None)  # diverged: its rows are the divergence rows
+                continue
+            tables.append(measure(member, self.prepare(x), y, self.task.loss, s.covariance, s.pah_floor,
+                                  s.null_samples, weight_decay=self.weight_decays[k],
+                                  labels=y if self.task.classification else None, stationarity=self.trackers[k]))
+        infos = self.layers
+        nan_row = {c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan) for c in METRIC_COLUMNS}
+        values, reasons = [], []
+        for l in range(len(infos)):
+            values.append({c: [t[c].iloc[l] if t is not None else nan_row[c] for t in tables] for c in METRIC_COLUMNS})
+            reasons.append([t["nan_reason"].iloc[l] if t is not None else "" for t in tables])
+        loss = [float(t["probe_loss"].iloc[0]) if t is not None else math.nan for t in tables]
+        return Probe(loss, infos, values, reasons, None)
+
+    @torch.no_grad()
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        """Per member: the share of samples whose largest output is the label (eval mode)."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            out = self.model(self.prepare(x))  # (K, N, classes)
+        finally:
+            self.model.train(was)
+        return (out.argmax(-1) == y).float().mean(-1).tolist()
+
+    def state(self) -> list[dict]:
+        return [t.state() for t in self.trackers]
+
+    def load(self, state, device=None) -> None:
+        if isinstance(state, dict):  # a checkpoint of the stacked path before per-member trackers
+            state = [state]
+        for t, s in zip(self.trackers, state):
+            t.load(s, device)
