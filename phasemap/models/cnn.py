@@ -9,6 +9,7 @@ with (4 * width -> width -> classes).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 from torch import nn
 
@@ -27,11 +28,12 @@ def norm_layer(norm: str, channels: int) -> nn.Module:
 def cnn(in_shape: tuple[int, int, int], n_classes: int, depth: int, width: int, activation: str = "relu",
         norm: str = "none", bias: bool = True) -> nn.Sequential:
     channels, layers = in_shape[0], []
-    for l in range(depth):
-        stride = 2 if depth > 1 and l == depth // 2 else 1
-        layers += [nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=bias), norm_layer(norm, width),
-                   ACTIVATION_MODULES[activation]()]
+    for l in range(1, depth + 1):
+        stride = 2 if depth > 1 and l == depth // 2 + 1 else 1
+        layers += [(f"conv{l}", nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=bias)),
+                   (f"norm{l}", norm_layer(norm, width)), (f"act{l}", ACTIVATION_MODULES[activation]())]
         channels = width
-    layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, width, bias=bias),
-               ACTIVATION_MODULES[activation](), nn.Linear(width, n_classes, bias=bias)]
-    return nn.Sequential(*layers)
+    layers += [("pool", nn.AdaptiveAvgPool2d(2)), ("flatten", nn.Flatten()),
+               ("fc1", nn.Linear(4 * width, width, bias=bias)), ("act_fc1", ACTIVATION_MODULES[activation]()),
+               ("fc2", nn.Linear(width, n_classes, bias=bias))]
+    return nn.Sequential(OrderedDict(layers))

@@ -8,6 +8,8 @@ shape changes), global average pooling and a linear classifier. ResNet-20: depth
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from torch import nn
 
 from .cnn import norm_layer
@@ -38,11 +40,13 @@ def resnet(in_shape: tuple[int, int, int], n_classes: int, depth: int, width: in
         raise ValueError(f"`resnet depth = 6 n + 2 (8, 14, 20, 32, 44, 56, ...)` must hold, but got {depth}")
     n = (depth - 2) // 6
     c = 16 * width
-    layers = [nn.Conv2d(in_shape[0], c, 3, padding=1, bias=False), norm_layer(norm, c), ACTIVATION_MODULES[activation]()]
+    layers = [("conv", nn.Conv2d(in_shape[0], c, 3, padding=1, bias=False)), ("norm", norm_layer(norm, c)),
+              ("act", ACTIVATION_MODULES[activation]())]
     c_in = c
-    for stage, c_out in enumerate((c, 2 * c, 4 * c)):
-        for b in range(n):
-            layers.append(BasicBlock(c_in, c_out, 2 if stage > 0 and b == 0 else 1, norm, activation))
+    for stage, c_out in enumerate((c, 2 * c, 4 * c), start=1):
+        for b in range(1, n + 1):
+            stride = 2 if stage > 1 and b == 1 else 1
+            layers.append((f"stage{stage}_block{b}", BasicBlock(c_in, c_out, stride, norm, activation)))
             c_in = c_out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, n_classes)]
-    return nn.Sequential(*layers)
+    layers += [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(c_in, n_classes))]
+    return nn.Sequential(OrderedDict(layers))

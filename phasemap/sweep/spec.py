@@ -236,6 +236,10 @@ def auto_pack_size(run: RunConfig, gpu: bool) -> int:
     """
     width = max(run.model.width, run.task.input_dim)
     work = run.train.batch_size * width**2 * (run.model.depth + 1)
+    if run.model.family != "mlp":  # convolutions: 9 multiply-adds per channel pair and pixel
+        pixels = {"digits": 64, "mnist": 784, "fashion_mnist": 784}.get(run.task.name, 1024)
+        channels = run.model.width * (16 if run.model.family == "resnet" else 1)
+        work = run.train.batch_size * pixels * 9 * channels**2 * run.model.depth
     if not gpu:
         return int(min(64, max(1, round(4e7 / work))))
     probe_bytes = run.probe.n_samples * width * (run.model.depth + 1) * 4 * 8

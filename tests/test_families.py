@@ -1,0 +1,106 @@
+"""Model families in the packed engine: cnn and resnet on real (bundled) images, packed
+members equal to members trained alone, per-member BatchNorm statistics."""
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from phasemap import ConfigError, parse_config, train_pack
+from phasemap.measure import METRIC_COLUMNS
+from phasemap.models.cnn import cnn
+from phasemap.models.packed import PackedModel
+
+
+def small_cnn(family="cnn", **over):
+    data = {
+        "name": "c",
+        "task": {"name": "digits"},
+        "model": {"family": family, "depth": 2 if family == "cnn" else 8, "width": 4 if family == "cnn" else 1,
+                  "norm": "batch"},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": [0.0, 1e-3]},
+        "train": {"steps": 12, "batch_size": 32, "seed": [0, 1], "check_every": 4},
+        "probe": {"n_samples": 100, "steps": [0, 6, 12]},
+    }
+    for key, value in over.items():
+        section, field = key.split("__")
+        data[section][field] = value
+    return parse_config(data)
+
+
+@pytest.mark.parametrize("family", ["cnn", "resnet"])
+def test_a_packed_family_equals_its_members_trained_alone(tmp_path, family):
+    pack = small_cnn(family)
+    assert len(pack.members) == 4
+    packed = train_pack(pack, root=str(tmp_path / "pack")).records
+    kinds = set(packed["layer_kind"])
+    assert kinds == {"conv", "linear"}
+    paired = [c for c in METRIC_COLUMNS if c.startswith("pah_") and "sorted" not in c]
+    cols = ["train_loss", "probe_loss", "train_accuracy", "probe_accuracy"] + [c for c in METRIC_COLUMNS if c not in paired]
+    for k, member in enumerate(pack.members):
+        alone = train_pack(pack.member_config(member), root=str(tmp_path / f"alone{k}")).records
+        mine = packed[packed["member"] == k].reset_index(drop=True)
+        assert mine["config_hash"].iloc[0] == alone["config_hash"].iloc[0]
+        assert mine["layer_name"].tolist() == alone["layer_name"].tolist()
+        # float32 convolutions batched over K sum in another order than one at a time: the
+        # rounding differences grow through a deep network's training steps
+        rtol = 1e-4 if family == "cnn" else 1e-3
+        pd.testing.assert_frame_equal(mine[cols], alone[cols], rtol=rtol, atol=1e-5)
+        pd.testing.assert_frame_equal(mine[paired], alone[paired], rtol=1e-3, atol=1e-3)
+
+
+def test_batchnorm_statistics_stay_per_member():
+    make = lambda: cnn((1, 8, 8), 10, 2, 4, norm="batch")  # noqa: E731
+    packed = PackedModel(make, seeds=[0, 1, 2])
+    x = torch.randn(16, 1, 8, 8)
+    packed.train()
+    packed(x)
+    for k in range(3):
+        torch.manual_seed(k)
+        alone = make().train()
+        alone(x)  # the same batch through the member built alone
+        mine = packed.member(k)
+        assert torch.allclose(mine.norm1.running_mean, alone.norm1.running_mean, atol=1e-6)
+        assert torch.allclose(mine.norm1.running_var, alone.norm1.running_var, atol=1e-6)
+        assert int(mine.norm1.num_batches_tracked) == 1
+    means = [packed.member(k).norm1.running_mean for k in range(3)]
+    assert not torch.allclose(means[0], means[1])  # each member its own statistics
+
+
+def test_cnn_quick_learns_digits_well_above_chance(tmp_path):
+    cfg = small_cnn("cnn", train__steps=150, optimizer__weight_decay=1e-3, train__seed=0,
+                    probe__steps=[150], model__width=8)
+    result = train_pack(cfg, root=str(tmp_path))
+    last = result.records[result.records["step"] == 150]
+    assert last["probe_accuracy"].iloc[0] > 0.8  # 10 classes: chance is 0.1
+    assert last["layer_name"].tolist() == ["conv1", "conv2", "fc1", "fc2"]
+    assert last["dim_in"].tolist() == [9, 72, 32, 8]
+
+
+def test_family_errors_name_the_field_before_anything_starts():
+    with pytest.raises(ConfigError, match=r"model.family: `an image task for family cnn` must hold"):
+        parse_config({"task": {"name": "fc1"}, "model": {"family": "cnn"}})
+    with pytest.raises(ConfigError, match=r"model.depth: `resnet depth = 6 n \+ 2"):
+        parse_config({"task": {"name": "digits"}, "model": {"family": "resnet", "depth": 9}})
+    with pytest.raises(ConfigError, match=r"model.factory: `importable` must hold, but got 'nope.nets:make'"):
+        parse_config({"task": {"name": "digits"}, "model": {"family": "factory", "factory": "nope.nets:make"}})
+    with pytest.raises(ConfigError, match=r"task.path: `the data's file or folder for task cifar10` must be given"):
+        parse_config({"task": {"name": "cifar10"}, "model": {"family": "cnn"}})
+
+
+def test_an_mlp_trains_on_images_flattened(tmp_path):
+    cfg = parse_config({"task": {"name": "digits"}, "model": {"depth": 1, "width": 16},
+                        "optimizer": {"lr": 0.05, "momentum": 0.9}, "train": {"steps": 20, "batch_size": 32},
+                        "probe": {"n_samples": 100, "steps": [20]}})
+    recs = train_pack(cfg, root=str(tmp_path)).records
+    assert recs["dim_in"].tolist()[:2] == [64, 16] and recs["layer_kind"].unique().tolist() == ["linear"]
+    assert recs["probe_accuracy"].notna().all()
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
