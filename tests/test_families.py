@@ -4,7 +4,6 @@ members equal to members trained alone, per-member BatchNorm statistics."""
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from phasemap import ConfigError, parse_config, train_pack
 from phasemap.measure import METRIC_COLUMNS
@@ -97,10 +96,48 @@ def test_an_mlp_trains_on_images_flattened(tmp_path):
     assert recs["probe_accuracy"].notna().all()
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(64, 10)
+FACTORY = '''
+from torch import nn
 
-    def forward(self, x):
-        return self.fc(x.flatten(1))
+
+def make(hidden=8):
+    """A user's own network: conv, pool, linear."""
+    return nn.Sequential(nn.Conv2d(1, hidden, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * hidden, 10))
+'''
+
+
+@pytest.mark.integration
+def test_a_factory_model_trains_in_a_sweep_on_a_real_local_ray(tmp_path, monkeypatch):
+    """Starts a local Ray whose workers import the user's module from PYTHONPATH."""
+    import os
+
+    import ray
+
+    from phasemap import load
+    from phasemap.sweep import parse_sweep, run_sweep
+
+    (tmp_path / "my_nets.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the driver validates the import path too
+    cfg = parse_sweep({
+        "name": "fac", "storage": {"root": str(tmp_path / "results")},
+        "base": {"task": {"name": "digits"},
+                 "model": {"family": "factory", "factory": "my_nets:make", "kwargs": {"hidden": 6}},
+                 "optimizer": {"lr": 0.05, "momentum": 0.9},
+                 "train": {"steps": 30, "batch_size": 32}, "probe": {"n_samples": 100, "count": 2}},
+        "axes": {"optimizer.weight_decay": [0.0, 1e-3]},
+        "resources": {"cpus": 1},
+    })
+    os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(tmp_path)}})
+    try:
+        result = run_sweep(cfg, progress=False)
+    finally:
+        ray.shutdown()
+    assert not result.failed and result.trained == 2
+    recs = load(str(tmp_path / "results"))
+    assert recs["config_hash"].nunique() == 2 and set(recs["factory"]) == {"my_nets:make"}
+    assert set(recs["model_kwargs"]) == {'{"hidden": 6}'}
+    assert recs.groupby("config_hash")["layer_name"].apply(list).iloc[0][:2] == ["0", "4"]
+    assert recs["layer_kind"].tolist()[:2] == ["conv", "linear"] and recs["probe_accuracy"].notna().all()

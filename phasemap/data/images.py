@@ -190,7 +190,11 @@ class ImageTask:
         data = load_images(spec.name, spec.path, spec.held_out)
         self.x_train, self.y_train = data.x_train.to(self.device), data.y_train.to(self.device)
         self.x_test, self.y_test = data.x_test.to(self.device), data.y_test.to(self.device)
-        self.output_dim = data.n_classes
+        # npz: classes as configured (task.n_classes); the others have theirs
+        self.output_dim = spec.n_classes if spec.name == "npz" else {"cifar100": 100}.get(spec.name, 10)
+        if data.n_classes > self.output_dim:
+            raise ConfigError([f"task.n_classes: `labels < {self.output_dim}` must hold for {spec.name}, but got "
+                               f"label {data.n_classes - 1} in {spec.path or spec.name!r}"])
         self.input_shape = data.shape
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
