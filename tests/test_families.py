@@ -141,3 +141,26 @@ def test_a_factory_model_trains_in_a_sweep_on_a_real_local_ray(tmp_path, monkeyp
     assert set(recs["model_kwargs"]) == {'{"hidden": 6}'}
     assert recs.groupby("config_hash")["layer_name"].apply(list).iloc[0][:2] == ["0", "4"]
     assert recs["layer_kind"].tolist()[:2] == ["conv", "linear"] and recs["probe_accuracy"].notna().all()
+
+
+def test_the_res1_config_is_the_papers_family_over_the_sweep_axes(tmp_path):
+    import pickle
+
+    import numpy as np
+    import yaml
+
+    from phasemap.sweep import expand, parse_sweep
+
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:  # a stand-in CIFAR folder
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [0, 1]}, f)
+    data = yaml.safe_load(open("configs/res1.yaml"))
+    with pytest.raises(ConfigError, match="task.path: `path exists` must hold"):
+        parse_sweep(data)  # no CIFAR-10 here: the error names the path before anything starts
+    data["base"]["task"]["path"] = str(tmp_path)
+    packs = expand(parse_sweep(data))
+    assert len(packs) == 36 and {len(p.members) for p in packs} == {8}
+    first = packs[0]
+    assert (first.model.family, first.optimizer.name, set(first.optimizer.lr), set(first.optimizer.momentum)) == \
+        ("resnet", "sgd", {0.01}, {0.9})
+    assert {p.train.batch_size for p in packs} == {64, 128, 256} and {p.model.depth for p in packs} == {8, 14, 20, 32}

@@ -159,7 +159,10 @@ def layer_profile(df: pd.DataFrame, columns: Sequence[str] = ALIGNMENT_COLUMNS, 
     columns = list(columns) + [f"{c}_null" for c in columns if f"{c}_null" in rows]  # the chance level
     table = rows.groupby(keys, sort=True)[columns].agg(["mean", "std"])
     table.columns = [f"{c}_{s}" for c, s in table.columns]
-    return table.join(rows.groupby(keys, sort=True).size().rename("n")).reset_index()
+    table = table.join(rows.groupby(keys, sort=True).size().rename("n"))
+    if "layer_name" in rows:  # the layer's name in the model (conv1, fc2, stage1_block1.conv1, ...)
+        table = table.join(rows.groupby(keys, sort=True)["layer_name"].first())
+    return table.reset_index()
 
 
 def evolution(df: pd.DataFrame, column: str = "rga_b", layer: int | float | str = "last",

@@ -232,8 +232,12 @@ def layers_figure(profile: pd.DataFrame, keys: Sequence[str], title: str = ""):
                 ax.set_title(f"{RELATION_NAMES[rel]}, {'forward (b)' if side == 'b' else 'backward (a)'}")
                 ax.set_ylim(-1.05, 1.05)
                 ax.axhline(0, color="#CCCCCC", linewidth=0.5)
+    named = profile.drop_duplicates("layer").sort_values("layer") if "layer_name" in profile else None
     for ax in axes[1]:
         ax.set_xlabel("layer l (last = output)")
+        if named is not None and named["layer_name"].notna().all() and \
+                named["layer_name"].tolist() != [f"fc{i}" for i in named["layer"]]:
+            ax.set_xticks(named["layer"], named["layer_name"], rotation=45, ha="right")  # the model's names
     for ax in axes[:, 0]:
         ax.set_ylabel("alignment α")
     fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)

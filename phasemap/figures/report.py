@@ -117,6 +117,10 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
     spectra = records.read_spectra(root, run_id)
     spectra = spectra[spectra["member"] == member]
     if spectra.empty:
+        families = set(df.loc[df["run_id"] == run_id, "family"].dropna()) if "family" in df else set()
+        if families and "mlp" not in families:
+            raise ValueError(f"spectra are written for the mlp family only, but run {run_id!r} is "
+                             f"{', '.join(sorted(families))}")
         raise ValueError(f"`run {run_id!r} member {member} has spectra` must hold (they are written at the "
                          f"last probe of a finished run), but none were found under {root}")
     net = df[(df["run_id"] == run_id) & (df["member"] == member)]
