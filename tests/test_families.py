@@ -164,3 +164,20 @@ def test_the_res1_config_is_the_papers_family_over_the_sweep_axes(tmp_path):
     assert (first.model.family, first.optimizer.name, set(first.optimizer.lr), set(first.optimizer.momentum)) == \
         ("resnet", "sgd", {0.01}, {0.9})
     assert {p.train.batch_size for p in packs} == {64, 128, 256} and {p.model.depth for p in packs} == {8, 14, 20, 32}
+
+
+def test_the_vectorised_path_equals_the_member_loop():
+    # vmap (the GPU path) and the CPU's member loop: same outputs, gradients and BatchNorm updates
+    make = lambda: cnn((1, 8, 8), 10, 2, 4, norm="batch")  # noqa: E731
+    x = torch.randn(16, 1, 8, 8)
+    results = []
+    for vectorize in (True, False):
+        packed = PackedModel(make, seeds=[0, 1, 2]).train()
+        packed.vectorize = vectorize
+        out = packed(x)
+        out.square().sum().backward()
+        grads = [p.grad.clone() for p in packed.parameters()]
+        results.append((out.detach(), grads, packed.member(2).norm1.running_var))
+    (out_v, grads_v, var_v), (out_l, grads_l, var_l) = results
+    assert torch.allclose(out_v, out_l, atol=1e-5) and torch.allclose(var_v, var_l, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads_v, grads_l))
