@@ -153,6 +153,9 @@ class ProbeSpec:
     # Haar rotations per alignment null (`<relation>_null`, its standard error `_null_se`); 0: none
     null_samples: int = field(default=8, metadata=_check("null_samples == 0 or null_samples >= 2",
                                                           lambda v: v == 0 or v >= 2))
+    # samples per layer above which a probe uses a fixed random subset of them (a convolution's
+    # samples are images x positions: 297 digits x 64 positions = 19,008)
+    max_samples: int = field(default=32768, metadata=_check("max_samples >= 2", lambda v: v >= 2))
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,7 @@ class Member:
 # Fields added after configs were first hashed, with their defaults: a config that leaves them
 # at the default keeps the hash (and so the stored runs) it had before they existed.
 ADDED_FIELDS = {"task.path": "", "task.held_out": 297, "task.augment": False, "model.family": "mlp",
-                "model.norm": "batch", "model.factory": "", "model.kwargs": {}}
+                "model.norm": "batch", "model.factory": "", "model.kwargs": {}, "probe.max_samples": 32768}
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -91,6 +91,7 @@ CONFIG_COLUMNS = [
     ("probe.covariance", "covariance", pa.string()),
     ("probe.pah_floor", "pah_floor", pa.float64()),
     ("probe.null_samples", "null_samples", pa.int32()),
+    ("probe.max_samples", "max_samples", pa.int64()),
 ]
 # Columns that older schema versions did not have, with the value every such run used (the defaults
 # of the time: v1 sweeps could vary these fields but not record them).
@@ -101,7 +102,7 @@ V1_DEFAULTS = {
     "null_samples": 0,  # v1 computed no null
     "layer_kind": "linear",  # before version 3 every measured layer was an MLP's linear layer
     "data_path": "", "held_out": 297, "augment": False, "family": "mlp", "norm": "batch", "factory": "",
-    "model_kwargs": "{}",  # before version 3 every network was an MLP on a synthetic task
+    "model_kwargs": "{}", "max_samples": 32768,  # before version 3 every network was an MLP on a synthetic task
 }
 # Before version 3, `pah_*` held the sorted-spectra fit: readers move it to the `_sorted` column
 # and leave the paired one null (a sorted exponent must never be read as a paired one).

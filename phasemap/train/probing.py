@@ -73,7 +73,8 @@ class Prober:
                 continue
             tables.append(measure(member, self.prepare(x), y, self.task.loss, s.covariance, s.pah_floor,
                                   s.null_samples, weight_decay=self.weight_decays[k],
-                                  labels=y if self.task.classification else None, stationarity=self.trackers[k]))
+                                  labels=y if self.task.classification else None, stationarity=self.trackers[k],
+                                  max_samples=s.max_samples))
         infos = self.layers
         nan_row = {c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan) for c in METRIC_COLUMNS}
         values, reasons = [], []
