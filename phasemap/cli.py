@@ -115,6 +115,11 @@ def _figure_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--relation", default="rga_b", help="alignment column for critical depth and evolution")
     p.add_argument("--run", help="spectra: run id (default: the first run)")
     p.add_argument("--member", type=int, default=0, help="spectra: member of the run (default 0)")
+    p.add_argument("--threshold", type=float, default=0.9,
+                   help="learning-phase: the train / held-out accuracy that counts as learnt (default 0.9)")
+    p.add_argument("--soon", type=float, default=2.0,
+                   help="learning-phase: held-out reaching the threshold within SOON x the step train did is "
+                   "comprehension, later is grokking (default 2)")
     p.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
 
 
@@ -150,7 +155,8 @@ def _data_command(args) -> int:
             return 0
         df = _records_for_figures(args)
         opts = FigureOptions(x=args.x, y=args.y, facet=args.facet, layer=parse_layer(args.layer), tau=args.tau,
-                             against=args.against, relation=args.relation, run_id=args.run, member=args.member)
+                             against=args.against, relation=args.relation, run_id=args.run, member=args.member,
+                             threshold=args.threshold, soon=args.soon)
         if args.command == "plot":
             fig, _, caption = make_figure(df, args.kind, opts, args.root)
             print(f"{save(fig, args.out)}: {caption}")

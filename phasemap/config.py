@@ -24,8 +24,10 @@ from typing import Any
 import yaml
 
 IMAGE_TASKS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "npz")  # phasemap/data/images.py
-TASKS = ("fc1", "fc2", "clusters") + IMAGE_TASKS
-FAMILIES = ("mlp", "cnn", "resnet", "factory")
+SEQUENCE_TASKS = ("modular",)  # phasemap/data/modular.py
+TASKS = ("fc1", "fc2", "clusters") + IMAGE_TASKS + SEQUENCE_TASKS
+OPERATIONS = ("add", "sub", "mul", "div")
+FAMILIES = ("mlp", "cnn", "resnet", "transformer", "factory")
 NORMS = ("none", "batch", "group")
 ACTIVATIONS = ("relu", "tanh", "gelu", "linear")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -70,6 +72,10 @@ class TaskSpec:
     held_out: int = field(default=297, metadata=_check("held_out >= 1", lambda v: v >= 1))
     # image tasks: random crop (zero padding 4) and horizontal flip of training batches, on the device
     augment: bool = False
+    # modular: a op b mod modulus (a prime for div), on a train_fraction of all pairs
+    modulus: int = field(default=97, metadata=_check("modulus >= 2", lambda v: v >= 2))
+    operation: str = field(default="add", metadata=_check(f"operation in {OPERATIONS}", lambda v: v in OPERATIONS))
+    train_fraction: float = field(default=0.5, metadata=_check("0 < train_fraction < 1", lambda v: 0 < v < 1))
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,10 @@ class ModelSpec:
     bias: bool = True
     # cnn and resnet: normalisation after each convolution
     norm: str = field(default="batch", metadata=_check(f"norm in {NORMS}", lambda v: v in NORMS))
+    # transformer: attention heads (width divisible by heads) and whether the unembedding is
+    # the token embedding transposed
+    heads: int = field(default=4, metadata=_check("heads >= 1", lambda v: v >= 1))
+    tied: bool = False
     # family factory: "package.module:function", importable on every worker; called with kwargs,
     # it returns one member (an nn.Module from the task's inputs to its outputs)
     factory: str = ""
@@ -203,7 +213,7 @@ class RunConfig:
     @property
     def output_dim(self) -> int:
         fixed = {"fc1": 1, "fc2": self.task.output_dim, "cifar100": 100, "digits": 10, "cifar10": 10, "mnist": 10,
-                 "fashion_mnist": 10}
+                 "fashion_mnist": 10, "modular": self.task.modulus + 2}
         return fixed.get(self.task.name, self.task.n_classes)  # clusters and npz: task.n_classes
 
     def probe_steps(self) -> list[int]:
@@ -256,7 +266,9 @@ class Member:
 # Fields added after configs were first hashed, with their defaults: a config that leaves them
 # at the default keeps the hash (and so the stored runs) it had before they existed.
 ADDED_FIELDS = {"task.path": "", "task.held_out": 297, "task.augment": False, "model.family": "mlp",
-                "model.norm": "batch", "model.factory": "", "model.kwargs": {}, "probe.max_samples": 32768}
+                "model.norm": "batch", "model.factory": "", "model.kwargs": {}, "probe.max_samples": 32768,
+                "task.modulus": 97, "task.operation": "add", "task.train_fraction": 0.5, "model.heads": 4,
+                "model.tied": False}
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -359,6 +371,19 @@ def _cross_checks(cfg: RunConfig, problems: list[str]) -> None:
     if cfg.model.family in ("cnn", "resnet") and not image:
         problems.append(f"model.family: `an image task for family {cfg.model.family}` must hold, but got "
                         f"task.name={cfg.task.name!r} (image tasks: {', '.join(IMAGE_TASKS)})")
+    sequence = cfg.task.name in SEQUENCE_TASKS
+    if cfg.model.family == "transformer" and not sequence:
+        problems.append(f"model.family: `a sequence task for family transformer` must hold, but got "
+                        f"task.name={cfg.task.name!r} (sequence tasks: {', '.join(SEQUENCE_TASKS)})")
+    if sequence and cfg.model.family not in ("transformer", "factory"):
+        problems.append(f"model.family: `transformer or factory for task {cfg.task.name}` must hold, but got "
+                        f"{cfg.model.family!r}")
+    if cfg.model.family == "transformer" and cfg.model.width % cfg.model.heads:
+        problems.append(f"model.heads: `width divisible by heads` must hold, but got width={cfg.model.width}, "
+                        f"heads={cfg.model.heads}")
+    if cfg.task.name == "modular" and cfg.task.operation == "div" and any(
+            cfg.task.modulus % q == 0 for q in range(2, int(cfg.task.modulus**0.5) + 1)):
+        problems.append(f"task.modulus: `a prime for operation div` must hold, but got {cfg.task.modulus}")
     if cfg.model.family == "resnet" and (cfg.model.depth < 8 or (cfg.model.depth - 2) % 6):
         problems.append(f"model.depth: `resnet depth = 6 n + 2 (8, 14, 20, 32, ...)` must hold, but got "
                         f"{cfg.model.depth}")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..measure.phases import ALIGNMENT_COLUMNS, critical_depth, label_phases
+from ..measure.phases import ALIGNMENT_COLUMNS, critical_depth, label_phases, learning_outcome
 from ..records import CONFIG_COLUMNS
 
 NETWORK = ["sweep_id", "run_id", "member"]
@@ -187,3 +187,44 @@ def pah_table(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame
                                                     r2=(f"{col}_r2", "mean"), n_eigs=(f"{col}_n", "mean"))
             parts.append(g.reset_index().assign(side=side, pair=pair))
     return pd.concat(parts, ignore_index=True)
+
+
+def learning_phases(df: pd.DataFrame, threshold: float = 0.9, soon: float = 2.0) -> pd.DataFrame:
+    """One row per network: its config axes, `outcome` (comprehension, grokking, memorisation,
+    confusion: `phases.learning_outcome`), `train_step` and `held_out_step` (first probe step at
+    or above `threshold`), and `delay` between them (grokking's). Needs the accuracy columns
+    (classification and modular tasks)."""
+    rows = df[(df["status"] == "ok") & df["train_accuracy"].notna()]
+    if rows.empty:
+        raise ValueError("`records with train and held-out accuracy` must hold (classification or modular "
+                         "tasks), but got none")
+    axes = [c for c in AXES if c in rows]  # every config column: a figure may put a fixed one on an axis
+    per_step = rows.groupby(NETWORK + ["step"], sort=True)[["train_accuracy", "probe_accuracy"]].first().reset_index()
+    out = []
+    for key, net in per_step.groupby(NETWORK, sort=True):
+        outcome, t_train, t_test = learning_outcome(net["step"], net["train_accuracy"], net["probe_accuracy"],
+                                                    threshold, soon)
+        out.append(dict(zip(NETWORK, key), outcome=outcome, train_step=t_train, held_out_step=t_test,
+                        delay=t_test - t_train, final_train_accuracy=net["train_accuracy"].iloc[-1],
+                        final_held_out_accuracy=net["probe_accuracy"].iloc[-1]))
+    config = rows.drop_duplicates(NETWORK)[NETWORK + axes + [s for s in SEEDS if s in rows]]
+    return pd.DataFrame(out).merge(config, on=NETWORK)
+
+
+def learning_phase_grid(df: pd.DataFrame, x: str, y: str, *, facets: Sequence[str] = (), threshold: float = 0.9,
+                        soon: float = 2.0) -> pd.DataFrame:
+    """Majority learning outcome per cell of (facets, y, x), shaped like `phase_grid` (`phase`
+    is the outcome), with the mean grokking step and delay of the cell's grokking networks."""
+    nets = learning_phases(df, threshold, soon).rename(columns={"outcome": "phase"})
+    keys = [*facets, y, x]
+    counts = nets.groupby(keys + ["phase"], sort=True).size().rename("count").reset_index()
+    counts = counts.sort_values(keys + ["count", "phase"], ascending=[True] * len(keys) + [False, True])
+    top = counts.drop_duplicates(keys)[keys + ["phase", "count"]]
+    n = nets.groupby(keys, sort=True).size().rename("n")
+    grok = nets[nets["phase"] == "grokking"].groupby(keys, sort=True)[["held_out_step", "delay"]].mean()
+    grok.columns = ["grok_step_mean", "delay_mean"]
+    accuracy = nets.groupby(keys, sort=True)[["final_train_accuracy", "final_held_out_accuracy"]].mean()
+    table = top.merge(n.reset_index(), on=keys).merge(accuracy.reset_index(), on=keys)
+    table = table.merge(grok.reset_index(), on=keys, how="left")
+    table["share"] = table.pop("count") / table["n"]
+    return _complete(table, keys, nets)

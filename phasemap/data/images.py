@@ -213,6 +213,10 @@ class ImageTask:
         """The first `n` training images, unaugmented: for the train accuracy beside probes."""
         return self.x_train[:n], self.y_train[:n]
 
+    def accuracy(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Share of samples whose largest output is the label, per leading index (a pack's K)."""
+        return (out.argmax(-1) == y).float().mean(-1)
+
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy per sample; `out` may carry extra leading dims (a pack's K)."""
         lead = out.shape[:-1]

@@ -71,6 +71,10 @@ class Task:
         """None: training is online, so train accuracy is that of the current batch."""
         return None
 
+    def accuracy(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """clusters: share of samples whose largest output is the label, per leading index."""
+        return (out.argmax(-1) == y).float().mean(-1)
+
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample loss; `out` may carry extra leading dims (a pack's K)."""
         if self.classification:

@@ -54,6 +54,11 @@ FORMATS = (".png", ".svg", ".pdf")
 SPECTRUM_FLOOR = 1e-8
 
 
+# learning outcomes (aggregate.learning_phases): colour-blind-safe, fixed in every figure
+LEARNING_COLORS = {"comprehension": "#117733", "grokking": "#332288", "memorisation": "#DDCC77",
+                   "confusion": "#882255", "other": "#BBBBBB"}
+
+
 def phase_color(phase) -> str:
     if phase is None or (isinstance(phase, float) and math.isnan(phase)):
         return "#FFFFFF"
@@ -151,23 +156,29 @@ def _label_grid(ax, xs, ys, x: str, y: str, facet: str | None, value) -> None:
         ax.set_title(f"{axis_label(facet)} = {_tick(value)}")
 
 
-def phase_diagram(grid: pd.DataFrame, x: str, y: str, facet: str | None = None, title: str = ""):
-    """A phase grid (from aggregate.phase_grid) as coloured cells with each majority's share."""
+def phase_diagram(grid: pd.DataFrame, x: str, y: str, facet: str | None = None, title: str = "",
+                  colors: dict | None = None, legend: str = "phase"):
+    """A phase grid (from aggregate.phase_grid, or learning_phase_grid with LEARNING_COLORS) as
+    coloured cells with each majority's share (and a grokking cell's mean step)."""
     _style()
+    colors = colors or PHASE_COLORS
     fig, panels = _facet_axes(grid, facet)
     seen = set()
     for ax, i, j, r in _cells(grid, x, y, facet, panels):
         phase = None if r is None else r["phase"]
-        _cell(ax, i, j, phase_color(phase), empty=r is None)
+        known = phase in colors
+        _cell(ax, i, j, "#FFFFFF" if phase is None else colors[phase] if known else colors["other"], empty=r is None)
         if r is not None:
-            name = phase if phase in PHASE_COLORS else "other"
+            name = phase if known else "other"
             seen.add(name)
-            dark = phase in ("CRH", "backward-CRH", "6", "diverged", "1")
-            ax.text(i, j, f"{name}\n{r['share']:.0%}", ha="center", va="center", fontsize=7,
-                    color="white" if dark else "black")
-    handles = [Patch(facecolor=PHASE_COLORS[p], edgecolor="#888888", label=p) for p in PHASE_COLORS if p in seen]
+            dark = phase in ("CRH", "backward-CRH", "6", "diverged", "1", "grokking", "confusion")
+            text = f"{name}\n{r['share']:.0%}"
+            if phase == "grokking" and not pd.isna(r.get("grok_step_mean")):
+                text += f"\nat {r['grok_step_mean']:.0f}"
+            ax.text(i, j, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    handles = [Patch(facecolor=colors[p], edgecolor="#888888", label=p) for p in colors if p in seen]
     handles.append(Patch(facecolor="white", edgecolor="#888888", hatch=NO_DATA_HATCH, label="no data"))
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="phase")
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=legend)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -19,9 +19,9 @@ from . import plots
 
 log = logging.getLogger(__name__)
 
-KINDS = ("phase-diagram", "critical-depth", "layers", "evolution", "spectra")
+KINDS = ("phase-diagram", "critical-depth", "layers", "evolution", "spectra", "learning-phase")
 PREFERRED_X = ("weight_decay", "lr", "batch_size", "width", "momentum", "depth", "optimizer")
-PREFERRED_Y = ("depth", "batch_size", "width", "optimizer", "lr", "weight_decay", "momentum")
+PREFERRED_Y = ("depth", "train_fraction", "batch_size", "width", "optimizer", "lr", "weight_decay", "momentum")
 
 
 @dataclass
@@ -35,6 +35,8 @@ class FigureOptions:
     relation: str = "rga_b"
     run_id: str | None = None
     member: int = 0
+    threshold: float = 0.9  # learning phases: the accuracy that counts as learnt
+    soon: float = 2.0  # learning phases: held-out within `soon` x the train step is comprehension
 
 
 def choose_axes(df: pd.DataFrame, opts: FigureOptions) -> tuple[str, str, str | None]:
@@ -93,6 +95,15 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
         caption = (f"Critical depth l* for {opts.relation} ≥ {opts.tau}{_judged(opts)}: the first hidden layer from which every "
                    f"later hidden layer aligns; colour l*/D{pooled}.")
         fig = plots.critical_depth_figure(table, x, y, facet, title=f"Critical depth ({opts.relation} ≥ {opts.tau})")
+        return fig, table, caption
+    if kind == "learning-phase":
+        table = aggregate.learning_phase_grid(df, x, y, facets=facets, threshold=opts.threshold, soon=opts.soon)
+        caption = (f"Majority learning outcome over {y} × {x}: train and held-out accuracy reach {opts.threshold} "
+                   f"together (comprehension, held-out within {opts.soon:g}x the train step), much later "
+                   f"(grokking: mean step of it written in), never held out (memorisation) or never (confusion); "
+                   f"share of networks{pooled}.")
+        fig = plots.phase_diagram(table, x, y, facet, title=f"Learning phases (accuracy ≥ {opts.threshold})",
+                                  colors=plots.LEARNING_COLORS, legend="learning phase")
         return fig, table, caption
     if kind == "layers":
         sub, which = _one_depth(df)

@@ -7,6 +7,8 @@ the null (`against="null"`: a relation holds when (alpha - null) / (1 - null) >=
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -112,3 +114,27 @@ def critical_depth(table: pd.DataFrame, relation: str, tau: float, by: list[str]
     out["l_star"] = l_star.where(~undefined)
     out["l_star_frac"] = out["l_star"] / out["depth"]
     return out.drop(columns=["_n", "_last_bad"])
+
+
+LEARNING_OUTCOMES = ("comprehension", "grokking", "memorisation", "confusion")
+
+
+def learning_outcome(steps, train_accuracy, held_out_accuracy, threshold: float = 0.9,
+                     soon: float = 2.0) -> tuple[str, float, float]:
+    """A run's learning phase from its accuracies at the probe steps (SCIENCE.md, Learning
+    phases; Liu et al. 2022): (outcome, first step train accuracy >= threshold, first step
+    held-out accuracy >= threshold; NaN where never).
+
+    confusion: train never reaches the threshold; memorisation: train does, held-out never;
+    comprehension: held-out reaches it within `soon` times the step train did (or before);
+    grokking: later than that (the delay is the difference of the two steps).
+    """
+    order = np.argsort(np.asarray(steps))
+    s, tr, te = (np.asarray(v, dtype=float)[order] for v in (steps, train_accuracy, held_out_accuracy))
+    first = lambda acc: float(s[np.argmax(acc >= threshold)]) if (acc >= threshold).any() else math.nan  # noqa: E731
+    t_train, t_test = first(tr), first(te)
+    if math.isnan(t_train):
+        return "confusion", t_train, t_test
+    if math.isnan(t_test):
+        return "memorisation", t_train, t_test
+    return ("comprehension" if t_test <= soon * max(t_train, 1.0) else "grokking"), t_train, t_test

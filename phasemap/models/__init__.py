@@ -17,6 +17,7 @@ def build_model(spec, input_shape: tuple[int, ...], n_outputs: int, seeds):
     from .cnn import cnn
     from .packed import PackedModel
     from .resnet import resnet
+    from .transformer import Transformer
 
     if spec.family == "mlp":
         d_in = math.prod(input_shape)
@@ -28,6 +29,10 @@ def build_model(spec, input_shape: tuple[int, ...], n_outputs: int, seeds):
     elif spec.family == "resnet":
         def make() -> nn.Module:
             return resnet(input_shape, n_outputs, spec.depth, spec.width, spec.activation, spec.norm)
+    elif spec.family == "transformer":  # n_outputs: the vocabulary; input_shape: (block length,)
+        def make() -> nn.Module:
+            return Transformer(n_outputs, input_shape[0], spec.depth, spec.width, spec.heads, spec.activation,
+                               spec.tied)
     else:
         factory = load_factory(spec.factory)
 

@@ -63,12 +63,17 @@ CONFIG_COLUMNS = [
     ("task.path", "data_path", pa.string()),
     ("task.held_out", "held_out", pa.int32()),
     ("task.augment", "augment", pa.bool_()),
+    ("task.modulus", "modulus", pa.int32()),
+    ("task.operation", "operation", pa.string()),
+    ("task.train_fraction", "train_fraction", pa.float64()),
     ("model.family", "family", pa.string()),
     ("model.depth", "depth", pa.int32()),
     ("model.width", "width", pa.int32()),
     ("model.activation", "activation", pa.string()),
     ("model.bias", "bias", pa.bool_()),
     ("model.norm", "norm", pa.string()),
+    ("model.heads", "heads", pa.int32()),
+    ("model.tied", "tied", pa.bool_()),
     ("model.factory", "factory", pa.string()),
     ("model.kwargs", "model_kwargs", pa.string()),  # JSON, keys sorted
     ("optimizer.name", "optimizer", pa.string()),
@@ -102,7 +107,8 @@ V1_DEFAULTS = {
     "null_samples": 0,  # v1 computed no null
     "layer_kind": "linear",  # before version 3 every measured layer was an MLP's linear layer
     "data_path": "", "held_out": 297, "augment": False, "family": "mlp", "norm": "batch", "factory": "",
-    "model_kwargs": "{}", "max_samples": 32768,  # before version 3 every network was an MLP on a synthetic task
+    "model_kwargs": "{}", "max_samples": 32768, "modulus": 97, "operation": "add", "train_fraction": 0.5,
+    "heads": 4, "tied": False,  # before version 3 every network was an MLP on a synthetic task
 }
 # Before version 3, `pah_*` held the sorted-spectra fit: readers move it to the `_sorted` column
 # and leave the paired one null (a sorted exponent must never be read as a paired one).

@@ -279,7 +279,7 @@ def _accuracies(prober, task, x_probe, y_probe, train_subset, out, y) -> tuple[l
     if not task.classification:
         return [math.nan] * K, [math.nan] * K
     if train_subset is None:
-        train = (out.detach().argmax(-1) == y).float().mean(-1).tolist()
+        train = task.accuracy(out.detach(), y).tolist()
     else:
         train = prober.accuracy(*train_subset)
     return train, prober.accuracy(x_probe, y_probe)

@@ -93,7 +93,7 @@ class Prober:
             out = self.model(self.prepare(x))  # (K, N, classes)
         finally:
             self.model.train(was)
-        return (out.argmax(-1) == y).float().mean(-1).tolist()
+        return self.task.accuracy(out, y).tolist()
 
     def state(self) -> list[dict]:
         return [t.state() for t in self.trackers]

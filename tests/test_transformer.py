@@ -1,0 +1,115 @@
+"""Transformers in the packed engine on modular arithmetic, and learning phases."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phasemap import ConfigError, parse_config, train_pack
+from phasemap.analysis.aggregate import learning_phase_grid, learning_phases
+from phasemap.data.modular import modular_table
+from phasemap.measure import METRIC_COLUMNS
+from phasemap.measure.phases import learning_outcome
+
+
+def test_learning_outcomes_by_construction():
+    steps = [0, 10, 100, 1000, 10000]
+    assert learning_outcome(steps, [0, .5, .95, 1, 1], [0, .4, .92, .95, .96]) == ("comprehension", 100, 100)
+    outcome, t_train, t_test = learning_outcome(steps, [0, .95, 1, 1, 1], [0, .1, .1, .2, .93])
+    assert (outcome, t_train, t_test, t_test - t_train) == ("grokking", 10, 10000, 9990)
+    outcome, t_train, t_test = learning_outcome(steps, [0, .95, 1, 1, 1], [0, .1, .1, .2, .3])
+    assert outcome == "memorisation" and t_train == 10 and math.isnan(t_test)
+    assert learning_outcome(steps, [0, .1, .2, .3, .5], [0, 0, 0, 0, 0])[0] == "confusion"
+    # `soon`: held-out at twice the train step is still comprehension by default, not at 3x
+    assert learning_outcome([0, 10, 20], [0, 1, 1], [0, 0, 1])[0] == "comprehension"
+    assert learning_outcome([0, 10, 30], [0, 1, 1], [0, 0, 1])[0] == "grokking"
+    assert learning_outcome([0, 10, 30], [0, 1, 1], [0, 0, 1], soon=3)[0] == "comprehension"
+
+
+@pytest.mark.parametrize("op, f", [("add", lambda a, b, p: (a + b) % p), ("sub", lambda a, b, p: (a - b) % p),
+                                   ("mul", lambda a, b, p: (a * b) % p), ("div", lambda a, b, p: (a * pow(b, -1, p)) % p)])
+def test_modular_tables_are_right(op, f):
+    seq, c = modular_table(7, op)
+    assert len(seq) == (42 if op == "div" else 49)
+    for (a, o, b, eq), label in zip(seq.tolist(), c.tolist()):
+        assert (o, eq) == (7, 8) and label == f(a, b, 7)
+
+
+def _grok(**over):
+    data = {"name": "t", "task": {"name": "modular", "modulus": 7, "train_fraction": 0.6},
+            "model": {"family": "transformer", "depth": 1, "width": 8, "heads": 2},
+            "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": [0.0, 1.0]},
+            "train": {"steps": 10, "batch_size": 16, "seed": [0, 1], "check_every": 5},
+            "probe": {"n_samples": 19, "steps": [0, 5, 10]}}
+    for key, value in over.items():
+        section, field = key.split("__")
+        data[section][field] = value
+    return parse_config(data)
+
+
+def test_a_packed_transformer_equals_its_members_trained_alone(tmp_path):
+    pack = _grok()
+    packed = train_pack(pack, root=str(tmp_path / "pack")).records
+    names = packed[(packed["member"] == 0) & (packed["step"] == 10)]["layer_name"].tolist()
+    assert names == ["block1.attn.q_proj", "block1.attn.k_proj", "block1.attn.v_proj", "block1.attn.out_proj",
+                     "block1.mlp_in", "block1.mlp_out", "unembed"]
+    assert set(packed["layer_kind"]) == {"attention.q", "attention.k", "attention.v", "attention.out", "linear"}
+    paired = [c for c in METRIC_COLUMNS if c.startswith("pah_") and "sorted" not in c]
+    cols = ["train_loss", "probe_loss", "train_accuracy", "probe_accuracy"] + [c for c in METRIC_COLUMNS if c not in paired]
+    for k, member in enumerate(pack.members):
+        alone = train_pack(pack.member_config(member), root=str(tmp_path / f"alone{k}")).records
+        mine = packed[packed["member"] == k].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine[cols], alone[cols], rtol=1e-4, atol=1e-5)
+        pd.testing.assert_frame_equal(mine[paired], alone[paired], rtol=1e-3, atol=1e-3)
+    # the split: 60% of the 49 pairs trained on, the rest held out for probes (19 of them here)
+    assert packed["train_accuracy"].between(0, 1).all() and packed["probe_accuracy"].between(0, 1).all()
+
+
+def test_transformer_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"model.family: `a sequence task for family transformer` must hold"):
+        parse_config({"task": {"name": "fc1"}, "model": {"family": "transformer"}})
+    with pytest.raises(ConfigError, match=r"model.family: `transformer or factory for task modular` must hold"):
+        parse_config({"task": {"name": "modular"}})
+    with pytest.raises(ConfigError, match=r"model.heads: `width divisible by heads` must hold, but got width=10"):
+        parse_config({"task": {"name": "modular"}, "model": {"family": "transformer", "width": 10, "heads": 4}})
+    with pytest.raises(ConfigError, match=r"task.modulus: `a prime for operation div` must hold, but got 12"):
+        parse_config({"task": {"name": "modular", "modulus": 12, "operation": "div"},
+                      "model": {"family": "transformer"}})
+
+
+def _records(outcomes):
+    """Records of networks whose accuracies follow the named outcome, one per (wd, frac) cell."""
+    curves = {"comprehension": ([0, .5, 1, 1], [0, .4, .95, .97]), "grokking": ([0, 1, 1, 1], [0, .1, .2, .95]),
+              "memorisation": ([0, 1, 1, 1], [0, .1, .1, .1]), "confusion": ([0, .2, .3, .3], [0, .1, .1, .1])}
+    rows = []
+    for net, (wd, frac, outcome) in enumerate(outcomes):
+        train, test = curves[outcome]
+        for step, a, b in zip([0, 10, 100, 1000], train, test):
+            rows.append({"sweep_id": "s", "run_id": f"r{net}", "member": 0, "step": step, "status": "ok",
+                         "weight_decay": wd, "train_fraction": frac, "seed": 0, "data_seed": 0,
+                         "train_accuracy": a, "probe_accuracy": b})
+    return pd.DataFrame(rows)
+
+
+def test_learning_phase_grid_takes_the_majority_per_cell():
+    df = _records([(0.0, 0.3, "memorisation"), (0.0, 0.3, "memorisation"), (0.0, 0.3, "grokking"),
+                   (1.0, 0.3, "grokking"), (1.0, 0.5, "comprehension"), (0.0, 0.5, "confusion")])
+    nets = learning_phases(df)
+    assert sorted(nets["outcome"]) == ["comprehension", "confusion", "grokking", "grokking", "memorisation",
+                                       "memorisation"]
+    grid = learning_phase_grid(df, "weight_decay", "train_fraction").set_index(["train_fraction", "weight_decay"])
+    assert grid.loc[(0.3, 0.0), "phase"] == "memorisation" and grid.loc[(0.3, 0.0), "share"] == pytest.approx(2 / 3)
+    assert grid.loc[(0.3, 1.0), "phase"] == "grokking" and grid.loc[(0.3, 1.0), "grok_step_mean"] == 1000
+    assert grid.loc[(0.3, 1.0), "delay_mean"] == 990
+    assert grid.loc[(0.5, 1.0), "phase"] == "comprehension" and grid.loc[(0.5, 0.0), "phase"] == "confusion"
+    assert np.isclose(grid.loc[(0.5, 1.0), "final_held_out_accuracy"], 0.97)
+
+
+def test_the_learning_phase_figure_is_drawn_from_a_run(tmp_path):
+    from phasemap.cli import main
+
+    train_pack(_grok(train__steps=20, probe__steps=[0, 10, 20]), root=str(tmp_path))
+    out = tmp_path / "learning.png"
+    assert main(["plot", str(tmp_path), "learning-phase", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
