@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 IMAGE_TASKS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "npz")  # phasemap/data/images.py
-SEQUENCE_TASKS = ("modular",)  # phasemap/data/modular.py
+SEQUENCE_TASKS = ("modular", "tokens")  # phasemap/data/modular.py, tokens.py
 TASKS = ("fc1", "fc2", "clusters") + IMAGE_TASKS + SEQUENCE_TASKS
 OPERATIONS = ("add", "sub", "mul", "div")
 FAMILIES = ("mlp", "cnn", "resnet", "transformer", "factory")
@@ -76,6 +76,9 @@ class TaskSpec:
     modulus: int = field(default=97, metadata=_check("modulus >= 2", lambda v: v >= 2))
     operation: str = field(default="add", metadata=_check(f"operation in {OPERATIONS}", lambda v: v in OPERATIONS))
     train_fraction: float = field(default=0.5, metadata=_check("0 < train_fraction < 1", lambda v: 0 < v < 1))
+    # tokens: sequence length of a sample, and the vocabulary of a .bin token file
+    block: int = field(default=64, metadata=_check("block >= 1", lambda v: v >= 1))
+    vocab_size: int = field(default=0, metadata=_check("vocab_size >= 0", lambda v: v >= 0))
 
 
 @dataclass(frozen=True)
@@ -213,8 +216,9 @@ class RunConfig:
     @property
     def output_dim(self) -> int:
         fixed = {"fc1": 1, "fc2": self.task.output_dim, "cifar100": 100, "digits": 10, "cifar10": 10, "mnist": 10,
-                 "fashion_mnist": 10, "modular": self.task.modulus + 2}
-        return fixed.get(self.task.name, self.task.n_classes)  # clusters and npz: task.n_classes
+                 "fashion_mnist": 10, "modular": self.task.modulus + 2, "tokens": self.task.vocab_size}
+        # clusters and npz: task.n_classes; a text token file: 0 here, its character count once read
+        return fixed.get(self.task.name, self.task.n_classes)
 
     def probe_steps(self) -> list[int]:
         """Steps after which probes run: the schedule plus step 0 and the last step."""
@@ -268,7 +272,7 @@ class Member:
 ADDED_FIELDS = {"task.path": "", "task.held_out": 297, "task.augment": False, "model.family": "mlp",
                 "model.norm": "batch", "model.factory": "", "model.kwargs": {}, "probe.max_samples": 32768,
                 "task.modulus": 97, "task.operation": "add", "task.train_fraction": 0.5, "model.heads": 4,
-                "model.tied": False}
+                "model.tied": False, "task.block": 64, "task.vocab_size": 0}
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -367,7 +371,7 @@ def _cross_checks(cfg: RunConfig, problems: list[str]) -> None:
         problems.append(
             f"probe.steps: `step <= train.steps` must hold, but got {late} with steps={cfg.train.steps}"
         )
-    image = cfg.task.name in IMAGE_TASKS
+    image = cfg.task.name in IMAGE_TASKS or cfg.task.name == "tokens"  # read from task.path
     if cfg.model.family in ("cnn", "resnet") and not image:
         problems.append(f"model.family: `an image task for family {cfg.model.family}` must hold, but got "
                         f"task.name={cfg.task.name!r} (image tasks: {', '.join(IMAGE_TASKS)})")

@@ -113,3 +113,36 @@ def test_the_learning_phase_figure_is_drawn_from_a_run(tmp_path):
     out = tmp_path / "learning.png"
     assert main(["plot", str(tmp_path), "learning-phase", "--out", str(out)]) == 0
     assert out.stat().st_size > 1000
+
+
+def test_both_token_readers_round_trip(tmp_path):
+    from phasemap.data import read_tokens
+
+    ids = np.array([0, 5, 65535, 7, 7, 1], dtype="<u2")
+    ids.tofile(tmp_path / "train.bin")
+    tokens, vocab = read_tokens(str(tmp_path / "train.bin"), vocab_size=65536)
+    assert tokens.tolist() == ids.tolist() and vocab == 65536
+    with pytest.raises(ConfigError, match=r"task.vocab_size: `token ids < vocab_size` must hold, but got id 65535"):
+        read_tokens(str(tmp_path / "train.bin"), vocab_size=100)
+    with pytest.raises(ConfigError, match=r"task.vocab_size: `the vocabulary size of .*train.bin"):
+        read_tokens(str(tmp_path / "train.bin"))
+    (tmp_path / "text.txt").write_text("hello, world\nhé")
+    tokens, vocab = read_tokens(str(tmp_path / "text.txt"))
+    chars = sorted(set("hello, world\nhé"))
+    assert vocab == len(chars) and "".join(chars[i] for i in tokens.tolist()) == "hello, world\nhé"
+    with pytest.raises(ConfigError, match="task.path: `a token file exists` must hold"):
+        read_tokens(str(tmp_path / "missing.txt"))
+
+
+def test_a_transformer_trains_on_a_text_file_tokens_as_samples(tmp_path):
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    (tmp_path / "corpus.txt").write_text(text)
+    cfg = parse_config({"task": {"name": "tokens", "path": str(tmp_path / "corpus.txt"), "block": 8},
+                        "model": {"family": "transformer", "depth": 1, "width": 8, "heads": 2},
+                        "optimizer": {"name": "adamw", "lr": 1e-2},
+                        "train": {"steps": 150, "batch_size": 32}, "probe": {"n_samples": 40, "steps": [150]}})
+    recs = train_pack(cfg, root=str(tmp_path / "r")).records
+    vocab = len(set(text))
+    assert recs["output_dim"].iloc[0] == vocab and recs["dim_out"].iloc[-1] == vocab  # the unembedding
+    assert recs["probe_accuracy"].iloc[-1] > 0.3  # a repetitive text: next characters are easy (0.94 seen)
+    assert (recs["nan_reason"] == "").all()

@@ -66,6 +66,8 @@ CONFIG_COLUMNS = [
     ("task.modulus", "modulus", pa.int32()),
     ("task.operation", "operation", pa.string()),
     ("task.train_fraction", "train_fraction", pa.float64()),
+    ("task.block", "block", pa.int32()),
+    ("task.vocab_size", "vocab_size", pa.int32()),
     ("model.family", "family", pa.string()),
     ("model.depth", "depth", pa.int32()),
     ("model.width", "width", pa.int32()),
@@ -108,7 +110,7 @@ V1_DEFAULTS = {
     "layer_kind": "linear",  # before version 3 every measured layer was an MLP's linear layer
     "data_path": "", "held_out": 297, "augment": False, "family": "mlp", "norm": "batch", "factory": "",
     "model_kwargs": "{}", "max_samples": 32768, "modulus": 97, "operation": "add", "train_fraction": 0.5,
-    "heads": 4, "tied": False,  # before version 3 every network was an MLP on a synthetic task
+    "heads": 4, "tied": False, "block": 64, "vocab_size": 0,  # before version 3 every network was an MLP on a synthetic task
 }
 # Before version 3, `pah_*` held the sorted-spectra fit: readers move it to the `_sorted` column
 # and leave the paired one null (a sorted exponent must never be read as a paired one).

@@ -179,7 +179,8 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
     x_probe, y_probe = task.probe_set(cfg.probe.n_samples, probe_gen)
     train_subset = task.train_set(cfg.probe.n_samples) if task.classification else None
 
-    run = _RunState(base=_member_columns(cfg, sweep_id, trial_id, run_id), status=["ok"] * K,
+    base = [dict(b, output_dim=task.output_dim) for b in _member_columns(cfg, sweep_id, trial_id, run_id)]
+    run = _RunState(base=base, status=["ok"] * K,
                     diverged_at=torch.full((K,), -1, dtype=torch.long, device=device))  # first non-finite step
     start = _resume(cfg, root, run_id, resume, model, opt, data_gen, prober, run, device)
     records.write_file(root, sweep_id, run_id, ATTEMPT, json.dumps(

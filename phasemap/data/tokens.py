@@ -1,0 +1,92 @@
+"""Token streams from local files (`task.name: tokens`), read as contiguous blocks.
+
+- a nanoGPT-style `.bin`: the token ids as little-endian uint16, with `task.vocab_size` (ids
+  must be below it);
+- any other file: plain UTF-8 text read character by character; the vocabulary is the file's
+  sorted distinct characters.
+
+The last 10% of the stream is held out for probes and held-out accuracy. A sample is `task.block` + 1 consecutive tokens at a random
+offset: the first `block` are the input, the last `block` the targets (the next token at every
+position). The loss is the mean next-token cross-entropy of a block; every (sequence,
+position) pair is a sample for the measurements.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError
+
+HELD_OUT = 0.1  # the last tenth of the stream
+
+
+def read_tokens(path: str, vocab_size: int = 0) -> tuple[torch.Tensor, int]:
+    """(token ids (n,) int64, vocabulary size) of a `.bin` (uint16, `vocab_size`) or a text file."""
+    if not os.path.isfile(path):
+        raise ConfigError([f"task.path: `a token file exists` must hold, but got {path!r} (no such file)"])
+    if path.endswith(".bin"):
+        if vocab_size < 1:
+            raise ConfigError([f"task.vocab_size: `the vocabulary size of {path!r}` must be given (> 0), but got "
+                               f"{vocab_size}"])
+        raw = np.fromfile(path, dtype="<u2")
+        if raw.size and int(raw.max()) >= vocab_size:
+            raise ConfigError([f"task.vocab_size: `token ids < vocab_size` must hold, but got id {int(raw.max())} "
+                               f">= {vocab_size} in {path!r}"])
+        return torch.from_numpy(raw.astype(np.int64)), vocab_size
+    try:
+        text = open(path, encoding="utf-8").read()
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"task.path: `UTF-8 text (or a .bin of uint16 tokens)` must hold, but got {path!r} "
+                           f"({e})"]) from e
+    chars = sorted(set(text))
+    index = {c: i for i, c in enumerate(chars)}
+    return torch.tensor([index[c] for c in text], dtype=torch.int64), len(chars)
+
+
+class TokenTask:
+    classification = True  # next-token accuracy is recorded beside the loss
+
+    def __init__(self, spec, device: torch.device | str = "cpu"):
+        self.spec = spec
+        self.device = torch.device(device)
+        tokens, vocab = read_tokens(spec.path, spec.vocab_size)
+        T = spec.block
+        split = int(len(tokens) * (1 - HELD_OUT))
+        if split < T + 2 or len(tokens) - split < T + 2:
+            raise ConfigError([f"task.block: `a block fits in both splits` must hold, but got block={T} for "
+                               f"{len(tokens)} tokens in {spec.path!r}"])
+        self.train, self.test = tokens[:split].to(self.device), tokens[split:].to(self.device)
+        self.output_dim = vocab
+        self.input_shape = (T,)
+
+    def _blocks(self, stream: torch.Tensor, starts: torch.Tensor):
+        T = self.spec.block
+        idx = starts[:, None] + torch.arange(T + 1, device=self.device)
+        chunk = stream[idx]
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def sample(self, n: int, generator: torch.Generator):
+        starts = torch.randint(len(self.train) - self.spec.block - 1, (n,), generator=generator, device=self.device)
+        return self._blocks(self.train, starts)
+
+    def probe_set(self, n: int, generator: torch.Generator | None = None):
+        """`n` evenly spaced blocks of the held-out stream (the same every probe)."""
+        last = len(self.test) - self.spec.block - 1
+        return self._blocks(self.test, torch.linspace(0, last, n, device=self.device).long())
+
+    def train_set(self, n: int):
+        last = len(self.train) - self.spec.block - 1
+        return self._blocks(self.train, torch.linspace(0, last, n, device=self.device).long())
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy per block: out (..., N, T, vocab), y (N, T) -> (..., N)."""
+        lead = out.shape[:-1]
+        per_token = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(lead).reshape(-1), reduction="none")
+        return per_token.view(lead).mean(-1)
+
+    def accuracy(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (out.argmax(-1) == y).float().mean((-2, -1))
