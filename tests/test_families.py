@@ -71,6 +71,16 @@ def test_cnn_quick_learns_digits_well_above_chance(tmp_path):
     assert last["probe_accuracy"].iloc[0] > 0.8  # 10 classes: chance is 0.1
     assert last["layer_name"].tolist() == ["conv1", "conv2", "fc1", "fc2"]
     assert last["dim_in"].tolist() == [9, 72, 32, 8]
+    # hidden layers are every measured layer but the output: the convolutions and fc1
+    from phasemap.analysis.aggregate import last_hidden, pick_layer
+    from phasemap.measure import critical_depth
+
+    assert last["n_layers"].tolist() == [4] * 4
+    assert pick_layer(last, "last")["layer_name"].tolist() == ["fc1"]
+    assert pick_layer(last, "output")["layer_name"].tolist() == ["fc2"]
+    assert last_hidden(result.records)["layer_name"].tolist() == ["conv1", "conv2", "fc1"]
+    cd = critical_depth(last.assign(rga_b=[0.1, 0.95, 0.95, 0.2]), "rga_b", 0.9)
+    assert (cd["n_hidden"].iloc[0], cd["l_star"].iloc[0], cd["l_star_frac"].iloc[0]) == (3, 2, 2 / 3)
 
 
 def test_family_errors_name_the_field_before_anything_starts():

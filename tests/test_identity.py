@@ -97,10 +97,12 @@ def test_version_2_power_laws_are_read_as_the_sorted_fits_they_were(tmp_path):
         old[paired] = recs[sorted_]
     folder = tmp_path / "v2" / "sweep=s" / "run=old"
     folder.mkdir(parents=True)
-    table = pa.Table.from_pandas(old.drop(columns=list(records.SORTED_BEFORE_V3.values())), preserve_index=False)
+    table = pa.Table.from_pandas(old.drop(columns=list(records.SORTED_BEFORE_V3.values()) + ["n_layers"]),
+                                 preserve_index=False)
     pq.write_table(table.replace_schema_metadata({"phasemap_schema_version": "2"}), folder / "part-000000001.parquet")
     got = load(str(tmp_path / "v2"))
     assert got["pah_hg_b"].isna().all() and got["pah_hg_b_n"].isna().all()  # no paired fit in v2
+    assert (got["n_layers"] == got["depth"] + 1).all()  # every v2 network was an MLP
     assert got["pah_hg_b_sorted"].tolist() == pytest.approx(recs["pah_hg_b_sorted"].tolist(), nan_ok=True)
     only = load(str(tmp_path / "v2"), columns=["pah_gz_a_sorted"])  # one column asked for: still moved
     assert only["pah_gz_a_sorted"].tolist() == pytest.approx(recs["pah_gz_a_sorted"].tolist(), nan_ok=True)

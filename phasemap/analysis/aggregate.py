@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..measure.phases import ALIGNMENT_COLUMNS, critical_depth, label_phases, learning_outcome
+from ..measure.phases import ALIGNMENT_COLUMNS, critical_depth, label_phases, learning_outcome, n_hidden
 from ..records import CONFIG_COLUMNS
 
 NETWORK = ["sweep_id", "run_id", "member"]
@@ -34,20 +34,21 @@ def last_records(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def last_hidden(df: pd.DataFrame) -> pd.DataFrame:
-    """Each finished network's hidden layers (1..depth) at its last step."""
+    """Each finished network's hidden layers (all but the output; the MLP's 1..depth) at its last step."""
     rows = last_records(df)
-    return rows[(rows["status"] == "ok") & (rows["layer"] <= rows["depth"])]
+    return rows[(rows["status"] == "ok") & (rows["layer"] <= n_hidden(rows))]
 
 
 def pick_layer(df: pd.DataFrame, layer: int | float | str) -> pd.DataFrame:
     """Rows of one layer per network.
 
-    layer: an int (1-based index), a float in (0, 1] (that fraction of the depth, rounded up,
-    among hidden layers), "last" (last hidden layer), "output", or "each" (all rows).
+    layer: an int (1-based index), a float in (0, 1] (that fraction of the hidden layers,
+    rounded up), "last" (last hidden layer), "output", or "each" (all rows). Hidden layers are
+    every measured layer but the output (`phases.n_hidden`; the MLP's depth).
     """
     if layer == "each":
         return df
-    depth = df["depth"].to_numpy()
+    depth = n_hidden(df)
     if layer == "last":
         target = depth
     elif layer == "output":

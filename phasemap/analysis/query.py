@@ -131,6 +131,10 @@ def _upgrade(table: pa.Table) -> pa.Table:
         if column in table.column_names and table[column].null_count:
             i = table.column_names.index(column)
             table = table.set_column(i, column, pc.fill_null(table[column], pa.scalar(value, table.schema.field(column).type)))
+    if "n_layers" in table.column_names and "depth" in table.column_names and table["n_layers"].null_count:
+        i = table.column_names.index("n_layers")  # before version 3 every network was an MLP: depth + 1
+        filled = pc.add(pc.cast(table["depth"], pa.int32()), pa.scalar(1, pa.int32()))
+        table = table.set_column(i, "n_layers", pc.coalesce(table["n_layers"], filled))
     if "schema_version" not in table.column_names:
         return table
     old = pc.less(table["schema_version"], 3)
@@ -150,7 +154,7 @@ def _upgrade(table: pa.Table) -> pa.Table:
 def _read_columns(cols: list[str]) -> list[str]:
     """The columns to read for `cols`: with the schema version and the other half of any
     power-law column, which `_upgrade` needs for older files."""
-    partner = {**SORTED_BEFORE_V3, **{v: k for k, v in SORTED_BEFORE_V3.items()}}
+    partner = {**SORTED_BEFORE_V3, **{v: k for k, v in SORTED_BEFORE_V3.items()}, "n_layers": "depth"}
     return list(dict.fromkeys(cols + ["schema_version"] + [partner[c] for c in cols if c in partner]))
 
 
@@ -187,7 +191,7 @@ def load(
     if not found.files:
         return SCHEMA.empty_table().select(cols).to_pandas()
     filters = dict(filters or {})
-    upgraded = set(V1_DEFAULTS) | set(SORTED_BEFORE_V3) | set(SORTED_BEFORE_V3.values())
+    upgraded = set(V1_DEFAULTS) | set(SORTED_BEFORE_V3) | set(SORTED_BEFORE_V3.values()) | {"n_layers"}
     late = {c: filters.pop(c) for c in list(filters) if c in upgraded}  # upgraded first, then filtered
     needed = _read_columns(cols + RUN_KEYS + list(late))
     table = _upgrade(found.dataset().to_table(columns=needed, filter=_filter(filters)))
@@ -224,6 +228,7 @@ def sql(root: str, query: str, strict: bool = False) -> pd.DataFrame:
         keys = dataset.to_table(columns=RUN_KEYS) if found.files else dataset.select(RUN_KEYS)
         con.register("_lost", losing_runs(keys, found.runs))
         filled = [f"coalesce({c}, {_literal(v)}) AS {c}" for c, v in V1_DEFAULTS.items()]
+        filled += ["coalesce(a.n_layers, a.depth + 1) AS n_layers"]
         filled += [f"CASE WHEN a.schema_version < 3 THEN NULL ELSE a.{p} END AS {p}" for p in SORTED_BEFORE_V3]
         filled += [f"CASE WHEN a.schema_version < 3 THEN a.{p} ELSE a.{s} END AS {s}" for p, s in SORTED_BEFORE_V3.items()]
         filled = ", ".join(filled)

@@ -93,26 +93,39 @@ def label_phases(table: pd.DataFrame, tau: float, against: str = "raw") -> pd.Se
     return pd.Series(labels, index=table.index, name="phase", dtype=object)
 
 
+def n_hidden(table: pd.DataFrame) -> np.ndarray:
+    """Hidden layers of each row's network: every measured layer but the last (the output),
+    from `n_layers`; the MLP's `depth` where that column is missing (it has depth + 1 layers)."""
+    depth = table["depth"].to_numpy(dtype=float)
+    if "n_layers" not in table:
+        return depth
+    n = table["n_layers"].to_numpy(dtype=float) - 1
+    return np.where(np.isnan(n), depth, n)
+
+
 def critical_depth(table: pd.DataFrame, relation: str, tau: float, by: list[str] | None = None,
                    against: str = "raw") -> pd.DataFrame:
     """Critical depth per network (and step) for one alignment column, e.g. 'rga_b'.
 
-    Uses the hidden layers (1 <= layer <= depth) of rows with status ok. Returns one row
-    per group of `by` (default: run_id, member, step) with `depth`, `l_star` and
-    `l_star_frac` = l*/depth; NaN when no suffix of layers aligns or a layer is missing.
+    Uses the hidden layers (1 <= layer <= n_hidden: every measured layer but the output; the
+    MLP's depth) of rows with status ok. Returns one row per group of `by` (default: run_id,
+    member, step) with `depth`, `n_hidden`, `l_star` and `l_star_frac` = l*/n_hidden; NaN when
+    no suffix of layers aligns or a layer is missing.
     """
     by = list(by or ["run_id", "member", "step"])
-    hidden = table[(table["layer"] <= table["depth"]) & (table["layer"] >= 1)]
+    table = table.assign(n_hidden=n_hidden(table))
+    hidden = table[(table["layer"] <= table["n_hidden"]) & (table["layer"] >= 1)]
     if "status" in hidden:
         hidden = hidden[hidden["status"] == "ok"]
     below = np.where(judged(hidden, relation, against) >= tau, 0, hidden["layer"].to_numpy())
     grouped = hidden.assign(_below=below).groupby(by, sort=True)
     extra = {} if "depth" in by else {"depth": ("depth", "first")}
-    out = grouped.agg(**extra, _n=("layer", "nunique"), _last_bad=("_below", "max")).reset_index()
+    out = grouped.agg(**extra, n_hidden=("n_hidden", "first"), _n=("layer", "nunique"),
+                      _last_bad=("_below", "max")).reset_index()
     l_star = (out["_last_bad"] + 1).astype(float)
-    undefined = (out["_last_bad"] >= out["depth"]) | (out["_n"] != out["depth"])
+    undefined = (out["_last_bad"] >= out["n_hidden"]) | (out["_n"] != out["n_hidden"])
     out["l_star"] = l_star.where(~undefined)
-    out["l_star_frac"] = out["l_star"] / out["depth"]
+    out["l_star_frac"] = out["l_star"] / out["n_hidden"]
     return out.drop(columns=["_n", "_last_bad"])
 
 

@@ -145,7 +145,8 @@ def config_columns(cfg) -> dict:
 
 _ROW_FIELDS = [
     ("step", pa.int64()),
-    ("layer", pa.int32()),  # 1-based; layers 1..depth produce hidden layers, depth+1 the output
+    ("layer", pa.int32()),  # 1-based position among the network's measured layers; the last is the output
+    ("n_layers", pa.int32()),  # measured layers of the network: 1..n_layers-1 are hidden (MLP: depth + 1)
     ("layer_name", pa.string()),  # the layer's name in the model (fc1, features.0, block 2 attn.q, ...)
     ("layer_kind", pa.string()),  # linear | conv | attention.q | attention.k | attention.v | attention.out
     ("dim_in", pa.int32()),

@@ -297,8 +297,8 @@ def _probe_rows(run: _RunState, step: int, probe, train_loss: list, accuracy, fi
             continue
         for l, info in enumerate(probe.layers):
             row = dict(run.base[k])
-            row.update(step=step, layer=l + 1, layer_name=info.name, layer_kind=info.kind, dim_in=info.dim_in,
-                       dim_out=info.dim_out, status="ok", train_loss=train_loss[k], probe_loss=probe.loss[k],
+            row.update(step=step, layer=l + 1, n_layers=len(probe.layers), layer_name=info.name,
+                       layer_kind=info.kind, dim_in=info.dim_in, dim_out=info.dim_out, status="ok", train_loss=train_loss[k], probe_loss=probe.loss[k],
                        train_accuracy=train_acc[k], probe_accuracy=probe_acc[k], nan_reason=probe.reasons[l][k])
             row.update({c: v[k] for c, v in probe.values[l].items()})
             rows.append(row)
@@ -371,8 +371,8 @@ def _diverged_rows(base: dict, step: int, layers) -> list[dict]:
     rows = []
     for l, info in enumerate(layers):
         row = dict(base)
-        row.update(step=step, layer=l + 1, layer_name=info.name, layer_kind=info.kind, dim_in=info.dim_in,
-                   dim_out=info.dim_out, status="diverged", train_loss=float("nan"), probe_loss=float("nan"),
+        row.update(step=step, layer=l + 1, n_layers=len(layers), layer_name=info.name, layer_kind=info.kind,
+                   dim_in=info.dim_in, dim_out=info.dim_out, status="diverged", train_loss=float("nan"), probe_loss=float("nan"),
                    train_accuracy=float("nan"), probe_accuracy=float("nan"), nan_reason="diverged: non-finite loss")
         row.update({c: (0 if c.startswith("n_zero") or c.endswith("_n") else float("nan")) for c in METRIC_COLUMNS})
         rows.append(row)

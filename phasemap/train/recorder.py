@@ -88,7 +88,8 @@ class Recorder:
         base.setdefault("output_dim", int(table["dim_out"].iloc[-1]))
         rows = []
         for _, r in table.iterrows():
-            row = dict(base, step=step, layer=int(r["layer"]), layer_name=r["name"], layer_kind=r["kind"],
+            row = dict(base, step=step, layer=int(r["layer"]), n_layers=len(table), layer_name=r["name"],
+                       layer_kind=r["kind"],
                        dim_in=int(r["dim_in"]), dim_out=int(r["dim_out"]),
                        status="ok", train_loss=train_loss, probe_loss=float(r["probe_loss"]),
                        nan_reason=r["nan_reason"])
