@@ -236,7 +236,10 @@ def auto_pack_size(run: RunConfig, gpu: bool) -> int:
     """
     width = max(run.model.width, run.task.input_dim)
     work = run.train.batch_size * width**2 * (run.model.depth + 1)
-    if run.model.family != "mlp":  # convolutions: 9 multiply-adds per channel pair and pixel
+    if run.model.family == "transformer":  # per token: 4 d^2 in attention's projections, 8 d^2 in the MLP
+        tokens = 4 if run.task.name == "modular" else run.task.block
+        work = run.train.batch_size * tokens * 12 * run.model.width**2 * run.model.depth
+    elif run.model.family != "mlp":  # convolutions: 9 multiply-adds per channel pair and pixel
         pixels = {"digits": 64, "mnist": 784, "fashion_mnist": 784}.get(run.task.name, 1024)
         channels = run.model.width * (16 if run.model.family == "resnet" else 1)
         work = run.train.batch_size * pixels * 9 * channels**2 * run.model.depth
