@@ -1,24 +1,25 @@
-"""The networks phasemap trains, K members of one architecture at a time."""
+"""The networks phasemap trains, K members of one architecture at a time: the stacked MLP
+(`mlp`, the fast path) and, through the packed engine (`packed`), one member of any other
+family (`cnn`, `resnet`, `transformer`, or a factory of yours). `build_model` picks by config."""
 
+import math
+
+from torch import nn
+
+from ..config import load_factory
+from .cnn import cnn
 from .mlp import ACTIVATION_FNS, ACTIVATION_MODULES, StackedMLP, mlp_dims
+from .packed import PackedModel
+from .resnet import resnet
+from .transformer import Transformer
 
-__all__ = ["ACTIVATION_FNS", "ACTIVATION_MODULES", "StackedMLP", "build_model", "mlp_dims"]
+__all__ = ["ACTIVATION_FNS", "ACTIVATION_MODULES", "PackedModel", "StackedMLP", "build_model", "mlp_dims"]
 
 
 def build_model(spec, input_shape: tuple[int, ...], n_outputs: int, seeds):
-    """The pack's model for `model` spec `spec` and `(model, prepare)`: `prepare` maps the task's
-    inputs to the model's (an MLP flattens images). The MLP is the stacked fast path; every
-    other family goes through the packed engine."""
-    import math
-
-    from torch import nn
-
-    from ..config import load_factory
-    from .cnn import cnn
-    from .packed import PackedModel
-    from .resnet import resnet
-    from .transformer import Transformer
-
+    """(model, prepare) for the `model` config section `spec`: a model mapping (N, ...) inputs
+    to (K, N, ..., n_outputs), and `prepare`, the task's inputs as the model takes them (an MLP
+    flattens images)."""
     if spec.family == "mlp":
         d_in = math.prod(input_shape)
         model = StackedMLP(mlp_dims(d_in, spec.width, spec.depth, n_outputs), spec.activation, seeds, spec.bias)
