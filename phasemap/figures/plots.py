@@ -171,7 +171,7 @@ def phase_diagram(grid: pd.DataFrame, x: str, y: str, facet: str | None = None, 
         if r is not None:
             name = phase if known else "other"
             seen.add(name)
-            dark = phase in ("CRH", "backward-CRH", "6", "diverged", "1", "grokking", "confusion")
+            dark = phase in ("CRH", "backward-CRH", "6", "diverged", "1", "grokking", "confusion", "comprehension")
             text = f"{name}\n{r['share']:.0%}"
             if phase == "grokking" and not pd.isna(r.get("grok_step_mean")):
                 text += f"\nat {r['grok_step_mean']:.0f}"
