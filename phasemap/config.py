@@ -169,6 +169,8 @@ class ProbeSpec:
     # samples per layer above which a probe uses a fixed random subset of them (a convolution's
     # samples are images x positions: 297 digits x 64 positions = 19,008)
     max_samples: int = field(default=32768, metadata=_check("max_samples >= 2", lambda v: v >= 2))
+    # attention's q, k and v: also one row per head (the head's slice of h_b, g_b and W)
+    per_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,8 @@ class Member:
 ADDED_FIELDS = {"task.path": "", "task.held_out": 297, "task.augment": False, "model.family": "mlp",
                 "model.norm": "batch", "model.factory": "", "model.kwargs": {}, "probe.max_samples": 32768,
                 "task.modulus": 97, "task.operation": "add", "task.train_fraction": 0.5, "model.heads": 4,
-                "model.tied": False, "task.block": 64, "task.vocab_size": 0}
+                "model.tied": False, "task.block": 64, "task.vocab_size": 0,
+                "probe.per_head": False}
 
 
 # ----------------------------------------------------------------------------- parsing

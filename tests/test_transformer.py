@@ -146,3 +146,63 @@ def test_a_transformer_trains_on_a_text_file_tokens_as_samples(tmp_path):
     assert recs["output_dim"].iloc[0] == vocab and recs["dim_out"].iloc[-1] == vocab  # the unembedding
     assert recs["probe_accuracy"].iloc[-1] > 0.3  # a repetitive text: next characters are easy (0.94 seen)
     assert (recs["nan_reason"] == "").all()
+
+
+def test_per_head_rows_are_the_heads_slices_of_the_projection():
+    import torch
+    from torch import nn
+
+    from phasemap.measure import layer_metrics, measure
+    from phasemap.measure.attention import decomposed, projections
+
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.head = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+    net = Net().eval()
+    x, y = torch.randn(10, 6, 8), torch.randn(10, 6, 3)
+    loss = lambda o, t: 0.5 * ((o - t) ** 2).sum(-1)  # noqa: E731
+    table = measure(net, x, y, loss, covariance="raw", per_head=True)
+    assert table["name"].tolist()[:4] == ["attn.q_proj", "attn.q_proj.head1", "attn.q_proj.head2", "attn.k_proj"]
+    assert table["layer"].tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 5] and table["head"].isna().sum() == 5
+    heads = table.iloc[1:3]
+    assert heads["kind"].tolist() == ["attention.q.head"] * 2 and heads["dim_out"].tolist() == [4, 4]
+    # directly: q's inputs, outputs and output gradients, sliced by head (W: the head's rows)
+    found = projections(net)
+    q = found[0][1]
+    cap = {}
+    hook = q.register_forward_hook(lambda m, i, o: cap.update(a=i[0], b=o))
+    with decomposed(net, found):
+        out = net(x)
+    hook.remove()
+    g_b = -torch.autograd.grad(loss(out, y).sum(), cap["b"])[0].reshape(-1, 8)
+    h_a, h_b, W = cap["a"].detach().reshape(-1, 8), cap["b"].detach().reshape(-1, 8), q.weight.detach()
+    for h in range(2):
+        s = slice(4 * h, 4 * h + 4)
+        direct, _ = layer_metrics(h_a[None], h_b[None, :, s], g_b[None, :, s], W[None, s], covariance="raw")
+        for c in METRIC_COLUMNS:
+            if c.startswith(("nfa", "stat", "nc", "balance")) or c.endswith("_null_se"):
+                continue  # need the rest of the network, earlier probes, labels or weight decay
+            want, got = direct[c].item(), heads[c].iloc[h]
+            assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want, rel=1e-4, abs=1e-6), c
+
+
+def test_per_head_rows_in_a_packed_run_stay_out_of_the_layer_figures(tmp_path):
+    from phasemap import load
+    from phasemap.analysis.aggregate import last_records, pick_layer
+
+    train_pack(_grok(probe__per_head=True, train__steps=5, probe__steps=[5]), root=str(tmp_path))
+    recs = load(str(tmp_path))
+    heads = recs[recs["head"].notna()]
+    assert len(heads) == len(recs[recs["head"].isna() & recs["layer_kind"].isin(["attention.q", "attention.k",
+                                                                                   "attention.v"])]) * 2
+    assert set(heads["layer_kind"]) == {"attention.q.head", "attention.k.head", "attention.v.head"}
+    assert (recs["n_layers"] == 7).all() and not recs.duplicated(["config_hash", "step", "layer", "head"]).any()
+    assert pick_layer(last_records(recs), "last")["layer_name"].unique().tolist() == ["block1.mlp_out"]
+    assert last_records(recs)["head"].isna().all()

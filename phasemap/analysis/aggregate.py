@@ -27,8 +27,14 @@ def varying_axes(df: pd.DataFrame) -> list[str]:
     return [c for c in AXES if c in df and df[c].nunique(dropna=False) > 1]
 
 
+def layer_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of whole layers: per-head rows of attention (probe.per_head) left out."""
+    return df[df["head"].isna()] if "head" in df else df
+
+
 def last_records(df: pd.DataFrame) -> pd.DataFrame:
-    """Each network's rows at its last step (its final probe, or where it diverged)."""
+    """Each network's layer rows at its last step (its final probe, or where it diverged)."""
+    df = layer_rows(df)
     last = df.groupby(NETWORK, sort=False)["step"].transform("max")
     return df[df["step"] == last]
 
@@ -46,6 +52,7 @@ def pick_layer(df: pd.DataFrame, layer: int | float | str) -> pd.DataFrame:
     rounded up), "last" (last hidden layer), "output", or "each" (all rows). Hidden layers are
     every measured layer but the output (`phases.n_hidden`; the MLP's depth).
     """
+    df = layer_rows(df)
     if layer == "each":
         return df
     depth = n_hidden(df)

@@ -37,6 +37,7 @@ class Projection(nn.Module):
         E = owner.embed_dim
         self.in_features = (owner.embed_dim, owner.kdim, owner.vdim)[part]
         self.out_features = E
+        self.heads = owner.num_heads  # h_b's columns are the heads' slices, E // heads each
 
     @property
     def weight(self) -> torch.Tensor:

@@ -45,10 +45,21 @@ def _linear_maps(model: nn.Module):
     return qkv, maps
 
 
-def describe_layers(model: nn.Module) -> list[tuple[str, str, int, int]]:
-    """(name, kind, dim_in, dim_out) of every layer `measure` reports, in its order, without
-    running the model."""
-    return [(name, layer_kind(model, name, m), *_dims(m)) for name, m in _linear_maps(model)[1]]
+def describe_layers(model: nn.Module, per_head: bool = False) -> list[tuple[str, str, int, int, int, int | None]]:
+    """(name, kind, dim_in, dim_out, layer, head) of every row `measure` reports, in its order,
+    without running the model."""
+    rows = []
+    for index, (name, m) in enumerate(_linear_maps(model)[1], start=1):
+        kind, (d_in, d_out) = layer_kind(model, name, m), _dims(m)
+        rows.append((name, kind, d_in, d_out, index, None))
+        for h in _heads(m) if per_head else ():
+            rows.append((f"{name}.head{h + 1}", f"{kind}.head", d_in, d_out // m.heads, index, h + 1))
+    return rows
+
+
+def _heads(m: nn.Module) -> range:
+    """The heads of an attention q, k or v projection (none for other layers or one head)."""
+    return range(m.heads) if isinstance(m, attention.Projection) and m.heads > 1 else range(0)
 
 
 def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str, pah_floor: float,
@@ -143,6 +154,7 @@ def measure(
     labels: torch.Tensor | None = None,
     stationarity: Stationarity | None = None,
     max_samples: int = MAX_SAMPLES,
+    per_head: bool = False,
 ) -> pd.DataFrame:
     """CRH/PAH metrics of every linear map in any model, one row per layer.
 
@@ -166,6 +178,9 @@ def measure(
     (each layer's change since the previous call; NaN without or at the first).
     A layer the forward pass does not call as a module, or cannot be measured (a grouped
     convolution), gets a row that says why, with NaN metrics, and a warning names it.
+    `per_head`: after each attention q, k and v row, one row per head (`<name>.head<h>`, kind
+    `attention.q.head`, ..., `head` = h, the projection's `layer`): the head's slice of h_b, g_b
+    and W's rows, with the same h_a (the paper's per-head spectra). Other rows have head NaN.
     """
     qkv, maps = _linear_maps(model)
     if not maps:
@@ -175,7 +190,7 @@ def measure(
     try:
         with attention.decomposed(model, qkv):
             return _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay,
-                            labels, stationarity, max_samples)
+                            labels, stationarity, max_samples, per_head)
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -231,7 +246,7 @@ def _input_rows(m: nn.Module, t: torch.Tensor) -> torch.Tensor:
 
 
 def _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay,
-             labels, stationarity, max_samples) -> pd.DataFrame:
+             labels, stationarity, max_samples, per_head=False) -> pd.DataFrame:
     seen: dict[nn.Module, tuple] = {}
 
     def hook(module, inputs, output):
@@ -266,7 +281,8 @@ def _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, we
     skipped = []
     for index, (name, m) in enumerate(maps, start=1):
         d_in, d_out = _dims(m)
-        head = {"layer": index, "name": name, "kind": layer_kind(model, name, m), "dim_in": d_in, "dim_out": d_out}
+        info = {"layer": index, "name": name, "kind": layer_kind(model, name, m), "dim_in": d_in, "dim_out": d_out,
+                "head": math.nan}
         if m not in seen:
             owner = _owner(model, name)
             why = _unmeasurable(m) or (
@@ -274,7 +290,7 @@ def _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, we
                 f"({attention.unsupported(owner) or 'its forward was replaced'})"
                 if owner is not None else "not measured: not called in this forward pass")
             skipped.append(f"{name} ({why})")
-            rows.append({**head, **{c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan)
+            rows.append({**info, **{c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan)
                                     for c in METRIC_COLUMNS}, "nan_reason": why})
             continue
         h_a, h_b = seen[m]
@@ -294,10 +310,21 @@ def _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, we
             metrics.update(neural_collapse(h_a.detach().unsqueeze(0), labels.reshape(-1), n_classes,
                                            W=W.detach().unsqueeze(0) if last else None,
                                            logits=output.detach().reshape(1, -1, output.shape[-1]) if last else None))
-        row = dict(head)
+        row = dict(info)
         row.update({c: metrics[c][0].item() for c in METRIC_COLUMNS})
         row["nan_reason"] = reasons[0]
         rows.append(row)
+        for h in _heads(m) if per_head else ():  # the head's columns of h_b and g_b, its rows of W
+            s = slice(h * (d_out // m.heads), (h + 1) * (d_out // m.heads))
+            metrics, reasons = layer_metrics(
+                h_a.unsqueeze(0), h_b[:, s].unsqueeze(0), g_b[:, s].unsqueeze(0), W[s].unsqueeze(0), covariance,
+                pah_floor, null_samples, weight_decay, agop_b=agop_of[m][s, s].unsqueeze(0), stationarity=stationarity,
+                key=f"{name}.head{h + 1}",
+            )
+            row = dict(info, name=f"{name}.head{h + 1}", kind=info["kind"] + ".head", dim_out=s.stop - s.start,
+                       head=h + 1, nan_reason=reasons[0])
+            row.update({c: metrics[c][0].item() for c in METRIC_COLUMNS})
+            rows.append(row)
     if skipped:
         log.warning("measure: %d layer(s) not measured: %s", len(skipped), "; ".join(skipped))
     table = pd.DataFrame(rows)

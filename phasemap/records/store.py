@@ -99,6 +99,7 @@ CONFIG_COLUMNS = [
     ("probe.pah_floor", "pah_floor", pa.float64()),
     ("probe.null_samples", "null_samples", pa.int32()),
     ("probe.max_samples", "max_samples", pa.int64()),
+    ("probe.per_head", "per_head", pa.bool_()),
 ]
 # Columns that older schema versions did not have, with the value every such run used (the defaults
 # of the time: v1 sweeps could vary these fields but not record them).
@@ -110,7 +111,7 @@ V1_DEFAULTS = {
     "layer_kind": "linear",  # before version 3 every measured layer was an MLP's linear layer
     "data_path": "", "held_out": 297, "augment": False, "family": "mlp", "norm": "batch", "factory": "",
     "model_kwargs": "{}", "max_samples": 32768, "modulus": 97, "operation": "add", "train_fraction": 0.5,
-    "heads": 4, "tied": False, "block": 64, "vocab_size": 0,  # before version 3 every network was an MLP on a synthetic task
+    "heads": 4, "tied": False, "block": 64, "vocab_size": 0, "per_head": False,  # before version 3 every network was an MLP on a synthetic task
 }
 # Before version 3, `pah_*` held the sorted-spectra fit: readers move it to the `_sorted` column
 # and leave the paired one null (a sorted exponent must never be read as a paired one).
@@ -149,6 +150,7 @@ _ROW_FIELDS = [
     ("n_layers", pa.int32()),  # measured layers of the network: 1..n_layers-1 are hidden (MLP: depth + 1)
     ("layer_name", pa.string()),  # the layer's name in the model (fc1, features.0, block 2 attn.q, ...)
     ("layer_kind", pa.string()),  # linear | conv | attention.q | attention.k | attention.v | attention.out
+    ("head", pa.int32()),  # per-head rows of attention q/k/v (probe.per_head; kind attention.q.head ...); else null
     ("dim_in", pa.int32()),
     ("dim_out", pa.int32()),
     ("status", pa.string()),  # ok | diverged

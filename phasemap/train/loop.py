@@ -208,11 +208,11 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
                 t0 = time.perf_counter()
                 accuracy = _accuracies(prober, task, x_probe, y_probe, train_subset, out, y)
                 probe = prober(x_probe, y_probe)
-                rows = _probe_rows(run, step, probe, loss.detach().tolist(), accuracy, first_bad)
+                rows = _probe_rows(run, step, probe, prober.n_layers, loss.detach().tolist(), accuracy, first_bad)
                 if step == steps and probe.spectra is not None:
                     _write_spectra(root, sweep_id, run_id, step, probe.spectra, run.base, run.status, first_bad)
                 run.probe_seconds += time.perf_counter() - t0
-            rows += _mark_diverged(run, first_bad, prober.layers, opt, run_id)
+            rows += _mark_diverged(run, first_bad, prober, opt, run_id)
             _check_lease(lease)
             records.write_part(root, sweep_id, run_id, step, rows)
             run.rows.extend(rows)
@@ -268,7 +268,9 @@ def _resume(cfg, root, run_id, resume, model, opt, data_gen, prober, run: _RunSt
     run.diverged_at, run.status = state["diverged_at"].to(device), state["status"]
     prober.load(state.get("previous_probe", []), device)
     # rows of parts written before the checkpoint; later parts are written again, same names
-    run.rows = records.read_run(root, sweep_id, run_id, before_step=state["step"]).to_dict("records")
+    before = records.read_run(root, sweep_id, run_id, before_step=state["step"])
+    # through Arrow, not pandas' dicts: a null integer (a layer row's `head`) must stay null, not NaN
+    run.rows = pa.Table.from_pandas(before, schema=records.SCHEMA, preserve_index=False).to_pylist()
     log.info("run %s: resuming at step %d of %d", run_id, state["step"], cfg.train.steps)
     return state["step"]
 
@@ -286,7 +288,8 @@ def _accuracies(prober, task, x_probe, y_probe, train_subset, out, y) -> tuple[l
     return train, prober.accuracy(x_probe, y_probe)
 
 
-def _probe_rows(run: _RunState, step: int, probe, train_loss: list, accuracy, first_bad: list) -> list[dict]:
+def _probe_rows(run: _RunState, step: int, probe, n_layers: int, train_loss: list, accuracy,
+                first_bad: list) -> list[dict]:
     """One row per layer for every member still finite at this probe."""
     rows = []
     train_acc, probe_acc = accuracy
@@ -297,15 +300,15 @@ def _probe_rows(run: _RunState, step: int, probe, train_loss: list, accuracy, fi
             continue
         for l, info in enumerate(probe.layers):
             row = dict(run.base[k])
-            row.update(step=step, layer=l + 1, n_layers=len(probe.layers), layer_name=info.name,
-                       layer_kind=info.kind, dim_in=info.dim_in, dim_out=info.dim_out, status="ok", train_loss=train_loss[k], probe_loss=probe.loss[k],
+            row.update(step=step, layer=info.layer, n_layers=n_layers, layer_name=info.name, layer_kind=info.kind,
+                       head=info.head, dim_in=info.dim_in, dim_out=info.dim_out, status="ok", train_loss=train_loss[k], probe_loss=probe.loss[k],
                        train_accuracy=train_acc[k], probe_accuracy=probe_acc[k], nan_reason=probe.reasons[l][k])
             row.update({c: v[k] for c, v in probe.values[l].items()})
             rows.append(row)
     return rows
 
 
-def _mark_diverged(run: _RunState, first_bad: list, layers, opt, run_id: str) -> list[dict]:
+def _mark_diverged(run: _RunState, first_bad: list, prober, opt, run_id: str) -> list[dict]:
     """Members found non-finite at this sync point: marked, frozen, and their rows."""
     newly = [k for k in range(len(run.base)) if run.status[k] == "ok" and first_bad[k] >= 0]
     rows = []
@@ -313,7 +316,7 @@ def _mark_diverged(run: _RunState, first_bad: list, layers, opt, run_id: str) ->
         run.status[k] = "diverged"
         run.diverged_at[k] = first_bad[k]
         log.warning("run %s member %d diverged at step %d", run_id, k, first_bad[k])
-        rows.extend(_diverged_rows(run.base[k], first_bad[k], layers))
+        rows.extend(_diverged_rows(run.base[k], first_bad[k], prober.layers, prober.n_layers))
     if newly:
         opt.freeze(torch.tensor([k in newly for k in range(len(run.base))], device=run.diverged_at.device))
     return rows
@@ -366,13 +369,13 @@ def _write_spectra(root, sweep_id, run_id, step, layers: list[dict], base, statu
     records.write_spectra(root, sweep_id, run_id, pa.table(cols, schema=records.SPECTRA_SCHEMA))
 
 
-def _diverged_rows(base: dict, step: int, layers) -> list[dict]:
+def _diverged_rows(base: dict, step: int, layers, n_layers: int) -> list[dict]:
     """One row per layer saying the member diverged at `step`; metrics are NaN."""
     rows = []
-    for l, info in enumerate(layers):
+    for info in layers:
         row = dict(base)
-        row.update(step=step, layer=l + 1, n_layers=len(layers), layer_name=info.name, layer_kind=info.kind,
-                   dim_in=info.dim_in, dim_out=info.dim_out, status="diverged", train_loss=float("nan"), probe_loss=float("nan"),
+        row.update(step=step, layer=info.layer, n_layers=n_layers, layer_name=info.name, layer_kind=info.kind,
+                   head=info.head, dim_in=info.dim_in, dim_out=info.dim_out, status="diverged", train_loss=float("nan"), probe_loss=float("nan"),
                    train_accuracy=float("nan"), probe_accuracy=float("nan"), nan_reason="diverged: non-finite loss")
         row.update({c: (0 if c.startswith("n_zero") or c.endswith("_n") else float("nan")) for c in METRIC_COLUMNS})
         rows.append(row)

@@ -19,9 +19,11 @@ from ..models import StackedMLP
 @dataclass(frozen=True)
 class LayerInfo:
     name: str
-    kind: str  # linear | conv | attention.q | attention.k | attention.v | attention.out
+    kind: str  # linear | conv | attention.q | attention.k | attention.v | attention.out (+ ".head")
     dim_in: int
     dim_out: int
+    layer: int  # 1-based position among the measured layers (a head row: its projection's)
+    head: int | None = None  # a per-head row's head (1-based)
 
 
 @dataclass
@@ -47,9 +49,10 @@ class Prober:
         self.trackers = [Stationarity()] if self.stacked else [Stationarity() for _ in range(K)]
         if self.stacked:
             dims = model.dims
-            self.layers = [LayerInfo(f"fc{l + 1}", "linear", dims[l], dims[l + 1]) for l in range(len(dims) - 1)]
+            self.layers = [LayerInfo(f"fc{l + 1}", "linear", dims[l], dims[l + 1], l + 1) for l in range(len(dims) - 1)]
         else:
-            self.layers = [LayerInfo(*row) for row in describe_layers(model.member(0))]
+            self.layers = [LayerInfo(*row) for row in describe_layers(model.member(0), probe_spec.per_head)]
+        self.n_layers = sum(info.head is None for info in self.layers)  # head rows are not layers
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Probe:
         return self._stacked(x, y) if self.stacked else self._by_member(x, y)
@@ -74,7 +77,7 @@ class Prober:
             tables.append(measure(member, self.prepare(x), y, self.task.loss, s.covariance, s.pah_floor,
                                   s.null_samples, weight_decay=self.weight_decays[k],
                                   labels=y if self.task.classification else None, stationarity=self.trackers[k],
-                                  max_samples=s.max_samples))
+                                  max_samples=s.max_samples, per_head=s.per_head))
         infos = self.layers
         nan_row = {c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan) for c in METRIC_COLUMNS}
         values, reasons = [], []

@@ -22,6 +22,7 @@ import logging
 import time
 from typing import Any
 
+import pandas as pd
 import torch
 
 from .. import __version__, records
@@ -88,8 +89,8 @@ class Recorder:
         base.setdefault("output_dim", int(table["dim_out"].iloc[-1]))
         rows = []
         for _, r in table.iterrows():
-            row = dict(base, step=step, layer=int(r["layer"]), n_layers=len(table), layer_name=r["name"],
-                       layer_kind=r["kind"],
+            row = dict(base, step=step, layer=int(r["layer"]), n_layers=int(table["head"].isna().sum()),
+                       layer_name=r["name"], layer_kind=r["kind"], head=None if pd.isna(r["head"]) else int(r["head"]),
                        dim_in=int(r["dim_in"]), dim_out=int(r["dim_out"]),
                        status="ok", train_loss=train_loss, probe_loss=float(r["probe_loss"]),
                        nan_reason=r["nan_reason"])
