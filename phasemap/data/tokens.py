@@ -5,10 +5,11 @@
 - any other file: plain UTF-8 text read character by character; the vocabulary is the file's
   sorted distinct characters.
 
-The last 10% of the stream is held out for probes and held-out accuracy. A sample is `task.block` + 1 consecutive tokens at a random
-offset: the first `block` are the input, the last `block` the targets (the next token at every
-position). The loss is the mean next-token cross-entropy of a block; every (sequence,
-position) pair is a sample for the measurements.
+The last 10% of the stream is held out for probes and held-out accuracy. A sample is
+`task.block` + 1 consecutive tokens at a random offset: the first `block` are the input, the
+last `block` the targets (the next token at every position). The training loss is the mean
+next-token cross-entropy; every (sequence, position) pair is a sample for the measurements, and
+its loss is that token's.
 """
 
 from __future__ import annotations
@@ -83,10 +84,12 @@ class TokenTask:
         return self._blocks(self.train, torch.linspace(0, last, n, device=self.device).long())
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy per block: out (..., N, T, vocab), y (N, T) -> (..., N)."""
+        """Next-token cross-entropy per token: out (..., N, T, vocab), y (N, T) -> (..., N, T).
+
+        Per token, not per block: a token is a sample, so its gradient is its own loss's (the
+        training loss is their mean, and the balance condition's E[g_b h_a^T] is over tokens)."""
         lead = out.shape[:-1]
-        per_token = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(lead).reshape(-1), reduction="none")
-        return per_token.view(lead).mean(-1)
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(lead).reshape(-1), reduction="none").view(lead)
 
     def accuracy(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (out.argmax(-1) == y).float().mean((-2, -1))

@@ -197,7 +197,7 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
         # every step draws a fresh batch; the loss is the train loss at `step`
         x, y = task.sample(cfg.train.batch_size, data_gen)
         out = model(prepare(x))
-        loss = task.loss(out, y).mean(1)  # (K,)
+        loss = task.loss(out, y).flatten(1).mean(1)  # (K,): per sample, or per token of a sequence
         # record the first non-finite step per member without a host sync
         run.diverged_at = torch.where((run.diverged_at < 0) & ~torch.isfinite(loss), step, run.diverged_at)
 
