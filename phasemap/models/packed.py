@@ -56,7 +56,7 @@ class PackedModel(nn.Module):
 
         Vectorised over members (vmap) on a GPU; on a CPU member after member, on slices of
         the same stacked tensors (vmap'd convolutions ran at 0.57x of a loop over the K models
-        there, the member loop at 0.9-1.0x: `benchmarks/cnn_pack.py`). `vectorize` overrides.
+        there, the member loop at 0.9-1.0x: `benchmarks/packed_vs_loop.py`). `vectorize` overrides.
         """
         base = self._base[0]
         base.train(self.training)
