@@ -42,7 +42,7 @@ AXIS_LABELS = {
     "weight_decay": "weight decay γ",
     "lr": "learning rate η",
     "batch_size": "batch size B",
-    "depth": "depth D (hidden layers)",
+    "depth": "depth D",  # model.depth: hidden layers of an MLP, conv layers, ResNet layers or blocks
     "width": "width d",
     "momentum": "momentum",
     "optimizer": "optimizer",
