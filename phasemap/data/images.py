@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
+from .classification import HeldOutTask
 
 IMAGE_TASKS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "npz")
 FILE_TASKS = IMAGE_TASKS[1:]
@@ -178,11 +179,9 @@ def _standardised(x_train, y_train, x_test, y_test, scale: float) -> Images:
     return Images((xt - mean) / std, y_train.long(), (xh - mean) / std, y_test.long(), n_classes)
 
 
-class ImageTask:
+class ImageTask(HeldOutTask):
     """Image classification as the training loop sees a task: batches drawn from the train
-    split, probes on the held-out split, cross-entropy per sample."""
-
-    classification = True
+    split (augmented if `task.augment`), probes on the held-out split."""
 
     def __init__(self, spec, device: torch.device | str = "cpu"):
         self.spec = spec
@@ -197,31 +196,9 @@ class ImageTask:
                                f"label {data.n_classes - 1} in {spec.path or spec.name!r}"])
         self.input_shape = data.shape
 
-    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """`n` training images drawn uniformly with replacement (augmented if `task.augment`)."""
-        idx = torch.randint(len(self.x_train), (n,), generator=generator, device=self.device)
-        x = self.x_train[idx]
-        if self.spec.augment:
-            x = augment(x, generator)
-        return x, self.y_train[idx]
-
-    def probe_set(self, n: int, generator: torch.Generator | None = None):
-        """The first `n` held-out images (all of them if fewer): the paper probes on the test set."""
-        return self.x_test[:n], self.y_test[:n]
-
-    def train_set(self, n: int):
-        """The first `n` training images, unaugmented: for the train accuracy beside probes."""
-        return self.x_train[:n], self.y_train[:n]
-
-    def accuracy(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Share of samples whose largest output is the label, per leading index (a pack's K)."""
-        return (out.argmax(-1) == y).float().mean(-1)
-
-    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy per sample; `out` may carry extra leading dims (a pack's K)."""
-        lead = out.shape[:-1]
-        target = y.expand(lead).reshape(-1)
-        return torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), target, reduction="none").view(lead)
+    def sample(self, n: int, generator: torch.Generator):
+        x, y = super().sample(n, generator)
+        return (augment(x, generator) if self.spec.augment else x), y
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:

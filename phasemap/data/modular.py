@@ -10,9 +10,8 @@ held-out accuracy (Power et al. 2022). The loss is the cross-entropy at the last
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-OPERATIONS = ("add", "sub", "mul", "div")
+from .classification import HeldOutTask, accuracy, cross_entropy
 
 
 def modular_table(p: int, operation: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,9 +29,7 @@ def modular_table(p: int, operation: str) -> tuple[torch.Tensor, torch.Tensor]:
     return seq, c
 
 
-class ModularTask:
-    classification = True
-
+class ModularTask(HeldOutTask):
     def __init__(self, spec, device: torch.device | str = "cpu"):
         self.spec = spec
         self.device = torch.device(device)
@@ -45,21 +42,9 @@ class ModularTask:
         self.output_dim = spec.modulus + 2  # the vocabulary: numbers, the operation, `=`
         self.input_shape = (4,)
 
-    def sample(self, n: int, generator: torch.Generator):
-        idx = torch.randint(len(self.x_train), (n,), generator=generator, device=self.device)
-        return self.x_train[idx], self.y_train[idx]
-
-    def probe_set(self, n: int, generator: torch.Generator | None = None):
-        return self.x_test[:n], self.y_test[:n]
-
-    def train_set(self, n: int):
-        return self.x_train[:n], self.y_train[:n]
-
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the last position's logits; out (..., N, T, vocab) -> (..., N)."""
-        last = out[..., -1, :]
-        lead = last.shape[:-1]
-        return F.cross_entropy(last.reshape(-1, last.shape[-1]), y.expand(lead).reshape(-1), reduction="none").view(lead)
+        return cross_entropy(out[..., -1, :], y)
 
     def accuracy(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (out[..., -1, :].argmax(-1) == y).float().mean(-1)
+        return accuracy(out[..., -1, :], y)

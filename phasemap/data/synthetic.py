@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..config import TaskSpec
+from .classification import accuracy, cross_entropy
 
 
 class Task:
@@ -73,12 +73,10 @@ class Task:
 
     def accuracy(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """clusters: share of samples whose largest output is the label, per leading index."""
-        return (out.argmax(-1) == y).float().mean(-1)
+        return accuracy(out, y)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample loss; `out` may carry extra leading dims (a pack's K)."""
         if self.classification:
-            lead = out.shape[:-1]
-            target = y.expand(lead).reshape(-1)
-            return F.cross_entropy(out.reshape(-1, out.shape[-1]), target, reduction="none").view(lead)
+            return cross_entropy(out, y)
         return 0.5 * ((out - y) ** 2).sum(-1)

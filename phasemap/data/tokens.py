@@ -18,9 +18,9 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import ConfigError
+from .classification import accuracy, cross_entropy
 
 HELD_OUT = 0.1  # the last tenth of the stream
 
@@ -88,8 +88,7 @@ class TokenTask:
 
         Per token, not per block: a token is a sample, so its gradient is its own loss's (the
         training loss is their mean, and the balance condition's E[g_b h_a^T] is over tokens)."""
-        lead = out.shape[:-1]
-        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.expand(lead).reshape(-1), reduction="none").view(lead)
+        return cross_entropy(out, y)
 
     def accuracy(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (out.argmax(-1) == y).float().mean((-2, -1))
+        return accuracy(out, y)
