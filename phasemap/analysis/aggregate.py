@@ -109,15 +109,21 @@ def phase_grid(
     keys = [*facets, y, x] + (["layer"] if layer == "each" else [])
     rows = pick_layer(last_records(df), layer).copy()
     rows["phase"] = label_phases(rows, tau, against)
+    stats = rows.groupby(keys, sort=True)[list(columns)].agg(["mean", "std"])
+    stats.columns = [f"{c}_{s}" for c, s in stats.columns]
+    table = _majority(rows, keys).merge(stats.reset_index(), on=keys)
+    return _complete(table, keys, rows if layer == "each" else df)
+
+
+def _majority(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per cell of `keys`: `n` rows, the most frequent `phase` (ties: the name first in sort
+    order) and the `share` of rows in it."""
     counts = rows.groupby(keys + ["phase"], sort=True).size().rename("count").reset_index()
     counts = counts.sort_values(keys + ["count", "phase"], ascending=[True] * len(keys) + [False, True])
     top = counts.drop_duplicates(keys)[keys + ["phase", "count"]]
-    stats = rows.groupby(keys, sort=True)[list(columns)].agg(["mean", "std"])
-    stats.columns = [f"{c}_{s}" for c, s in stats.columns]
-    n = rows.groupby(keys, sort=True).size().rename("n")
-    table = top.merge(n.reset_index(), on=keys).merge(stats.reset_index(), on=keys)
+    table = top.merge(rows.groupby(keys, sort=True).size().rename("n").reset_index(), on=keys)
     table["share"] = table.pop("count") / table["n"]
-    return _complete(table, keys, rows if layer == "each" else df)
+    return table
 
 
 def critical_depth_map(
@@ -225,14 +231,9 @@ def learning_phase_grid(df: pd.DataFrame, x: str, y: str, *, facets: Sequence[st
     is the outcome), with the mean grokking step and delay of the cell's grokking networks."""
     nets = learning_phases(df, threshold, soon).rename(columns={"outcome": "phase"})
     keys = [*facets, y, x]
-    counts = nets.groupby(keys + ["phase"], sort=True).size().rename("count").reset_index()
-    counts = counts.sort_values(keys + ["count", "phase"], ascending=[True] * len(keys) + [False, True])
-    top = counts.drop_duplicates(keys)[keys + ["phase", "count"]]
-    n = nets.groupby(keys, sort=True).size().rename("n")
     grok = nets[nets["phase"] == "grokking"].groupby(keys, sort=True)[["held_out_step", "delay"]].mean()
     grok.columns = ["grok_step_mean", "delay_mean"]
     accuracy = nets.groupby(keys, sort=True)[["final_train_accuracy", "final_held_out_accuracy"]].mean()
-    table = top.merge(n.reset_index(), on=keys).merge(accuracy.reset_index(), on=keys)
+    table = _majority(nets, keys).merge(accuracy.reset_index(), on=keys)
     table = table.merge(grok.reset_index(), on=keys, how="left")
-    table["share"] = table.pop("count") / table["n"]
     return _complete(table, keys, nets)
