@@ -1,12 +1,11 @@
 """Model families in the packed engine: cnn and resnet on real (bundled) images, packed
 members equal to members trained alone, per-member BatchNorm statistics."""
 
-import pandas as pd
 import pytest
 import torch
 
+from packs import assert_members_equal_alone
 from phasemap import ConfigError, parse_config, train_pack
-from phasemap.measure import METRIC_COLUMNS
 from phasemap.models.cnn import cnn
 from phasemap.models.packed import PackedModel
 
@@ -31,18 +30,8 @@ def small_cnn(family="cnn", **over):
 def test_a_packed_family_equals_its_members_trained_alone(tmp_path, family):
     pack = small_cnn(family)
     assert len(pack.members) == 4
-    packed = train_pack(pack, root=str(tmp_path / "pack")).records
-    kinds = set(packed["layer_kind"])
-    assert kinds == {"conv", "linear"}
-    paired = [c for c in METRIC_COLUMNS if c.startswith("pah_") and "sorted" not in c]
-    cols = ["train_loss", "probe_loss", "train_accuracy", "probe_accuracy"] + [c for c in METRIC_COLUMNS if c not in paired]
-    for k, member in enumerate(pack.members):
-        alone = train_pack(pack.member_config(member), root=str(tmp_path / f"alone{k}")).records
-        mine = packed[packed["member"] == k].reset_index(drop=True)
-        assert mine["config_hash"].iloc[0] == alone["config_hash"].iloc[0]
-        assert mine["layer_name"].tolist() == alone["layer_name"].tolist()
-        pd.testing.assert_frame_equal(mine[cols], alone[cols], rtol=1e-4, atol=1e-5)
-        pd.testing.assert_frame_equal(mine[paired], alone[paired], rtol=1e-3, atol=1e-3)
+    packed = assert_members_equal_alone(pack, tmp_path, atol=1e-5, paired_tol=1e-3)
+    assert set(packed["layer_kind"]) == {"conv", "linear"}
 
 
 def test_batchnorm_statistics_stay_per_member():
