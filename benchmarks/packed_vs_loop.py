@@ -15,7 +15,6 @@ vocabulary of 64, `--width` d_model, 4 heads.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -23,6 +22,7 @@ from phasemap.models.cnn import cnn
 from phasemap.models.packed import PackedModel
 from phasemap.models.transformer import Transformer
 from phasemap.train.optim import make_optimizer
+from timing import seconds_per_call
 
 
 def main() -> None:
@@ -81,15 +81,7 @@ def main() -> None:
             o.step()
 
     for name, step in (("packed", packed_step), ("loop", loop_step), ("packed", packed_step), ("loop", loop_step)):
-        step()  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rate = K * args.steps / (time.perf_counter() - t)
+        rate = K / seconds_per_call(step, args.steps, device)
         print(f"{name:>7}: {rate:8.1f} member-steps/s", flush=True)
 
 

@@ -11,7 +11,6 @@ running it on each.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -19,6 +18,7 @@ from phasemap.config import TaskSpec
 from phasemap.models import StackedMLP
 from phasemap.measure import Stationarity, probe_stacked
 from phasemap.data import Task
+from timing import seconds_per_call
 
 
 def main() -> None:
@@ -41,15 +41,7 @@ def main() -> None:
         tracker = Stationarity()
         probe = lambda: probe_stacked(model, task, x, y, "centered", 1e-4,  # noqa: E731
                                       weight_decay=[1e-3] * args.k, stationarity=tracker)
-        probe()  # warm-up (and the stationarity's first matrices)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(args.repeat):
-            probe()
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / args.repeat
+        seconds = seconds_per_call(probe, args.repeat, args.device)  # warm-up: the stationarity's first matrices
         print(f"{name:9s} K={args.k} dims={dims} N={args.n}: {seconds:.3f} s per probe, "
               f"{seconds / args.k * 1e3:.1f} ms per member", flush=True)
 
