@@ -183,14 +183,34 @@ def _load(args):
         overrides = list(getattr(args, "set", []))
         if getattr(args, "out", None):
             overrides.append(f"storage.root={args.out}")
-        return load_sweep(args.config, overrides)
+        cfg = load_sweep(args.config, overrides)
+        if args.command != "status":
+            _check_data(cfg)
+        return cfg
     overrides = list(args.set)
     if getattr(args, "steps", None) is not None:
         overrides.append(f"train.steps={args.steps}")
     cfg = load_config(args.config, overrides)
     if getattr(args, "out", None):
         cfg = replace(cfg, {"storage.root": args.out})
+    _check_data(cfg)
     return cfg
+
+
+def _check_data(cfg) -> None:
+    """Every task's data files read once before anything starts (a bad file: exit 2, named)."""
+    from .data import check
+    from .sweep import expand
+
+    tasks = [cfg.task] if isinstance(cfg, RunConfig) else [p.task for p in expand(cfg)]
+    problems = []
+    for spec in dict.fromkeys(tasks):  # each distinct task once
+        try:
+            check(spec)
+        except ConfigError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)), "data")
 
 
 def summary(table: pd.DataFrame, tau: float) -> str:
@@ -237,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                mininterval=0.1 if sys.stderr.isatty() else 10.0)
     try:
         result = train_pack(cfg, progress=lambda s: bar.update(1) if s > 0 else None)
-    except RuntimeError as e:  # e.g. device='cuda' without CUDA
+    except (RuntimeError, ConfigError) as e:  # e.g. device='cuda' without CUDA, a token id beyond vocab_size
         bar.close()
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
 """Configs: every file in configs/ validates; bad input lists every problem with its path."""
 
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -16,9 +18,10 @@ def test_every_shipped_config_validates(path, capsys, tmp_path):
     data = yaml.safe_load(path.read_text())
     task = data.get("base", data).get("task", {})
     if task.get("path"):  # data on disk (res1: CIFAR-10, llm-small: tokens) is not here: a stand-in, by --set
-        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-            (tmp_path / name).write_bytes(b"")
-        (tmp_path / "train.bin").write_bytes(b"")
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:  # a readable CIFAR folder
+            with open(tmp_path / name, "wb") as f:
+                pickle.dump({b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [0, 1]}, f)
+        np.arange(64, dtype="<u2").tofile(tmp_path / "train.bin")
         stand_in = tmp_path / "train.bin" if task["name"] == "tokens" else tmp_path
         assert main(["validate", str(path)]) == 2  # as shipped: the path is named, nothing starts
         assert "task.path: `path exists` must hold" in capsys.readouterr().err

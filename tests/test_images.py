@@ -108,3 +108,19 @@ def test_bundled_digits_and_augmentation():
         padded = torch.nn.functional.pad(src, (1, 1, 1, 1))
         windows = [padded[:, i:i + 4, j:j + 4] for i in range(3) for j in range(3)]
         assert any(torch.equal(img, w) or torch.equal(img, w.flip(-1)) for w in windows)
+
+
+def test_a_bad_data_file_stops_the_cli_before_anything_starts(tmp_path, capsys, monkeypatch):
+    from phasemap.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.npz").write_text("not an npz")
+    (tmp_path / "run.yaml").write_text("task: {name: npz, path: bad.npz}\nmodel: {family: cnn}\n")
+    assert main(["run", "run.yaml", "--out", "results"]) == 2
+    err = capsys.readouterr().err
+    assert "task.path: `a readable npz dataset` must hold, but got 'bad.npz'" in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists()  # nothing started, nothing written
+    sweep = "name: s\nbase: {task: {name: npz, path: bad.npz}, model: {family: cnn}}\naxes: {model.depth: [1, 2]}\n"
+    (tmp_path / "sweep.yaml").write_text(sweep)
+    assert main(["sweep", "sweep.yaml", "--out", "results"]) == 2
+    assert "bad.npz" in capsys.readouterr().err and not (tmp_path / "results").exists()
