@@ -12,7 +12,7 @@ import sys
 import pandas as pd
 
 from . import __version__
-from .config import ConfigError, RunConfig, load_config, read_yaml, replace
+from .config import ConfigError, RunConfig, load_config, parse_config, read_yaml, replace
 from .measure.phases import critical_depth, label_phases
 
 EPILOG = """examples:
@@ -202,7 +202,12 @@ def _check_data(cfg) -> None:
     from .data import check
     from .sweep import expand
 
-    tasks = [cfg.task] if isinstance(cfg, RunConfig) else [p.task for p in expand(cfg)]
+    if isinstance(cfg, RunConfig):
+        tasks = [cfg.task]
+    elif cfg.search.mode == "grid":
+        tasks = [p.task for p in expand(cfg)]
+    else:  # optuna samples its axes as it goes: the base config's task
+        tasks = [parse_config(cfg.base).task]
     problems = []
     for spec in dict.fromkeys(tasks):  # each distinct task once
         try:

@@ -124,3 +124,12 @@ def test_a_bad_data_file_stops_the_cli_before_anything_starts(tmp_path, capsys, 
     (tmp_path / "sweep.yaml").write_text(sweep)
     assert main(["sweep", "sweep.yaml", "--out", "results"]) == 2
     assert "bad.npz" in capsys.readouterr().err and not (tmp_path / "results").exists()
+
+
+def test_an_optuna_sweep_passes_the_data_check(tmp_path, capsys):
+    from phasemap.cli import main
+
+    sweep = ("name: o\nbase: {task: {name: digits}, model: {family: cnn}}\nsearch: {mode: optuna, trials: 2}\n"
+             "axes: {optimizer.lr: {low: 0.001, high: 0.1}}\n")
+    (tmp_path / "o.yaml").write_text(sweep)
+    assert main(["validate", str(tmp_path / "o.yaml")]) == 0, capsys.readouterr().err
