@@ -95,3 +95,14 @@ def test_critical_depth_table_uses_hidden_layers_only_and_reports_fraction():
     cd = critical_depth(pd.DataFrame(rows), "rga_b", 0.9)
     assert cd["l_star"].iloc[0] == 3.0 and cd["l_star_frac"].iloc[0] == 0.75
     assert math.isnan(cd["l_star"].iloc[1])
+
+
+def test_critical_depth_leaves_out_per_head_rows():
+    # whole layers 1..3 all align (l* = 1); per-head rows of layer 2 (probe.per_head, head set)
+    # do not, and must not count: aggregate leaves them out the same way
+    rows = [{"run_id": "r", "member": 0, "step": 1, "layer": l, "n_layers": 4, "depth": 1, "head": math.nan,
+             "rga_b": 0.95} for l in (1, 2, 3, 4)]
+    rows += [{"run_id": "r", "member": 0, "step": 1, "layer": 2, "n_layers": 4, "depth": 1, "head": h,
+              "rga_b": 0.1} for h in (1, 2)]
+    cd = critical_depth(pd.DataFrame(rows), "rga_b", 0.9)
+    assert len(cd) == 1 and cd["l_star"].iloc[0] == 1.0 and cd["l_star_frac"].iloc[0] == pytest.approx(1 / 3)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..measure.phases import ALIGNMENT_COLUMNS, critical_depth, label_phases, learning_outcome, n_hidden
+from ..measure.phases import ALIGNMENT_COLUMNS, critical_depth, label_phases, layer_rows, learning_outcome, n_hidden
 from ..records import CONFIG_COLUMNS
 
 NETWORK = ["sweep_id", "run_id", "member"]
@@ -25,11 +25,6 @@ def varying_axes(df: pd.DataFrame) -> list[str]:
     """The config columns (every field of the run config but the seeds) that take more than
     one value in `df`, in config order: derived from the data, never from a fixed list."""
     return [c for c in AXES if c in df and df[c].nunique(dropna=False) > 1]
-
-
-def layer_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows of whole layers: per-head rows of attention (probe.per_head) left out."""
-    return df[df["head"].isna()] if "head" in df else df
 
 
 def last_records(df: pd.DataFrame) -> pd.DataFrame:

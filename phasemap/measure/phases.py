@@ -93,6 +93,12 @@ def label_phases(table: pd.DataFrame, tau: float, against: str = "raw") -> pd.Se
     return pd.Series(labels, index=table.index, name="phase", dtype=object)
 
 
+def layer_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of whole layers: per-head rows of attention (probe.per_head: `head` set) left
+    out; they share their projection's `layer` index and would count as layers of their own."""
+    return table[table["head"].isna()] if "head" in table else table
+
+
 def n_hidden(table: pd.DataFrame) -> np.ndarray:
     """Hidden layers of each row's network: every measured layer but the last (the output),
     from `n_layers`; the MLP's `depth` where that column is missing (it has depth + 1 layers)."""
@@ -108,11 +114,12 @@ def critical_depth(table: pd.DataFrame, relation: str, tau: float, by: list[str]
     """Critical depth per network (and step) for one alignment column, e.g. 'rga_b'.
 
     Uses the hidden layers (1 <= layer <= n_hidden: every measured layer but the output; the
-    MLP's depth) of rows with status ok. Returns one row per group of `by` (default: run_id,
+    MLP's depth) of rows with status ok, whole layers only (per-head rows left out). Returns one row per group of `by` (default: run_id,
     member, step) with `depth`, `n_hidden`, `l_star` and `l_star_frac` = l*/n_hidden; NaN when
     no suffix of layers aligns or a layer is missing.
     """
     by = list(by or ["run_id", "member", "step"])
+    table = layer_rows(table)
     table = table.assign(n_hidden=n_hidden(table))
     hidden = table[(table["layer"] <= table["n_hidden"]) & (table["layer"] >= 1)]
     if "status" in hidden:
