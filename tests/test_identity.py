@@ -204,6 +204,27 @@ def test_a_diverged_member_scores_the_worst_value():
     assert objective(table, "rga_b", "min") == float("inf")
 
 
+def test_the_objective_averages_every_hidden_layer_of_any_family():
+    """A depth-2 transformer measures 13 layers (12 hidden, then the output) and per-head rows:
+    the objective is the mean over layers 1..n_layers-1 of the layer rows, whatever `depth` is."""
+    rows = []
+    for member, offset in [(0, 0.0), (1, 0.1)]:
+        for layer in range(1, 14):
+            rows.append({"member": member, "step": 10, "layer": layer, "n_layers": 13, "head": None, "depth": 2,
+                         "status": "ok", "rga_b": 99.0 if layer == 13 else layer / 100 + offset,
+                         "sweep_id": "s", "run_id": "r"})
+            rows.append({"member": member, "step": 10, "layer": layer, "n_layers": 13, "head": 0, "depth": 2,
+                         "status": "ok", "rga_b": -5.0, "sweep_id": "s", "run_id": "r"})  # per-head: not a layer
+        rows.append({"member": member, "step": 5, "layer": 1, "n_layers": 13, "head": None, "depth": 2,
+                     "status": "ok", "rga_b": 7.0, "sweep_id": "s", "run_id": "r"})  # an earlier probe
+    table = pd.DataFrame(rows)
+    # member 0: mean of 0.01..0.12 = 0.065; member 1: 0.165
+    assert objective(table, "rga_b", "max") == pytest.approx(0.115)
+    # an MLP without `n_layers` (schema before version 3): layers 1..depth
+    mlp = table[(table["head"].isna()) & (table["layer"] <= 3) & (table["step"] == 10)].drop(columns=["n_layers", "head"])
+    assert objective(mlp, "rga_b", "min") == pytest.approx((0.015 + 0.115) / 2)
+
+
 # ----------------------------------------------------------------------------- leases
 
 

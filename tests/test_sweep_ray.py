@@ -80,7 +80,7 @@ def test_optuna_sweep(tmp_path, local_ray):
     assert not recs.duplicated(["config_hash", "step", "layer"]).any()
     objectives = [t["objective"] for t in result.trials]
     for t in result.trials:  # the reported objective is the records' own mean at the last step
-        run = recs[(recs["run_id"] == t["run_id"]) & (recs["layer"] <= recs["depth"])]
+        run = recs[(recs["run_id"] == t["run_id"]) & (recs["layer"] < recs["n_layers"])]  # hidden layers
         assert t["objective"] == pytest.approx(run[run["step"] == run["step"].max()]["rga_b"].mean())
     assert len(set(objectives)) == 3
     assert [r["state"] for r in sweep_status(cfg)] == ["complete"] * 3  # runs found in storage

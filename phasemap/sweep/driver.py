@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .. import records
 from ..records import leases
 from ..analysis.aggregate import last_records
+from ..measure.phases import n_hidden
 from ..config import parse_config
 from ..train import run_id_of, train_pack
 from .spec import SweepConfig, SweepStorage, _with
@@ -37,7 +38,10 @@ log = logging.getLogger(__name__)
 
 
 def objective(table, column: str, direction: str) -> float:
-    """`column` per member (mean over hidden layers at its last step), then over members.
+    """`column` per member (mean over its hidden layers at its last step), then over members.
+
+    Hidden layers are every measured layer but the output (1..n_layers-1, layer rows only),
+    for every family; `aggregate.last_hidden` uses the same ones.
 
     A diverged member counts as the worst value for the direction (-inf for max, +inf for
     min): a config where any seed diverges ranks last, never scored by its survivors alone.
@@ -48,7 +52,7 @@ def objective(table, column: str, direction: str) -> float:
     worst = float("-inf") if direction == "max" else float("inf")
     values = []
     for _, member in rows.groupby("member"):
-        hidden = member[(member["status"] == "ok") & (member["layer"] <= member["depth"])]
+        hidden = member[(member["status"] == "ok") & (member["layer"] >= 1) & (member["layer"] <= n_hidden(member))]
         values.append(worst if (member["status"] == "diverged").any() else float(hidden[column].mean()))
     return float(sum(values) / len(values)) if worst not in values else worst
 
