@@ -1,6 +1,7 @@
 """phasemap's command line: `phasemap validate CONFIG`, `phasemap run CONFIG`.
 
-Exit codes: 0 done, 2 bad input (config problems are all listed, nothing starts).
+Exit codes: 0 done; 2 bad input (config problems are all listed, one line each, nothing starts);
+1 anything else (a failed trial, a storage fault; `run` prints the traceback); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 
 import pandas as pd
 
@@ -262,10 +264,14 @@ def main(argv: list[str] | None = None) -> int:
                mininterval=0.1 if sys.stderr.isatty() else 10.0)
     try:
         result = train_pack(cfg, progress=lambda s: bar.update(1) if s > 0 else None)
-    except (RuntimeError, ConfigError) as e:  # e.g. device='cuda' without CUDA, a token id beyond vocab_size
+    except ConfigError as e:  # met while training: e.g. device='cuda' without CUDA, a token id beyond vocab_size
         bar.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception:  # out of memory, an internal bug: the traceback is what finds it
+        bar.close()
+        traceback.print_exc()
+        return 1
     bar.close()
     n_div = result.status.count("diverged")
     if result.reused:

@@ -28,7 +28,7 @@ import torch
 
 from .. import __version__, records
 from ..records import leases
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 from ..data import make_task
 from ..measure import METRIC_COLUMNS
 from ..models import build_model
@@ -80,7 +80,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device: `cuda is available` must hold, but got device='cuda' on a machine without CUDA")
+        raise ConfigError(["train.device: `cuda is available` must hold, but got device='cuda' on a machine without CUDA"])
     return torch.device(name)
 
 
