@@ -106,3 +106,53 @@ def test_critical_depth_leaves_out_per_head_rows():
               "rga_b": 0.1} for h in (1, 2)]
     cd = critical_depth(pd.DataFrame(rows), "rga_b", 0.9)
     assert len(cd) == 1 and cd["l_star"].iloc[0] == 1.0 and cd["l_star_frac"].iloc[0] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    "steps,held_out,soon,expected",
+    [
+        # the case: train crosses at 347; held-out 0.899 at 347, next probe 1,500. The
+        # crossing lies in (347, 1500]: it may be at 348 <= 2 x 347, so the delay is not resolved
+        ([0, 347, 1500], [0.0, 0.899, 0.95], 2.0, "unresolved"),
+        # probes dense enough: the crossing lies in (800, 1000], after 2 x 347 = 694 whatever it is
+        ([0, 347, 800, 1000], [0.0, 0.5, 0.6, 0.95], 2.0, "grokking"),
+        # earliest possible crossing 695 > 694: resolved by one step; at 694 it is not
+        ([0, 347, 694, 1000], [0.0, 0.5, 0.6, 0.95], 2.0, "grokking"),
+        ([0, 347, 693, 1000], [0.0, 0.5, 0.6, 0.95], 2.0, "unresolved"),
+        # crossing seen at 694 = 2 x 347: comprehension whatever lies before it
+        ([0, 347, 694], [0.0, 0.5, 0.95], 2.0, "comprehension"),
+        # a larger `soon` makes the same sparse probes resolve comprehension
+        ([0, 347, 1500], [0.0, 0.899, 0.95], 5.0, "comprehension"),
+    ],
+)
+def test_grokking_needs_the_delay_resolved_by_the_probes(steps, held_out, soon, expected):
+    from phasemap.measure.phases import learning_outcome
+
+    train = [0.0] + [1.0] * (len(steps) - 1)  # train reaches the threshold at the second probe (347)
+    outcome, t_train, t_held = learning_outcome(steps, train, held_out, 0.9, soon)
+    assert (outcome, t_train, t_held) == (expected, 347, steps[-1])  # the held-out crossing is at the last probe
+
+
+def test_learning_phases_mark_unresolved_networks_and_the_figure_warns():
+    from phasemap.analysis.aggregate import learning_phase_grid, learning_phases
+    from phasemap.figures.report import FigureOptions, make_figure
+
+    rows = []
+    for net, (steps, held) in enumerate([([0, 347, 1500], [0.0, 0.899, 0.95]),  # too sparse
+                                          ([0, 347, 800, 1000], [0.0, 0.5, 0.6, 0.95])]):  # grokking
+        for step, acc in zip(steps, held):
+            rows.append({"sweep_id": "s", "run_id": f"r{net}", "member": 0, "step": step, "status": "ok",
+                         "weight_decay": float(net), "depth": 1, "seed": 0, "data_seed": 0,
+                         "train_accuracy": 1.0 if step else 0.0, "probe_accuracy": acc})
+    df = pd.DataFrame(rows)
+    nets = learning_phases(df).set_index("run_id")
+    assert nets.loc["r0", "outcome"] == "unresolved" and nets.loc["r1", "outcome"] == "grokking"
+    # where the held-out crossing may lie: (held_out_after, held_out_step]
+    assert (nets.loc["r0", "held_out_after"], nets.loc["r0", "held_out_step"]) == (347, 1500)
+    grid = learning_phase_grid(df, "weight_decay", "depth").set_index("weight_decay")
+    assert grid.loc[0.0, "phase"] == "unresolved" and grid.loc[1.0, "phase"] == "grokking"
+    assert grid.loc[1.0, "grok_step_mean"] == 1000 and math.isnan(grid.loc[0.0, "grok_step_mean"])
+    _, table, caption = make_figure(df, "learning-phase", FigureOptions(x="weight_decay", y="depth"))
+    assert "1 of 2 networks unresolved" in caption and "too sparse for --soon 2" in caption
+    _, _, caption = make_figure(df, "learning-phase", FigureOptions(x="weight_decay", y="depth", soon=5))
+    assert "unresolved" not in caption

@@ -55,8 +55,9 @@ SPECTRUM_FLOOR = 1e-8
 
 
 # learning outcomes (aggregate.learning_phases): colour-blind-safe, fixed in every figure
-LEARNING_COLORS = {"comprehension": "#117733", "grokking": "#332288", "memorisation": "#DDCC77",
-                   "confusion": "#882255", "other": "#BBBBBB"}
+# unresolved (probes too sparse to tell grokking from comprehension) in a pale grey, not a phase colour
+LEARNING_COLORS = {"comprehension": "#117733", "grokking": "#332288", "unresolved": "#DDDDDD",
+                   "memorisation": "#DDCC77", "confusion": "#882255", "other": "#BBBBBB"}
 
 
 def phase_color(phase) -> str:

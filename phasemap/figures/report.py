@@ -73,6 +73,20 @@ def _pooled(df: pd.DataFrame, kept) -> str:
     return f"; pooled over {', '.join(others)}" if others else ""
 
 
+def _sparse_probes(grid: pd.DataFrame, soon: float) -> str:
+    """The learning-phase caption's warning when some networks are `unresolved` (and a log
+    warning): their probes bracket the held-out crossing too coarsely to tell grokking from
+    comprehension at this `soon`."""
+    unresolved, n = int(grid["n_unresolved"].fillna(0).sum()), int(grid["n"].sum())
+    if not unresolved:
+        return ""
+    warning = (f"{unresolved} of {n} networks unresolved: the probes are too sparse for --soon {soon:g} (the "
+               f"held-out crossing lies between two probes on both sides of {soon:g}x the train step); "
+               f"probe more often between the two crossings, or choose another --soon")
+    log.warning("learning phases: %s", warning)
+    return f" Warning: {warning}."
+
+
 def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | None = None):
     """The figure of one kind from records; returns (figure, the table it draws, caption)."""
     if kind not in KINDS:
@@ -101,7 +115,7 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
         caption = (f"Majority learning outcome over {y} × {x}: train and held-out accuracy reach {opts.threshold} "
                    f"together (comprehension, held-out within {opts.soon:g}x the train step), much later "
                    f"(grokking: mean step of it written in), never held out (memorisation) or never (confusion); "
-                   f"share of networks{pooled}.")
+                   f"share of networks{pooled}.{_sparse_probes(table, opts.soon)}")
         fig = plots.phase_diagram(table, x, y, facet, title=f"Learning phases (accuracy ≥ {opts.threshold})",
                                   colors=plots.LEARNING_COLORS, legend="learning phase")
         return fig, table, caption

@@ -136,25 +136,49 @@ def critical_depth(table: pd.DataFrame, relation: str, tau: float, by: list[str]
     return out.drop(columns=["_n", "_last_bad"])
 
 
-LEARNING_OUTCOMES = ("comprehension", "grokking", "memorisation", "confusion")
+LEARNING_OUTCOMES = ("comprehension", "grokking", "unresolved", "memorisation", "confusion")
 
 
 def learning_outcome(steps, train_accuracy, held_out_accuracy, threshold: float = 0.9,
                      soon: float = 2.0) -> tuple[str, float, float]:
     """A run's learning phase from its accuracies at the probe steps (SCIENCE.md, Learning
-    phases; Liu et al. 2022): (outcome, first step train accuracy >= threshold, first step
-    held-out accuracy >= threshold; NaN where never).
+    phases; Liu et al. 2022): (outcome, t_train, t_held), the first probe steps at which train
+    and held-out accuracy are at or above `threshold` (NaN where never).
 
-    confusion: train never reaches the threshold; memorisation: train does, held-out never;
-    comprehension: held-out reaches it within `soon` times the step train did (or before);
-    grokking: later than that (the delay is the difference of the two steps).
+    confusion: train never reaches the threshold; memorisation: train does, held-out never.
+    Otherwise the probes only bracket the held-out crossing: it lies in (t_prev, t_held], t_prev
+    the probe before t_held (`held_out_bracket`). With the horizon soon * t_train (t_train at
+    least 1, so a run that starts learnt has one):
+    comprehension: t_held <= horizon (held-out reached it within `soon` times the train step);
+    grokking: t_prev + 1 > horizon, even the earliest possible crossing is later (the delay
+    t_held - t_train is then resolved: the probes show it is longer than the horizon);
+    unresolved: otherwise, the crossing may lie on either side of the horizon: the probes are
+    too sparse for this `soon` (probe more often between t_train and t_held).
     """
-    order = np.argsort(np.asarray(steps))
-    s, tr, te = (np.asarray(v, dtype=float)[order] for v in (steps, train_accuracy, held_out_accuracy))
-    first = lambda acc: float(s[np.argmax(acc >= threshold)]) if (acc >= threshold).any() else math.nan  # noqa: E731
-    t_train, t_test = first(tr), first(te)
+    order = np.argsort(np.asarray(steps), kind="stable")
+    s, tr = (np.asarray(v, dtype=float)[order] for v in (steps, train_accuracy))
+    t_train = float(s[np.argmax(tr >= threshold)]) if (tr >= threshold).any() else math.nan
+    t_prev, t_held = held_out_bracket(steps, held_out_accuracy, threshold)
     if math.isnan(t_train):
-        return "confusion", t_train, t_test
-    if math.isnan(t_test):
-        return "memorisation", t_train, t_test
-    return ("comprehension" if t_test <= soon * max(t_train, 1.0) else "grokking"), t_train, t_test
+        return "confusion", t_train, t_held
+    if math.isnan(t_held):
+        return "memorisation", t_train, t_held
+    horizon = soon * max(t_train, 1.0)
+    if t_held <= horizon:
+        return "comprehension", t_train, t_held
+    if t_prev + 1 > horizon:  # steps are integers: the earliest step the crossing can be at
+        return "grokking", t_train, t_held
+    return "unresolved", t_train, t_held
+
+
+def held_out_bracket(steps, held_out_accuracy, threshold: float = 0.9) -> tuple[float, float]:
+    """Where the held-out accuracy first crossed `threshold`, as the probes know it: (t_prev,
+    t_held], t_prev the probe step before the first one at or above it (-inf when that is the
+    first probe); (NaN, NaN) when it never does."""
+    order = np.argsort(np.asarray(steps), kind="stable")
+    s = np.asarray(steps, dtype=float)[order]
+    reached = np.asarray(held_out_accuracy, dtype=float)[order] >= threshold
+    if not reached.any():
+        return math.nan, math.nan
+    i = int(np.argmax(reached))
+    return (float(s[i - 1]) if i > 0 else -math.inf), float(s[i])
