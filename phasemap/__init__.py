@@ -13,13 +13,38 @@ The public surface:
 - `aggregate`, `plots`: tables (phase grids, critical-depth maps, curves) and their figures.
 """
 
-__version__ = "0.1.0"
+import importlib
+from importlib.metadata import PackageNotFoundError, version
 
-from .config import ConfigError, RunConfig, load_config, parse_config
-from .measure import alignment, alignment_null, critical_depth, excess, label_phases, measure, power_law
-from .analysis import load, sql
-from .records import SCHEMA
-from .train import Recorder, RunResult, train_pack
+try:
+    __version__ = version("phasemap")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+# Imported on first use (PEP 562), so that `import phasemap.records` or the CLI's `--help`,
+# `query` and `plot` never pay for torch: name -> the module that defines it.
+_EXPORTS = {
+    "ConfigError": ".config", "RunConfig": ".config", "load_config": ".config", "parse_config": ".config",
+    "alignment": ".measure", "alignment_null": ".measure", "critical_depth": ".measure.phases",
+    "excess": ".measure", "label_phases": ".measure.phases", "power_law": ".measure",
+    "load": ".analysis.query", "sql": ".analysis.query", "SCHEMA": ".records",
+    "Recorder": ".train", "RunResult": ".train", "train_pack": ".train",
+}
+
+
+def __getattr__(name: str):
+    if name == "measure":  # the subpackage, callable as the function `measure` (see its docstring)
+        return importlib.import_module(".measure", __name__)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __all__ = [
     "Recorder",

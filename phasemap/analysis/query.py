@@ -49,12 +49,21 @@ class Scan:
     base: str
     files: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    # file -> the columns with an old default (V1_DEFAULTS, n_layers) that its schema lacks
+    missing: dict[str, frozenset] = field(default_factory=dict)
     # (sweep, run) folder -> (complete, time) for the one-network-per-config rule
     runs: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
 
-    def dataset(self) -> ds.Dataset:
-        return ds.dataset(self.files, filesystem=self.fs, format="parquet", schema=DATASET_SCHEMA,
-                          partition_base_dir=self.base, partitioning=PARTITIONING)
+    def dataset(self, files: list[str] | None = None) -> ds.Dataset:
+        return ds.dataset(self.files if files is None else files, filesystem=self.fs, format="parquet",
+                          schema=DATASET_SCHEMA, partition_base_dir=self.base, partitioning=PARTITIONING)
+
+    def groups(self) -> dict[frozenset, list[str]]:
+        """The files grouped by the old columns they lack (one group where all are current)."""
+        out: dict[frozenset, list[str]] = {}
+        for path in self.files:
+            out.setdefault(self.missing.get(path, frozenset()), []).append(path)
+        return out
 
 
 def scan(root: str, strict: bool = False, sweep_id: str | None = None) -> Scan:
@@ -81,11 +90,13 @@ def scan(root: str, strict: bool = False, sweep_id: str | None = None) -> Scan:
         if COMPACTED in names:  # a finished run: its one file, never its leftover parts beside it
             data = [names[COMPACTED]]
         for info in data:
-            reason = _check_file(fs, info.path)
+            reason, columns = _check_file(fs, info.path)
             if reason:
                 found.skipped[info.path] = reason
             else:
                 found.files.append(info.path)
+                if _FILLED - columns:
+                    found.missing[info.path] = frozenset(_FILLED - columns)
         keys = dict(p.split("=", 1) for p in folder.rsplit("/", 2)[-2:] if "=" in p)
         if data and {"sweep", "run"} <= set(keys):
             done = names.get(COMPLETE)
@@ -100,16 +111,21 @@ def scan(root: str, strict: bool = False, sweep_id: str | None = None) -> Scan:
     return found
 
 
-def _check_file(fs: pafs.FileSystem, path: str) -> str:
+_FILLED = frozenset(V1_DEFAULTS) | {"n_layers"}  # columns that files written before them lack
+
+
+def _check_file(fs: pafs.FileSystem, path: str) -> tuple[str, frozenset]:
+    """Why the file cannot be read ("" if it can), and its column names."""
     try:
         with fs.open_input_file(path) as f:
             schema = pq.read_schema(f)
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not fatal
-        return f"unreadable ({type(e).__name__}: {e})"
+        return f"unreadable ({type(e).__name__}: {e})", frozenset()
     version = (schema.metadata or {}).get(b"phasemap_schema_version", b"?").decode()
     if version not in {str(v) for v in READABLE_VERSIONS}:
-        return f"unknown schema version {version!r} (this phasemap reads {', '.join(map(str, READABLE_VERSIONS))})"
-    return ""
+        return (f"unknown schema version {version!r} (this phasemap reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))})", frozenset())
+    return "", frozenset(schema.names)
 
 
 def _filter(filters: dict[str, Any] | None):
@@ -124,14 +140,15 @@ def _filter(filters: dict[str, Any] | None):
     return expr
 
 
-def _upgrade(table: pa.Table) -> pa.Table:
-    """Rows of older schema versions as this version reads them: config columns v1 did not have
-    filled with the values v1 runs used, and pre-v3 sorted power-law fits moved to `_sorted`."""
+def _upgrade(table: pa.Table, missing: frozenset = frozenset()) -> pa.Table:
+    """Rows of older files as this version reads them: the columns their files lack (`missing`)
+    filled with the values runs of the time used, and pre-v3 sorted power-law fits moved to
+    `_sorted`. A column the file has is never filled: a null there is the writer's."""
     for column, value in V1_DEFAULTS.items():
-        if column in table.column_names and table[column].null_count:
+        if column in missing and column in table.column_names:
             i = table.column_names.index(column)
             table = table.set_column(i, column, pc.fill_null(table[column], pa.scalar(value, table.schema.field(column).type)))
-    if "n_layers" in table.column_names and "depth" in table.column_names and table["n_layers"].null_count:
+    if "n_layers" in missing and "n_layers" in table.column_names and "depth" in table.column_names:
         i = table.column_names.index("n_layers")  # before version 3 every network was an MLP: depth + 1
         filled = pc.add(pc.cast(table["depth"], pa.int32()), pa.scalar(1, pa.int32()))
         table = table.set_column(i, "n_layers", pc.coalesce(table["n_layers"], filled))
@@ -194,7 +211,8 @@ def load(
     upgraded = set(V1_DEFAULTS) | set(SORTED_BEFORE_V3) | set(SORTED_BEFORE_V3.values()) | {"n_layers"}
     late = {c: filters.pop(c) for c in list(filters) if c in upgraded}  # upgraded first, then filtered
     needed = _read_columns(cols + RUN_KEYS + list(late))
-    table = _upgrade(found.dataset().to_table(columns=needed, filter=_filter(filters)))
+    table = pa.concat_tables([_upgrade(found.dataset(files).to_table(columns=needed, filter=_filter(filters)), missing)
+                              for missing, files in found.groups().items()])
     if late:
         table = table.filter(_filter(late))
     df = table.to_pandas()
@@ -212,11 +230,21 @@ def _literal(value: Any) -> str:
     return f"'{value}'" if isinstance(value, str) else repr(value)
 
 
+def _upgrade_sql(missing: frozenset) -> str:
+    """`_upgrade` as the column replacements of a DuckDB SELECT over files lacking `missing`."""
+    filled = [f"coalesce(a.{c}, {_literal(v)}) AS {c}" for c, v in V1_DEFAULTS.items() if c in missing]
+    if "n_layers" in missing:
+        filled += ["coalesce(a.n_layers, a.depth + 1) AS n_layers"]
+    filled += [f"CASE WHEN a.schema_version < 3 THEN NULL ELSE a.{p} END AS {p}" for p in SORTED_BEFORE_V3]
+    filled += [f"CASE WHEN a.schema_version < 3 THEN a.{p} ELSE a.{s} END AS {s}" for p, s in SORTED_BEFORE_V3.items()]
+    return ", ".join(filled)
+
+
 def sql(root: str, query: str, strict: bool = False) -> pd.DataFrame:
     """Run DuckDB SQL over the view `records` (every record under `root`, plus hive columns).
 
-    The view holds one network per config and sweep, and v1 files' missing config columns
-    filled in (see the module docstring); `all_records` is every row as stored.
+    The view holds one network per config and sweep, and older files' missing columns filled
+    in (see the module docstring); `all_records` is every row as stored.
     """
     import duckdb
 
@@ -227,15 +255,13 @@ def sql(root: str, query: str, strict: bool = False) -> pd.DataFrame:
         con.register("all_records", dataset)
         keys = dataset.to_table(columns=RUN_KEYS) if found.files else dataset.select(RUN_KEYS)
         con.register("_lost", losing_runs(keys, found.runs))
-        filled = [f"coalesce({c}, {_literal(v)}) AS {c}" for c, v in V1_DEFAULTS.items()]
-        filled += ["coalesce(a.n_layers, a.depth + 1) AS n_layers"]
-        filled += [f"CASE WHEN a.schema_version < 3 THEN NULL ELSE a.{p} END AS {p}" for p in SORTED_BEFORE_V3]
-        filled += [f"CASE WHEN a.schema_version < 3 THEN a.{p} ELSE a.{s} END AS {s}" for p, s in SORTED_BEFORE_V3.items()]
-        filled = ", ".join(filled)
-        con.execute(f"""
-            CREATE TEMP VIEW records AS
-            SELECT a.* REPLACE ({filled}) FROM all_records a
-            ANTI JOIN _lost l ON a.sweep_id = l.sweep_id AND a.run_id = l.run_id AND a.config_hash = l.config_hash""")
+        parts = []
+        for i, (missing, files) in enumerate(found.groups().items() if found.files else [(frozenset(), None)]):
+            con.register(f"_files{i}", found.dataset(files) if files is not None else dataset)
+            parts.append(f"SELECT a.* REPLACE ({_upgrade_sql(missing)}) FROM _files{i} a "
+                         f"ANTI JOIN _lost l ON a.sweep_id = l.sweep_id AND a.run_id = l.run_id "
+                         f"AND a.config_hash = l.config_hash")
+        con.execute("CREATE TEMP VIEW records AS " + " UNION ALL ".join(parts))
         return con.execute(query).df()
     finally:
         con.close()

@@ -30,7 +30,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..measure.columns import METRIC_COLUMNS
+from .columns import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
 

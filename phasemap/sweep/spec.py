@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ConfigError, RunConfig, _build, _check, parse_config, read_yaml, set_path
-from ..measure.columns import METRIC_COLUMNS
+from ..records.columns import METRIC_COLUMNS
 
 MEMBER_FIELDS = ("optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "train.seed")
 # columns an Optuna objective can be: numbers per row

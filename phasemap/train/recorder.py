@@ -37,7 +37,8 @@ class Recorder:
     """Writes the records of one network trained by your own code (member 0 of its run).
 
     config: a one-member `RunConfig` (every config column filled), or a mapping of record
-    columns to values (e.g. {"depth": 4, "weight_decay": 1e-4}); columns not given are null.
+    columns to values (e.g. {"depth": 4, "weight_decay": 1e-4}); columns not given are null,
+    except the recorder's own `covariance`, `pah_floor` and `null_samples`.
     `depth` defaults to the number of linear layers measured minus one (the last is the output).
     `weight_decay` in the config also gives the `balance` column its gamma.
     """
@@ -85,6 +86,8 @@ class Recorder:
         base = {"schema_version": records.SCHEMA_VERSION, "phasemap_version": __version__,
                 "sweep_id": self.sweep_id, "trial_id": self.run_id, "run_id": self.run_id,
                 "config_hash": self.config_hash, "member": 0, **self.columns}
+        for column, value in self.options.items():  # how this recorder measures, unless the config says
+            base.setdefault(column, value)
         base.setdefault("depth", int(measured["layer"].max()) - 1 if len(measured) else None)
         base.setdefault("output_dim", int(table["dim_out"].iloc[-1]))
         rows = []

@@ -1,0 +1,50 @@
+"""Reading records: old files get the values their time used, new files are read as written."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from phasemap import Recorder, load, records, sql
+
+
+def _cnn_recorder_run(root):
+    """A tiny CNN trained by hand and recorded with 8 null samples, config naming two columns."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    x, y = torch.randn(48, 1, 6, 6), torch.randint(0, 3, (48,))
+    per_sample = lambda o, t: nn.functional.cross_entropy(o, t, reduction="none")  # noqa: E731
+    with Recorder(str(root), "mine", "cnn", config={"family": "cnn", "weight_decay": 1e-3}, null_samples=8) as rec:
+        for step in (0, 1):
+            rec.probe(net, x, y, per_sample, step, labels=y)
+
+
+def test_a_new_file_with_null_fields_is_not_filled_with_old_defaults(tmp_path):
+    _cnn_recorder_run(tmp_path)
+    for got in (load(str(tmp_path)), sql(str(tmp_path), "SELECT * FROM records")):
+        assert got["null_samples"].eq(8).all()  # the recorder's own setting, written
+        assert got["family"].eq("cnn").all() and got["weight_decay"].eq(1e-3).all()
+        # never set by this user: null, not the v1 values (norm 'batch', n_classes 10, heads 4)
+        for column in ("norm", "n_classes", "heads", "tied", "data_path", "modulus"):
+            assert got[column].isna().all(), column
+
+
+def test_only_the_columns_a_file_lacks_are_filled(tmp_path):
+    _cnn_recorder_run(tmp_path / "new")
+    table = pq.read_table(next((tmp_path / "new").rglob("records.parquet")))
+    # the same rows written by an older version: without `norm` and `heads`, which it did not have
+    folder = tmp_path / "mixed" / "sweep=mine" / "run=old"
+    folder.mkdir(parents=True)
+    old = table.drop_columns(["norm", "heads"]).set_column(
+        table.schema.get_field_index("config_hash"), "config_hash", pa.array(["older"] * len(table)))
+    pq.write_table(old.replace_schema_metadata({"phasemap_schema_version": "3"}), folder / "part-000000001.parquet")
+    new = tmp_path / "mixed" / "sweep=mine" / "run=cnn"
+    new.mkdir(parents=True)
+    pq.write_table(table, new / "records.parquet")
+    for got in (load(str(tmp_path / "mixed")), sql(str(tmp_path / "mixed"), "SELECT * FROM records")):
+        old_file = got["config_hash"] == "older"
+        assert old_file.sum() == (~old_file).sum() == len(table)
+        assert got.loc[old_file, "norm"].eq(records.V1_DEFAULTS["norm"]).all()  # the file lacks it: filled
+        assert got.loc[old_file, "heads"].eq(4).all()
+        assert got.loc[~old_file, "norm"].isna().all() and got.loc[~old_file, "heads"].isna().all()  # as written
+        assert got["n_classes"].isna().all()  # both files have the column: never filled
