@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from phasemap import alignment, alignment_null, excess, label_phases, parse_config, train_pack
 from phasemap.measure.phases import ALIGNMENT_COLUMNS, critical_depth
@@ -316,3 +317,36 @@ def test_a_classification_pack_records_neural_collapse_at_every_layer(tmp_path):
                                "model": {"depth": 1, "width": 6}, "train": {"steps": 4, "batch_size": 8, "device": "cpu"},
                                "probe": {"n_samples": 32, "steps": [2]}})
     assert train_pack(regression, root=str(tmp_path / "r")).records["nc1"].isna().all()
+
+
+@pytest.mark.parametrize("head", ["embedding", "regression", "classifier"])
+def test_measure_takes_classes_from_the_labels_whatever_the_output_width(head):
+    # 4 classes in the labels; the output is a 3-wide embedding, a 1-wide regression or a
+    # 4-class classifier. NC1/NC2 of the first layer's input are those of x itself; NC3/NC4 only
+    # where the output is a classifier over the labels' classes, else NaN with a reason
+    from phasemap.measure import measure, neural_collapse
+
+    x, labels, means = etf_features(noise=0.5)
+    x, means = x.float(), means.float()
+    width = {"embedding": 3, "regression": 1, "classifier": 4}[head]
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, width))
+    target = torch.randn(len(labels), width)
+    loss = (lambda o, y: nn.functional.cross_entropy(o, y, reduction="none")) if head == "classifier" else \
+        (lambda o, y: ((o - y) ** 2).sum(-1))
+    table = measure(net, x, labels if head == "classifier" else target, loss, labels=labels)
+    by_hand = neural_collapse(x.double().unsqueeze(0), labels, 4)
+    for col in ("nc1", "nc2", "nc2_norms"):
+        assert table[col].iloc[0] == pytest.approx(by_hand[col].item(), rel=1e-5), col
+        assert table[col].notna().all(), col
+    last = table.iloc[-1]
+    if head == "classifier":
+        h = torch.tanh(net[0](x)).detach().double()
+        ref = neural_collapse(h.unsqueeze(0), labels, 4, W=net[2].weight.detach().double().unsqueeze(0),
+                              logits=net(x).detach().double().unsqueeze(0))
+        assert last["nc3"] == pytest.approx(ref["nc3"].item(), rel=1e-5)
+        assert last["nc4"] == pytest.approx(ref["nc4"].item(), abs=1e-12)
+    else:
+        assert math.isnan(last["nc3"]) and math.isnan(last["nc4"])
+        assert f"nc3, nc4: output width {width} is not the 4 classes of the labels" in last["nan_reason"]
+    assert table["nc3"].iloc[:-1].isna().all() and table["nc4"].iloc[:-1].isna().all()

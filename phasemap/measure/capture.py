@@ -172,8 +172,10 @@ def measure(
     statistics, so samples stay independent) unless `train_mode`; its modes are restored after.
     Hooks are removed on every path out.
     `weight_decay`: the L2 gamma the model trains with, for the `balance` column (else NaN).
-    `labels` (N,): class labels of the samples, for the neural-collapse columns of every layer
-    whose input has one row per sample (NC3 and NC4 at the last measured layer; else NaN).
+    `labels` (N,): class labels of the samples (classes 0..max(labels)), for the neural-collapse
+    columns of every layer whose input has one row per sample; NC3 and NC4 at the last measured
+    layer where the output is a classifier over those classes (one output per class), else NaN
+    with a reason (an embedding or regression head).
     `stationarity`: one `Stationarity` passed to every probe of a run, for the stat_* columns
     (each layer's change since the previous call; NaN without or at the first).
     A layer the forward pass does not call as a module, or cannot be measured (a grouped
@@ -275,6 +277,7 @@ def _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, we
             h.remove()
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
+    n_classes = int(labels.max()) + 1 if labels is not None else 0  # classes come from the labels
     grad_of = dict(zip(used, grads))
     agop_of = dict(zip(used, agops))
     rows = []
@@ -304,15 +307,22 @@ def _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, we
             h_a.unsqueeze(0), h_b.unsqueeze(0), g_b.unsqueeze(0), W.unsqueeze(0), covariance, pah_floor,
             null_samples, weight_decay, agop_b=agop_of[m].unsqueeze(0), stationarity=stationarity, key=name,
         )
+        nc_reason = ""
         if labels is not None and h_a.shape[0] == labels.numel():  # one feature row per label
+            # NC3 and NC4 compare the output with the class means: only where the last layer's
+            # output is a classifier over the labels' classes (an embedding or regression head is not)
             last = m is used[-1]
-            n_classes = int(labels.max()) + 1 if output.shape[-1] < 2 else output.shape[-1]
+            classifier = last and d_out == n_classes and output.shape[-1] == n_classes \
+                and output.numel() == labels.numel() * n_classes
+            if last and not classifier:
+                nc_reason = (f"nc3, nc4: output width {output.shape[-1]} is not the {n_classes} classes of the "
+                             f"labels (not a classifier over them)")
             metrics.update(neural_collapse(h_a.detach().unsqueeze(0), labels.reshape(-1), n_classes,
-                                           W=W.detach().unsqueeze(0) if last else None,
-                                           logits=output.detach().reshape(1, -1, output.shape[-1]) if last else None))
+                                           W=W.detach().unsqueeze(0) if classifier else None,
+                                           logits=output.detach().reshape(1, -1, n_classes) if classifier else None))
         row = dict(info)
         row.update({c: metrics[c][0].item() for c in METRIC_COLUMNS})
-        row["nan_reason"] = reasons[0]
+        row["nan_reason"] = "; ".join(r for r in (reasons[0], nc_reason) if r)
         rows.append(row)
         for h in _heads(m) if per_head else ():  # the head's columns of h_b and g_b, its rows of W
             s = slice(h * (d_out // m.heads), (h + 1) * (d_out // m.heads))

@@ -384,7 +384,8 @@ def neural_collapse(h: torch.Tensor, labels: torch.Tensor, n_classes: int, W: to
     E = I - 11^T / C, and nc2_norms = std / mean of the class means' norms; nc3 = | W / |W| -
     M / |M| | for classifier rows W (..., C, d); nc4 = the share of samples whose nearest class
     mean is not the network's prediction argmax(logits (..., N, C)). All 0 at collapse; classes
-    absent from the samples are left out; NaN where not given or undefined. Each (...,).
+    absent from the samples are left out; NaN where not given, undefined, or where W or the logits
+    do not have one row or column per class (not a classifier over these labels). Each (...,).
     """
     h = h.to(torch.float64)
     onehot = torch.nn.functional.one_hot(labels.to(h.device).long(), n_classes).to(h.dtype)  # (N, C)
@@ -411,7 +412,7 @@ def neural_collapse(h: torch.Tensor, labels: torch.Tensor, n_classes: int, W: to
         out["nc3"] = (unit(W.to(torch.float64)[..., present, :]) - unit(M)).flatten(-2).norm(dim=-1)
     else:
         out["nc3"] = nan
-    if logits is not None:
+    if logits is not None and logits.shape[-1] == n_classes:  # predictions among the classes
         nearest = torch.cdist(h, means).argmin(-1)  # (..., N) index among present classes
         predicted = logits.argmax(-1)
         present_ids = present.nonzero().flatten().to(h.device)
