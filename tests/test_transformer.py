@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from packs import assert_members_equal_alone
 from phasemap import ConfigError, parse_config, train_pack
@@ -24,7 +25,8 @@ def test_learning_outcomes_by_construction():
     assert learning_outcome(steps, [0, .1, .2, .3, .5], [0, 0, 0, 0, 0])[0] == "confusion"
     # `soon`: held-out at twice the train step is still comprehension by default, not at 3x
     assert learning_outcome([0, 10, 20], [0, 1, 1], [0, 0, 1])[0] == "comprehension"
-    assert learning_outcome([0, 10, 30], [0, 1, 1], [0, 0, 1])[0] == "grokking"
+    assert learning_outcome([0, 10, 20, 30], [0, 1, 1, 1], [0, 0, 0, 1])[0] == "grokking"  # crossing in (20, 30]
+    assert learning_outcome([0, 10, 30], [0, 1, 1], [0, 0, 1])[0] == "unresolved"  # (10, 30] straddles 20
     assert learning_outcome([0, 10, 30], [0, 1, 1], [0, 0, 1], soon=3)[0] == "comprehension"
 
 
@@ -200,3 +202,25 @@ def test_per_head_rows_in_a_packed_run_stay_out_of_the_layer_figures(tmp_path):
     assert (recs["n_layers"] == 7).all() and not recs.duplicated(["config_hash", "step", "layer", "head"]).any()
     assert pick_layer(last_records(recs), "last")["layer_name"].unique().tolist() == ["block1.mlp_out"]
     assert last_records(recs)["head"].isna().all()
+
+
+def test_a_tied_transformer_trains_packed_as_alone_with_one_shared_weight(tmp_path):
+    from phasemap.models import build_model
+
+    pack = _grok(model__tied=True, train__steps=4, train__check_every=2, probe__steps=[0, 4])
+    model, _ = build_model(pack.model, (4,), 9, [m.seed for m in pack.members])
+    assert sum(n.endswith("unembed__weight") for n in model.stacked) == 0  # stored once, as the embedding
+    for k in range(2):
+        member = model.member(k)
+        state = member.state_dict()
+        assert member.unembed.weight is member.tok.weight  # still tied: one parameter
+        assert torch.equal(state["unembed.weight"], state["tok.weight"])
+        assert torch.equal(state["tok.weight"], model.stacked["tok__weight"][k])
+    # one gradient per member for the shared weight: the sum over its two uses, as alone
+    x = torch.randint(0, 9, (5, 4))
+    model(x).sum().backward()
+    alone = model.member(1)
+    alone(x).sum().backward()
+    assert torch.allclose(model.stacked["tok__weight"].grad[1], alone.tok.weight.grad, atol=1e-6)
+    packed = assert_members_equal_alone(pack, tmp_path, atol=1e-5, paired_tol=1e-3)
+    assert packed["tied"].all() and "unembed" in set(packed["layer_name"])

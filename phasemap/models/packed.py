@@ -25,6 +25,15 @@ def _key(name: str) -> str:
     return name.replace(".", "__")  # parameter names may not contain dots
 
 
+def _aliases(module: nn.Module) -> dict[str, str]:
+    """{other name: first name} of every parameter or buffer registered under several names."""
+    first, aliases = {}, {}
+    for name, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+        aliases.update({name: first[id(t)]} if id(t) in first else {})
+        first.setdefault(id(t), name)
+    return aliases
+
+
 class PackedModel(nn.Module):
     """`make()` builds one member; `seeds` (K,) seed each member's initialisation."""
 
@@ -37,8 +46,12 @@ class PackedModel(nn.Module):
             with torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
                 torch.manual_seed(int(seed))
                 members.append(make())
-        params, buffers = stack_module_state(members)
+        params, buffers = stack_module_state(members)  # a tied parameter once, under its first name
         self.param_names, self.buffer_names = list(params), list(buffers)
+        # tied parameters' other names (a transformer's `unembed.weight` -> `tok.weight`): given
+        # the same stacked tensor under each name, so the pack has one parameter per tied group
+        # (one gradient, summed over its uses; one update), as each member alone has
+        self.aliases = _aliases(members[0])
         self.stacked = nn.ParameterDict({_key(n): nn.Parameter(p.detach()) for n, p in params.items()})
         for n, b in buffers.items():
             self.register_buffer("buf__" + _key(n), b)
@@ -46,10 +59,12 @@ class PackedModel(nn.Module):
         self.vectorize: bool | None = None  # None: vmap on a GPU, a member loop on a CPU
 
     def _member_params(self) -> dict[str, torch.Tensor]:
-        return {n: self.stacked[_key(n)] for n in self.param_names}
+        params = {n: self.stacked[_key(n)] for n in self.param_names}
+        return params | {alias: params[n] for alias, n in self.aliases.items() if n in params}
 
     def _member_buffers(self) -> dict[str, torch.Tensor]:
-        return {n: getattr(self, "buf__" + _key(n)) for n in self.buffer_names}
+        buffers = {n: getattr(self, "buf__" + _key(n)) for n in self.buffer_names}
+        return buffers | {alias: buffers[n] for alias, n in self.aliases.items() if n in buffers}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, ...) shared by every member -> (K, N, outputs).
@@ -63,12 +78,12 @@ class PackedModel(nn.Module):
         params, buffers = self._member_params(), self._member_buffers()
         if self.vectorize if self.vectorize is not None else x.is_cuda:
             def one(p, b, inputs):
-                return functional_call(base, (p, b), (inputs,))
+                return functional_call(base, (p, b), (inputs,), tie_weights=False)  # p names every tied name
 
             return vmap(one, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
         # buffers[k] are views: BatchNorm's running statistics update the stacked buffer in place
         return torch.stack([functional_call(base, ({n: p[k] for n, p in params.items()},
-                                                   {n: b[k] for n, b in buffers.items()}), (x,))
+                                                   {n: b[k] for n, b in buffers.items()}), (x,), tie_weights=False)
                             for k in range(self.K)])
 
     def member(self, k: int) -> nn.Module:
@@ -77,5 +92,5 @@ class PackedModel(nn.Module):
         with torch.random.fork_rng(devices=[]):
             m = self.make()
         state = {n: t[k].detach().clone() for n, t in {**self._member_params(), **self._member_buffers()}.items()}
-        m.load_state_dict(state)
+        m.load_state_dict(state)  # copies into m's own parameters: tied ones stay one parameter
         return m.to(device)
