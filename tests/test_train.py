@@ -1,6 +1,7 @@
 """Training a pack: equivalence with single runs, optimizers, divergence, records on disk."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -196,6 +197,31 @@ def test_a_checkpoint_of_another_parameter_layout_restarts_the_run(tmp_path, cap
     straight = train_pack(cfg, root=str(tmp_path / "b"))
     cols = ["member", "step", "layer", "train_loss", "probe_loss"] + METRIC_COLUMNS
     pd.testing.assert_frame_equal(restarted.records[cols], straight.records[cols])
+
+
+def test_a_checkpoint_from_another_device_resumes_reseeded_from_its_step(tmp_path, caplog):
+    cfg = small(train__checkpoint_every=10, train__steps=20, probe__steps=[10, 20])
+    with pytest.raises(Killed):
+        train_pack(cfg, root=str(tmp_path / "a"), progress=lambda s: (_ for _ in ()).throw(Killed) if s == 15 else None)
+    (ckpt,) = (tmp_path / "a").rglob("_checkpoint.pt")
+    state = torch.load(ckpt, weights_only=False)
+    assert state["device"] == "cpu" and state["probe_set"][0].shape == (64, 8)  # fc1's probe set: drawn, so kept
+    # as written on a GPU: a CUDA generator's state is 16 bytes (seed, offset), a CPU one's 5,056
+    state["data_gen"], state["device"] = torch.zeros(16, dtype=torch.uint8), "cuda"
+    torch.save(state, ckpt)
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    with caplog.at_level("WARNING"):
+        resumed = train_pack(cfg, root=str(tmp_path / "a")).records
+    assert "written on cuda, resumed on cpu" in caplog.text
+    straight = train_pack(cfg, root=str(tmp_path / "b")).records
+    # the model, optimizer and probe set carry over: the probe at the checkpoint's step is the same
+    at10 = ["member", "step", "layer", "probe_loss"] + METRIC_COLUMNS
+    pd.testing.assert_frame_equal(resumed[resumed.step == 10][at10].reset_index(drop=True),
+                                  straight[straight.step == 10][at10].reset_index(drop=True))
+    # later batches come from a generator seeded by the step: another stream, the same on every resume
+    assert (resumed[resumed.step == 20]["train_loss"].to_numpy() != straight[straight.step == 20]["train_loss"].to_numpy()).all()
+    again = train_pack(cfg, root=str(tmp_path / "c")).records
+    pd.testing.assert_frame_equal(again.drop(columns=["trial_id"]), resumed.drop(columns=["trial_id"]))
 
 
 def test_without_resume_a_run_starts_afresh(tmp_path):

@@ -39,6 +39,7 @@ from .probing import Prober
 log = logging.getLogger(__name__)
 
 PROBE_SEED_OFFSET = 1_000_003  # the probe set's generator: never the training stream
+RESEED_OFFSET = 2_000_003  # + step: the training stream resumed from a checkpoint of another device
 
 
 @dataclass
@@ -116,7 +117,8 @@ def train_pack(
     A member whose loss (or probe) becomes non-finite is recorded as `diverged` at the
     first such step and frozen; the others go on. The state is checkpointed in the run's
     folder every `train.checkpoint_every` steps; with resume=True an unfinished earlier
-    attempt continues from its checkpoint (same numbers as an uninterrupted run), otherwise
+    attempt continues from its checkpoint (same numbers as an uninterrupted run; resumed on
+    another kind of device, the training stream is reseeded from the step), otherwise
     the run starts afresh. Returns the records of the whole run.
 
     One trainer per run: the run's lease is taken first (see `leases`). While another live
@@ -176,13 +178,20 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
     prober = Prober(model, task, prepare, cfg.probe, [m.weight_decay for m in members])
     data_gen = torch.Generator(device=device).manual_seed(cfg.train.data_seed)
     probe_gen = torch.Generator(device=device).manual_seed(cfg.train.data_seed + PROBE_SEED_OFFSET)
+    before = probe_gen.get_state()
     x_probe, y_probe = task.probe_set(cfg.probe.n_samples, probe_gen)
+    # a probe set drawn from the generator (an online task) goes into checkpoints: a resume on
+    # another device, whose generator gives other numbers, measures the same samples
+    drawn = None if torch.equal(probe_gen.get_state(), before) else (x_probe, y_probe)
     train_subset = task.train_set(cfg.probe.n_samples) if task.classification else None
 
     base = [dict(b, output_dim=task.output_dim) for b in _member_columns(cfg, sweep_id, trial_id, run_id)]
     run = _RunState(base=base, status=["ok"] * K,
-                    diverged_at=torch.full((K,), -1, dtype=torch.long, device=device))  # first non-finite step
+                    diverged_at=torch.full((K,), -1, dtype=torch.long, device=device),  # first non-finite step
+                    probe_set=drawn)
     start = _resume(cfg, root, run_id, resume, model, opt, data_gen, prober, run, device)
+    if run.probe_set is not None:
+        x_probe, y_probe = run.probe_set
     records.write_file(root, sweep_id, run_id, ATTEMPT, json.dumps(
         {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "from_step": start}).encode())
     log.info("run %s: K=%d members, %s %s, %d layers measured, %d steps, device %s", run_id, K, cfg.model.family,
@@ -246,6 +255,7 @@ class _RunState:
     diverged_at: torch.Tensor  # (K,) first non-finite step, -1 while finite
     rows: list[dict] = field(default_factory=list)  # every row written so far
     probe_seconds: float = 0.0
+    probe_set: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y) when drawn from a generator
 
 
 def _resume(cfg, root, run_id, resume, model, opt, data_gen, prober, run: _RunState, device) -> int:
@@ -262,9 +272,12 @@ def _resume(cfg, root, run_id, resume, model, opt, data_gen, prober, run: _RunSt
     if state is None:
         records.clear_run(root, sweep_id, run_id)  # a fresh attempt: no stale parts survive
         return 0
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["model"])  # tensors were loaded to the CPU: copied to this device
     opt.load_state(state["optimizer"])
-    data_gen.set_state(state["data_gen"])
+    if state.get("probe_set") is not None:
+        run.probe_set = tuple(t.to(device) for t in state["probe_set"])
+    _restore_generator(data_gen, state, cfg.train.data_seed, run_id, moved_probe_set=run.probe_set is not None
+                       and state.get("probe_set") is None)
     run.diverged_at, run.status = state["diverged_at"].to(device), state["status"]
     prober.load(state.get("previous_probe", []), device)
     # rows of parts written before the checkpoint; later parts are written again, same names
@@ -273,6 +286,25 @@ def _resume(cfg, root, run_id, resume, model, opt, data_gen, prober, run: _RunSt
     run.rows = pa.Table.from_pandas(before, schema=records.SCHEMA, preserve_index=False).to_pylist()
     log.info("run %s: resuming at step %d of %d", run_id, state["step"], cfg.train.steps)
     return state["step"]
+
+
+def _restore_generator(gen: torch.Generator, state: dict, data_seed: int, run_id: str, moved_probe_set: bool) -> None:
+    """The training stream where the checkpoint left it. A checkpoint written on another device
+    (`train.device: auto` on a GPU, resumed on a CPU) holds a generator state that does not fit
+    this one (a CUDA state is its seed and offset, 16 bytes; a CPU one 5,056) and would not give
+    the same numbers if it did: the generator is reseeded from the step instead, deterministically."""
+    saved, mine = state["data_gen"], gen.get_state()
+    written_on = state.get("device", gen.device.type)
+    if written_on == gen.device.type and saved.shape == mine.shape and saved.dtype == mine.dtype:
+        gen.set_state(saved)
+        return
+    gen.manual_seed(data_seed + RESEED_OFFSET + state["step"])
+    log.warning("run %s: its checkpoint was written on %s, resumed on %s: model and optimizer carry over; training "
+                "batches from step %d on come from a generator seeded from that step (train.data_seed + %d + step), "
+                "not the stream of an uninterrupted run%s", run_id,
+                written_on if "device" in state else "another device", gen.device.type, state["step"], RESEED_OFFSET,
+                "; the probe set is drawn again on this device (a checkpoint of an older phasemap did not keep it)"
+                if moved_probe_set else "")
 
 
 def _accuracies(prober, task, x_probe, y_probe, train_subset, out, y) -> tuple[list, list]:
@@ -337,7 +369,8 @@ def _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, run: _R
     """The state at the start of `step` (before its batch is drawn), written atomically."""
     buf = io.BytesIO()
     torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state(),
-                "data_gen": data_gen.get_state(), "diverged_at": run.diverged_at, "status": list(run.status),
+                "data_gen": data_gen.get_state(), "device": data_gen.device.type, "probe_set": run.probe_set,
+                "diverged_at": run.diverged_at, "status": list(run.status),
                 "previous_probe": prober.state()}, buf)
     records.write_file(root, sweep_id, run_id, CHECKPOINT, buf.getvalue())
 
