@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sweep_command(args, cfg) -> int:
-    from .sweep import StorageError, SweepError, expand, member_counts, overhead_summary, run_sweep, sweep_status
+    from .sweep import (StorageError, SweepError, expand, grid_plan, member_counts, overhead_summary, run_sweep,
+                        sweep_status)
 
     if args.command == "validate":
         if cfg.search.mode == "grid":
@@ -318,6 +319,11 @@ def _sweep_command(args, cfg) -> int:
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before Tune started (it handles one itself while it runs)
+        incomplete = len(grid_plan(cfg).packs) if cfg.search.mode == "grid" else None
+        return _interrupted(args, cfg, incomplete)
+    if result.interrupted:
+        return _interrupted(args, cfg, result.incomplete)
     reused = sum(1 for t in result.trials if t.get("reused"))
     print(f"sweep {result.sweep_id}: {result.ran} trial(s) run ({result.trained} configs), {result.skipped} configs "
           f"already complete, {len(result.failed)} failed, {result.wall_seconds:.1f} s")
@@ -332,6 +338,16 @@ def _sweep_command(args, cfg) -> int:
     for err in result.failed:
         print(f"failed trial: {err.splitlines()[0] if err else err}", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def _interrupted(args, cfg, incomplete: int | None) -> int:
+    """Ctrl-C: how much is left, and how to finish it. Exit 130 (128 + SIGINT), as a shell does."""
+    what = "packs" if cfg.search.mode == "grid" else "trials"
+    left = f"{incomplete} {what} not complete" if incomplete is not None else f"its {what} not complete"
+    print(f"sweep {cfg.sweep_id}: interrupted: {left} (complete ones are kept under {cfg.root}/sweep={cfg.sweep_id}/)\n"
+          f"rerun the same command (phasemap sweep {args.config} ...) to finish them: only what is not complete "
+          f"trains", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

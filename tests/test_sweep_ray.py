@@ -175,6 +175,28 @@ def test_killed_driver_then_resume_runs_only_what_is_missing(tmp_path):
     check_dataset(root, cfg)
 
 
+def test_ctrl_c_exits_130_and_says_what_is_left(tmp_path):
+    """Ctrl-C (SIGINT to the driver's process group, as a terminal sends it) once the first pack
+    trains: Tune stops its trials and returns; the sweep must not read as done (it exited 0 with
+    "0 failed")."""
+    data = sweep_data(tmp_path / "out", name="int", steps=100_000, axes={"model.depth": [1, 2]})
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(data))
+    root = tmp_path / "out"
+    driver = _start_driver(config, "--num-cpus", "1")  # one worker to start: the first trial begins sooner
+    try:
+        _wait(lambda: list(root.rglob("_ATTEMPT.json")), 120, "the first pack to start")
+        os.killpg(driver.pid, signal.SIGINT)
+        out, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out
+    assert "sweep int: interrupted: 2 packs not complete" in out
+    assert "rerun the same command" in out and "failed" not in out
+    assert not list(root.rglob("_COMPLETE.json"))
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -122,6 +122,10 @@ class SweepResult:
     wall_seconds: float
     trials: list[dict]  # per trial: run_id, wall and train seconds
     trained: int = 0  # members in the packs this run started
+    # Ctrl-C (SIGINT): Tune stops its trials and returns; `incomplete` packs (grid: packs of the
+    # members not complete in storage; optuna: trials that did not finish) are left for a rerun
+    interrupted: bool = False
+    incomplete: int = 0
 
 
 class SweepError(RuntimeError):
@@ -246,8 +250,11 @@ def run_sweep(
             stop=stopper,
         ),
     )
+    interrupted = False
     try:
         grid = tuner.fit()
+    except KeyboardInterrupt:  # a second Ctrl-C: Tune's own handler takes only the first
+        grid, interrupted = None, True
     except Exception:
         _storage_check(root)  # Tune's own files live under the root: name a storage fault as such
         raise
@@ -255,8 +262,18 @@ def run_sweep(
         callback.close()
     if stopper.fault:
         raise StorageError(stopper.fault)
-    failed = [str(r.error) for r in grid if r.error is not None]
-    return SweepResult(sweep_id, n_trials, n_trials, skipped, failed, time.time() - t0, callback.finished, trained)
+    failed = [str(r.error) for r in grid if r.error is not None] if grid is not None else []
+    # Tune catches Ctrl-C itself, stops its trials (marking them terminated) and returns, raising
+    # nothing: a trial ended when it errored or sent its final report (every finished one has "objective")
+    ended = len(callback.finished) if grid is None else sum(
+        1 for r in grid if r.error is not None or "objective" in (r.metrics or {}))
+    interrupted = interrupted or ended < n_trials
+    incomplete = 0
+    if interrupted:
+        incomplete = len(grid_plan(cfg).packs) if cfg.search.mode == "grid" else n_trials - ended
+        log.info("sweep %s: interrupted, %d pack(s) not complete", sweep_id, incomplete)
+    return SweepResult(sweep_id, n_trials, ended, skipped, failed, time.time() - t0, callback.finished, trained,
+                       interrupted, incomplete)
 
 
 class _StopOnStorageFault(tune.Stopper):
