@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from phasemap import measure
@@ -98,3 +99,39 @@ def test_measure_on_multihead_attention_equals_four_separate_linears():
     pd.testing.assert_frame_equal(fused[cols], plain[cols], rtol=1e-4, atol=1e-5)
     assert (fused["nan_reason"] == "").all()
     assert not mha.in_proj_weight.grad  # measure leaves no gradient behind
+
+
+class FusedCausal(FourLinears):
+    """The same attention with a fused kernel: `F.scaled_dot_product_attention(is_causal=True)`."""
+
+    def forward(self, x):  # (N, L, E)
+        N, L, E = x.shape
+        split = lambda t: t.reshape(N, L, self.H, E // self.H).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)), is_causal=True)
+        return self.head(self.o(out.transpose(1, 2).reshape(N, L, E)))
+
+
+class CausalAttention(WithAttention):
+    def forward(self, x):
+        L = x.shape[1]
+        mask = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)  # True: not attended
+        return self.head(self.attn(x, x, x, attn_mask=mask, need_weights=False)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_causal_attention_measures_as_multihead_attention(dtype):
+    # the query gradient at position 0 is exactly zero (it attends to itself only); the fused
+    # kernel returns rounding noise there, which must count as zero as the exact zeros do
+    torch.manual_seed(0)
+    mha, head = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+    mha, head = mha.to(dtype), head.to(dtype)
+    x, y = torch.randn(10, 6, 8, dtype=dtype), torch.randn(10, 6, 3, dtype=dtype)
+    loss = lambda o, t: 0.5 * ((o - t) ** 2).sum(-1)  # noqa: E731  one loss per token
+    exact = measure(CausalAttention(mha, head), x, y, loss)
+    fused = measure(FusedCausal(mha, head).to(dtype), x, y, loss)
+    zeros = [c for c in METRIC_COLUMNS if c.startswith("n_zero")]
+    assert exact[["name"] + zeros].iloc[0].tolist() == ["attn.q_proj", 0, 10, 0, 10]  # g_a, g_b: one per sequence
+    assert (fused[zeros].values == exact[zeros].values).all(), (fused[zeros], exact[zeros])
+    cols = [f"{r}_{s}" for s in "ab" for r in ("rga", "rwa", "gwa")] + ["cross_b"]
+    tol = 1e-4 if dtype == torch.float32 else 1e-9
+    pd.testing.assert_frame_equal(fused[cols], exact[cols], rtol=tol, atol=tol)

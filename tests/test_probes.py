@@ -86,6 +86,29 @@ def test_zero_vectors_are_left_out_and_counted():
     assert torch.isfinite(C).all()
 
 
+@pytest.mark.parametrize("dtype,small", [(torch.float64, 1e-10), (torch.float32, 1e-4), (torch.bfloat16, 0.5)])
+@pytest.mark.parametrize("kind", ["centered", "raw"])
+def test_vectors_at_rounding_level_count_as_zero(dtype, small, kind):
+    # rows: three real vectors (the largest of norm 4), an exact zero, rounding noise (a fused
+    # kernel's 1e-16 where the exact value is 0; in bfloat16 noise at its eps, 7.8e-3, relative)
+    # and a genuinely small real vector (norm `small` * 1.4 / 4 of the largest: far above
+    # 16 eps in float64 and float32; 18% in bfloat16, above its 1/8)
+    noise = 2e-2 if dtype == torch.bfloat16 else 1e-16
+    rows = torch.tensor([[4.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0], [0.0, 0.0, 0.0],
+                         [noise, -noise, noise], [small, small, 0.0]], dtype=torch.float64)
+    C, u, zero = second_moment(rows.to(dtype).unsqueeze(0), kind)
+    C_ref, _, _ = second_moment(rows[[0, 1, 2, 5]].to(dtype).unsqueeze(0), kind)
+    assert zero.item() == 2  # the exact zero and the noise; the small real vector is kept
+    assert torch.equal(u[0, 3:5], torch.zeros(2, 3, dtype=dtype)) if kind == "centered" else True
+    assert torch.allclose(C.double(), C_ref.double(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0)
+    if dtype == torch.float64:  # the rule: at most ZERO_EPS eps of the largest norm
+        from phasemap.measure.maths import ZERO_EPS
+        edge = ZERO_EPS * torch.finfo(dtype).eps * 4.0
+        at, above = (torch.tensor([[4.0, 0, 0], [e, 0, 0]], dtype=dtype) for e in (edge, 1.5 * edge))
+        assert second_moment(at.unsqueeze(0), kind)[2].item() == 1
+        assert second_moment(above.unsqueeze(0), kind)[2].item() == 0
+
+
 def test_raw_second_moment_is_mean_outer_product():
     v = torch.randn(1, 50, 3, dtype=torch.float64)
     C, _, _ = second_moment(v, "raw")

@@ -12,15 +12,40 @@ from typing import NamedTuple
 
 import torch
 
+# A row counts as zero when its norm is at most ZERO_EPS * eps(dtype) times the largest row norm
+# of its matrix (the layer's samples; per member of a pack). Where the exact value is 0 (the query
+# gradient at position 0 of causal attention), fused kernels return rounding noise instead:
+# F.scaled_dot_product_attention on a CPU, float32, left up to 10 eps of the layer's largest
+# norm over 324 shapes (sequence 16-256, head dim 16-128, 1-4 heads, score scales 0.3-3; median
+# about 3 eps); 16 leaves a margin over that. It drops only vectors below 2e-6 (float32) and
+# 4e-15 (float64) of the largest. In bfloat16 (eps 7.8e-3) it drops those below 1/8 of the
+# largest: a vector computed from terms the size of the largest carries errors of order eps
+# times the largest, so its direction is uncertain by at least 6% there; a larger multiple would
+# drop vectors whose direction is known, a smaller one keeps the fused kernels' noise.
+ZERO_EPS = 16
+
+
+def zero_rows(v: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Which rows of v (..., N, d) count as zero (..., N, 1): norm at most ZERO_EPS * eps(v.dtype)
+    times the largest finite row norm among the N, rounding noise included. Rows with NaN count
+    as zero too (no direction), rows with inf do not (they make the matrix non-finite).
+    `norms`: v's row norms (..., N, 1), when already computed."""
+    norms = (v.norm(dim=-1, keepdim=True) if norms is None else norms).to(torch.promote_types(v.dtype, torch.float32))
+    largest = torch.where(torch.isfinite(norms), norms, 0.0).amax(-2, keepdim=True)  # (..., 1, 1)
+    return ~(norms > (ZERO_EPS * torch.finfo(v.dtype).eps) * largest)
+
+
 def second_moment(v: torch.Tensor, kind: str = "centered") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Covariance of the rows of v (..., N, d).
 
     centered: every row scaled to unit norm, then the mean subtracted (the paper's default);
-    raw: E[v v^T] of the raw rows. Rows that are exactly zero have no direction: they are
-    left out. Returns (C (..., d, d), the centred rows used (..., N, d), rows left out (...,)).
+    raw: E[v v^T] of the raw rows. Rows that are zero have no direction: they are left out,
+    rows at the rounding level of the largest included (`zero_rows`; normalised, rounding noise
+    would be a random unit vector). Returns (C (..., d, d), the centred rows used (..., N, d),
+    rows left out (...,)).
     """
     norms = v.norm(dim=-1, keepdim=True)  # (..., N, 1)
-    keep = norms > 0
+    keep = ~zero_rows(v, norms)
     n = keep.sum(-2, keepdim=True).clamp_min(1)  # (..., 1, 1)
     if kind == "centered":
         inv = keep / norms.clamp_min(torch.finfo(v.dtype).tiny)  # 0 for zero rows: they stay zero
@@ -29,7 +54,7 @@ def second_moment(v: torch.Tensor, kind: str = "centered") -> tuple[torch.Tensor
         if not bool(keep.all()):  # rare: a zero row must stay zero, not become -mean
             u.mul_(keep)
     elif kind == "raw":
-        u = v
+        u = v if bool(keep.all()) else v * keep
     else:
         raise ValueError(f"`kind in ('centered', 'raw')` must hold, but got {kind=}")
     C = u.transpose(-1, -2) @ u / n
