@@ -411,11 +411,29 @@ def _cross_checks(cfg: RunConfig, problems: list[str]) -> None:
 
 
 def load_factory(spec: str):
-    """The callable named by "package.module:function"."""
+    """The callable named by "package.module:function", searched for on sys.path and in the
+    current directory, as `python -m` would (last: it shadows no installed module). Ray
+    workers of a local Ray search the driver's directory too (see `start_ray`)."""
     import importlib
+    import os
+    import sys
 
     module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.append(here)
+    try:
+        found = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if not e.name or not (module + ".").startswith(e.name + "."):
+            raise  # the module itself imports something missing: its own error says what
+        importlib.invalidate_caches()  # a module written since the folder was last read
+        try:
+            found = importlib.import_module(module)
+        except ModuleNotFoundError:
+            raise ModuleNotFoundError(f"{e} (searched the current directory {here!r} and sys.path: put the "
+                                      f"module's folder on PYTHONPATH)", name=e.name) from None
+    return getattr(found, name)
 
 
 def _factory_problems(spec: str) -> list[str]:

@@ -103,10 +103,72 @@ def make(hidden=8):
 '''
 
 
+VECTOR_FACTORY = '''
+from torch import nn
+
+
+def make(hidden=4, depth=1):
+    """A user's own network on fc1's 8 inputs: `depth` hidden layers of `hidden` units."""
+    dims = [8] + [hidden] * depth
+    layers = [m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+    return nn.Sequential(*layers, nn.Linear(hidden, 1))
+'''
+
+
+@pytest.fixture
+def cwd_factory(tmp_path, monkeypatch):
+    """`cwd_nets.py` in the current directory, which is not on sys.path (as for the `phasemap` script)."""
+    import os
+    import sys
+
+    (tmp_path / "cwd_nets.py").write_text(VECTOR_FACTORY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd())])
+    yield tmp_path
+    sys.modules.pop("cwd_nets", None)
+
+
+def factory_config(factory="cwd_nets:make", **kwargs):
+    return parse_config({"task": {"name": "fc1", "input_dim": 8, "teacher_width": 8},
+                         "model": {"family": "factory", "factory": factory, "kwargs": kwargs},
+                         "optimizer": {"weight_decay": [0.0, 1e-3]},
+                         "train": {"steps": 2, "batch_size": 100}, "probe": {"n_samples": 100, "steps": [2]}})
+
+
+def test_a_factory_in_the_current_directory_is_imported_and_a_missing_one_names_pythonpath(cwd_factory):
+    assert factory_config().model.factory == "cwd_nets:make"  # imported from the current directory
+    with pytest.raises(ConfigError) as e:
+        factory_config("absent_nets:make")
+    (problem,) = e.value.problems
+    assert "No module named 'absent_nets'" in problem and "PYTHONPATH" in problem and str(cwd_factory) in problem
+
+
+def test_auto_pack_size_of_a_factory_is_measured_on_the_built_model(cwd_factory):
+    from phasemap.sweep import auto_pack_size
+
+    sizes = {h: auto_pack_size(factory_config(hidden=h), gpu=False) for h in (100, 100_000)}
+    # one forward pass: 8 h + h multiply-adds a sample, batches of 100, 4e8 a CPU core for the packed engine
+    assert sizes == {100: 64, 100_000: round(4e8 / (100 * 9 * 100_000))}
+    gpu = {h: auto_pack_size(factory_config(hidden=h), gpu=True) for h in (100, 100_000)}
+    assert gpu[100] > gpu[100_000] >= 1
+
+
+def test_records_of_a_factory_hold_depth_and_width_only_from_its_kwargs(cwd_factory):
+    recs = train_pack(factory_config(hidden=5), root=str(cwd_factory / "a")).records
+    assert recs["depth"].isna().all() and recs["width"].isna().all() and recs["layer"].max() == 2
+    recs = train_pack(factory_config(hidden=5, depth=2), root=str(cwd_factory / "b")).records
+    assert (recs["depth"] == 2).all() and recs["width"].isna().all() and recs["layer"].max() == 3
+    # the config's identity is the config, not its record columns: hashes as before the columns changed
+    cfg = factory_config(hidden=5)
+    assert (cfg.config_hash(), cfg.member_config(cfg.members[0]).config_hash()) == ("a2f5db6aa693", "8e636140ac7b")
+    assert recs["config_hash"].iloc[0] == factory_config(hidden=5, depth=2).member_config(cfg.members[0]).config_hash()
+
+
 @pytest.mark.integration
 def test_a_factory_model_trains_in_a_sweep_on_a_real_local_ray(tmp_path, monkeypatch):
-    """Starts a local Ray whose workers import the user's module from PYTHONPATH."""
-    import os
+    """Starts a local Ray (`start_ray`) whose workers import the user's module from the current
+    directory, as the driver does."""
+    import sys
 
     import ray
 
@@ -114,7 +176,8 @@ def test_a_factory_model_trains_in_a_sweep_on_a_real_local_ray(tmp_path, monkeyp
     from phasemap.sweep import parse_sweep, run_sweep
 
     (tmp_path / "my_nets.py").write_text(FACTORY)
-    monkeypatch.syspath_prepend(str(tmp_path))  # the driver validates the import path too
+    monkeypatch.chdir(tmp_path)  # the module is in the current directory, which is not on sys.path
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     cfg = parse_sweep({
         "name": "fac", "storage": {"root": str(tmp_path / "results")},
         "base": {"task": {"name": "digits"},
@@ -124,13 +187,11 @@ def test_a_factory_model_trains_in_a_sweep_on_a_real_local_ray(tmp_path, monkeyp
         "axes": {"optimizer.weight_decay": [0.0, 1e-3]},
         "resources": {"cpus": 1},
     })
-    os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(tmp_path)}})
     try:
-        result = run_sweep(cfg, progress=False)
+        result = run_sweep(cfg, progress=False, num_cpus=2)
     finally:
         ray.shutdown()
+        sys.modules.pop("my_nets", None)
     assert not result.failed and result.trained == 2
     recs = load(str(tmp_path / "results"))
     assert recs["config_hash"].nunique() == 2 and set(recs["factory"]) == {"my_nets:make"}

@@ -4,6 +4,7 @@ family (`cnn`, `resnet`, `transformer`, or a factory of yours). `build_model` pi
 
 import math
 
+import torch
 from torch import nn
 
 from ..config import load_factory
@@ -13,7 +14,8 @@ from .packed import PackedModel
 from .resnet import resnet
 from .transformer import Transformer
 
-__all__ = ["ACTIVATION_FNS", "ACTIVATION_MODULES", "PackedModel", "StackedMLP", "build_model", "mlp_dims"]
+__all__ = ["ACTIVATION_FNS", "ACTIVATION_MODULES", "PackedModel", "StackedMLP", "build_model", "factory_cost",
+           "mlp_dims"]
 
 
 def build_model(spec, input_shape: tuple[int, ...], n_outputs: int, seeds):
@@ -40,3 +42,25 @@ def build_model(spec, input_shape: tuple[int, ...], n_outputs: int, seeds):
         def make() -> nn.Module:
             return factory(**spec.kwargs)
     return PackedModel(make, seeds), (lambda x: x)
+
+
+def factory_cost(spec, task) -> tuple[float, float]:
+    """(multiply-adds, activations) per sample of one member of a factory model (`model` config
+    section `spec`), from one forward pass on two of `task`'s samples: the multiply-adds as
+    torch's FLOP counter counts them, the activations as the outputs of every leaf module (about
+    what a probe holds per sample)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.random.fork_rng(devices=[]):
+        model = load_factory(spec.factory)(**spec.kwargs)
+        x, _ = task.sample(2, torch.Generator().manual_seed(0))  # a task made on the CPU
+    sizes = []
+    hooks = [m.register_forward_hook(lambda _m, _in, out: sizes.append(out.numel() if torch.is_tensor(out) else 0))
+             for m in model.modules() if not any(m.children())]
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as flops:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return flops.get_total_flops() / 2 / len(x), sum(sizes) / len(x)

@@ -138,8 +138,14 @@ def config_value(cfg, path: str):
 
 
 def config_columns(cfg) -> dict:
-    """Every config column of a one-member run config."""
+    """Every config column of a one-member run config. A factory's network is the user's:
+    its `depth` and `width` are null unless `model.kwargs` sets them (never the MLP defaults
+    the config holds; the config hash keeps hashing the config as it is)."""
     cols = {c: config_value(cfg, path) for path, c, _ in CONFIG_COLUMNS}
+    if cfg.model.family == "factory":
+        for c in ("depth", "width"):
+            given = cfg.model.kwargs.get(c)
+            cols[c] = given if isinstance(given, int) and not isinstance(given, bool) else None
     cols["output_dim"] = cfg.output_dim
     return cols
 

@@ -133,7 +133,14 @@ class SweepError(RuntimeError):
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join a cluster (`address` or RAY_ADDRESS), or start a local Ray on this machine."""
+    """Join a cluster (`address` or RAY_ADDRESS), or start a local Ray on this machine.
+
+    The workers import what the driver imports: Ray puts the driver's current directory on
+    their sys.path (as `load_factory` does on the driver) and a local Ray's workers inherit
+    its PYTHONPATH, so a factory module in the current directory needs nothing shipped (a
+    copy of the directory, `runtime_env` working_dir, would cost its whole size). Workers on
+    other machines import it from their own PYTHONPATH; a failed import names it.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # JSON results only (below)
     import ray

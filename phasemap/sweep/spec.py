@@ -232,11 +232,19 @@ def auto_pack_size(run: RunConfig, gpu: bool) -> int:
     member-steps per second stop growing near 4e7 of them (measured: fc1, width 100, depth 4,
     batch 100: K = 8 gives 2.9x a single nn.Sequential's rate, K = 32 no more). A GPU keeps
     gaining up to ~1000x that; probes, which hold K * n_samples * width activations per layer,
-    cap it at ~16 GB (a quarter of a GPU: the cluster config puts four packs on one).
+    cap it at ~16 GB (a quarter of a GPU: the cluster config puts four packs on one). A factory
+    network is built and run forward once on two samples: its multiply-adds and activations.
     """
     width = max(run.model.width, run.task.input_dim)
     work = run.train.batch_size * width**2 * (run.model.depth + 1)
-    if run.model.family == "transformer":  # per token: 4 d^2 in attention's projections, 8 d^2 in the MLP
+    activations = width * (run.model.depth + 1)  # per sample, summed over the layers
+    if run.model.family == "factory":  # the user's network, whose depth and width say nothing: measured
+        from ..data import make_task
+        from ..models import factory_cost
+
+        multiply_adds, activations = factory_cost(run.model, make_task(run.task))
+        work = run.train.batch_size * multiply_adds
+    elif run.model.family == "transformer":  # per token: 4 d^2 in attention's projections, 8 d^2 in the MLP
         tokens = 4 if run.task.name == "modular" else run.task.block
         work = run.train.batch_size * tokens * 12 * run.model.width**2 * run.model.depth
     elif run.model.family != "mlp":  # convolutions: 9 multiply-adds per channel pair and pixel
@@ -248,5 +256,5 @@ def auto_pack_size(run: RunConfig, gpu: bool) -> int:
         # measured), but a pack saves each member a trial's start-up: pack them more freely
         per_core = 4e7 if run.model.family == "mlp" else 4e8
         return int(min(64, max(1, round(per_core / work))))
-    probe_bytes = run.probe.n_samples * width * (run.model.depth + 1) * 4 * 8
+    probe_bytes = run.probe.n_samples * activations * 4 * 8
     return int(max(1, min(1024, round(4e10 / work), 16e9 // probe_bytes)))
