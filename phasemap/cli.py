@@ -171,15 +171,16 @@ def _data_command(args) -> int:
 
 
 def _load(args):
-    from .sweep import load_sweep
+    from .sweep.spec import load_sweep, sweep_key
 
     data = read_yaml(args.config)  # a missing file or bad YAML is named here, for every command
-    sweep_file = isinstance(data, dict) and "axes" in data
+    marker = sweep_key(data)  # `axes`, `base`, ... or a near miss of one (`axis`)
+    sweep_file = marker is not None
     if args.command in ("sweep", "status") and not sweep_file:
         raise ConfigError([f"a run config (no `axes`): `phasemap {args.command}` takes a sweep config; "
                            f"train a run config with `phasemap run {args.config}`"], args.config)
     if args.command == "run" and sweep_file:
-        raise ConfigError([f"a sweep config (it has `axes`): run it with `phasemap sweep {args.config}`"],
+        raise ConfigError([f"a sweep config (it has `{marker}`): run it with `phasemap sweep {args.config}`"],
                           args.config)
     if args.command in ("sweep", "status") or sweep_file:
         overrides = list(getattr(args, "set", []))

@@ -12,11 +12,13 @@ the field's path and the value, e.g. ``model.width: `width >= 1` must hold, but 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import itertools
 import json
 import math
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,6 +304,13 @@ def _coerce_scalar(value: Any, typ: type, path: str, problems: list[str]) -> Any
     return None
 
 
+def unknown_key(where: str, key: Any, known: Collection[str]) -> str:
+    """The problem for an unknown key: the nearest known one suggested, every known one listed."""
+    near = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+    hint = f"; did you mean `{near[0]}`?" if near else ""
+    return f"{where}: unknown key{hint} (known: {', '.join(sorted(known))})"
+
+
 def _build(cls, data: Any, path: str, problems: list[str]):
     if data is None:
         data = {}
@@ -312,8 +321,7 @@ def _build(cls, data: Any, path: str, problems: list[str]):
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            where = f"{path}.{key}" if path else str(key)
-            problems.append(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+            problems.append(unknown_key(f"{path}.{key}" if path else str(key), key, names))
     values = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:

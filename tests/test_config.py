@@ -68,6 +68,17 @@ def test_every_problem_is_reported_at_once_with_path_and_value():
     assert len(err.value.problems) == 6
 
 
+def test_an_unknown_key_suggests_the_nearest_known_one():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"modle": {"depth": 2}, "train": {"stpes": 10, "colour": "red"}})
+    assert err.value.problems == [
+        "modle: unknown key; did you mean `model`? (known: model, name, optimizer, pairing, probe, storage, task, train)",
+        "train.stpes: unknown key; did you mean `steps`? (known: batch_size, check_every, checkpoint_every, "
+        "data_seed, device, seed, steps)",
+        "train.colour: unknown key (known: batch_size, check_every, checkpoint_every, data_seed, device, seed, steps)",
+    ]
+
+
 def test_batch_larger_than_probe_set_is_an_error():
     with pytest.raises(ConfigError, match=r"train.batch_size: .*batch_size=500, n_samples=100"):
         parse_config({"train": {"batch_size": 500}, "probe": {"n_samples": 100}})

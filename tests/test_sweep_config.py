@@ -65,6 +65,30 @@ def test_bad_sweep_lists_every_problem_before_anything_starts():
         assert needle in text, needle
 
 
+def test_a_misspelt_top_level_key_is_still_a_sweep_and_suggests_the_nearest(tmp_path, capsys):
+    f = tmp_path / "typo.yaml"
+    f.write_text("name: t\naxis:\n  model.depth: [1, 2]\n")  # `axes` misspelt, and no `base`
+    assert main(["validate", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "axis: unknown key; did you mean `axes`? (known: axes, base, max_failures" in err
+    assert "axes: must be a non-empty mapping" in err
+    assert main(["run", str(f)]) == 2
+    assert "a sweep config (it has `axis`): run it with `phasemap sweep" in capsys.readouterr().err
+
+
+def test_each_problem_is_listed_once_not_once_per_axis_value():
+    with pytest.raises(ConfigError) as err:
+        parse_sweep({"name": "s", "base": {"model": {"dpeth": 2}},
+                     "axes": {"optimizer.weight_decay": [0.0, 1e-3, 1e-2], "model.widht": [8, 16],
+                              "model.width": [8, 0]}})
+    known = "(known: activation, bias, depth, factory, family, heads, kwargs, norm, tied, width)"
+    assert err.value.problems == [
+        f"base.model.dpeth: unknown key; did you mean `depth`? {known}",
+        f"axes.model.widht: model.widht: unknown key; did you mean `width`? {known}",
+        "axes.model.width[1] = 0: model.width: `width >= 1` must hold, but got 0",
+    ]
+
+
 def test_combinations_are_checked_too():
     with pytest.raises(ConfigError, match=r"axes combination .*batch_size: `batch_size <= probe.n_samples`"):
         sweep(base={"train": {"batch_size": 16}, "probe": {"n_samples": 128}},

@@ -10,13 +10,15 @@ packs that share a shape.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import itertools
 import json
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigError, RunConfig, _build, _check, parse_config, read_yaml, set_path
+from ..config import ConfigError, RunConfig, _build, _check, parse_config, read_yaml, set_path, unknown_key
 from ..records.columns import METRIC_COLUMNS
 
 MEMBER_FIELDS = ("optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "train.seed")
@@ -68,6 +70,22 @@ class SweepConfig:
 
 
 _SWEEP_KEYS = {"name", "base", "axes", "search", "resources", "storage", "pack_size", "max_failures"}
+_RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def sweep_key(data: Any) -> str | None:
+    """The top-level key that makes `data` a sweep config, not a run config: one only sweep
+    configs have (`axes`, `base`, ...) or a near miss of one (`axis`); None for a run config."""
+    if not isinstance(data, dict):
+        return None
+    if "axes" in data:
+        return "axes"
+    only = _SWEEP_KEYS - _RUN_KEYS
+    for key in data:
+        near = difflib.get_close_matches(str(key), sorted(_SWEEP_KEYS | _RUN_KEYS), n=1, cutoff=0.6)
+        if key in only or (key not in _RUN_KEYS and near and near[0] in only):
+            return str(key)
+    return None
 
 
 # ----------------------------------------------------------------------------- config
@@ -87,7 +105,7 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
         raise ConfigError([f"must be a mapping, but got {data!r}"], source)
     for key in data:
         if key not in _SWEEP_KEYS:
-            problems.append(f"{key}: unknown key (known: {', '.join(sorted(_SWEEP_KEYS))})")
+            problems.append(unknown_key(str(key), key, _SWEEP_KEYS))
     name = data.get("name", "sweep")
     if not isinstance(name, str) or not name or "/" in name:
         problems.append(f"name: `name is a non-empty string with no '/'` must hold, but got {name!r}")
@@ -107,9 +125,11 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
         problems.append(f"base: must be a mapping (a run config), but got {base!r}")
         base = {}
     base = dict(base)
+    base_problems: set[str] = set()
     try:
         parse_config(base)
     except ConfigError as e:
+        base_problems = set(e.problems)
         problems += [f"base.{p}" for p in e.problems]
     axes = data.get("axes") or {}
     if not isinstance(axes, dict) or not axes:
@@ -121,11 +141,18 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
         if mode == "grid" and (not isinstance(values, list) or not values):
             problems.append(f"{where}: a grid axis must be a non-empty list, but got {values!r}")
             continue
-        for i, value in enumerate(_axis_examples(values, where, problems) if mode == "optuna" else values):
+        examples = _axis_examples(values, where, problems) if mode == "optuna" else values
+        found: dict[str, list[int]] = {}  # problem -> the values that have it; the base's are listed once, above
+        for i, value in enumerate(examples):
             try:
                 parse_config(_with(base, {key: value}))
             except ConfigError as e:
-                problems += [f"{where}[{i}] = {value!r}: {p}" for p in e.problems]
+                for p in e.problems:
+                    if p not in base_problems:
+                        found.setdefault(p, []).append(i)
+        for p, which in found.items():  # a problem of every value (a misspelt axis path) is the axis's, once
+            problems += [f"{where}: {p}"] if len(which) == len(examples) > 1 else \
+                [f"{where}[{i}] = {examples[i]!r}: {p}" for i in which]
     if search.mode == "optuna" and search.objective not in OBJECTIVES:
         problems.append(f"search.objective: `objective is a numeric record column` must hold, but got "
                         f"{search.objective!r} (valid: {', '.join(OBJECTIVES)})")
@@ -144,7 +171,7 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
                         seen.add(p)
                         problems.append(f"axes combination {combo}: {p}")
     if problems:
-        raise ConfigError(problems, source)
+        raise ConfigError(list(dict.fromkeys(problems)), source)
     return cfg
 
 
