@@ -141,6 +141,13 @@ def test_a_factory_in_the_current_directory_is_imported_and_a_missing_one_names_
         factory_config("absent_nets:make")
     (problem,) = e.value.problems
     assert "No module named 'absent_nets'" in problem and "PYTHONPATH" in problem and str(cwd_factory) in problem
+    from phasemap.sweep import parse_sweep
+
+    with pytest.raises(ConfigError) as e:  # named once, not once per axis value
+        parse_sweep({"name": "s", "base": {"task": {"name": "fc1"}, "model": {"family": "factory",
+                                                                             "factory": "absent_nets:make"}},
+                     "axes": {"optimizer.lr": [0.1, 0.2, 0.3]}})
+    assert [p for p in e.value.problems if "absent_nets" in p] == [problem.replace("model.", "base.model.", 1)]
 
 
 def test_auto_pack_size_of_a_factory_is_measured_on_the_built_model(cwd_factory):
