@@ -1,6 +1,7 @@
 """Reading records: old files get the values their time used, new files are read as written."""
 
 import pyarrow as pa
+import pyarrow.fs  # noqa: F401  (pa.fs)
 import pyarrow.parquet as pq
 import torch
 from torch import nn
@@ -48,3 +49,28 @@ def test_only_the_columns_a_file_lacks_are_filled(tmp_path):
         assert got.loc[old_file, "heads"].eq(4).all()
         assert got.loc[~old_file, "norm"].isna().all() and got.loc[~old_file, "heads"].isna().all()  # as written
         assert got["n_classes"].isna().all()  # both files have the column: never filled
+
+
+def test_an_object_store_client_is_built_once_per_root_and_fails_fast(monkeypatch):
+    import socket
+
+    import pytest
+
+    with socket.socket() as s:  # a loopback port nobody listens on: a dead endpoint
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(k, v)
+    fs, path = records.filesystem("s3://bucket/prefix/results")
+    assert path == "bucket/prefix/results" and isinstance(fs, pa.fs.S3FileSystem)
+    assert records.filesystem("s3://bucket/other")[0] is fs  # one client per bucket and environment
+    options = fs.__reduce__()[1][0]  # the client's settings, as pickling sends them
+    assert (options["endpoint_override"], options["scheme"], options["region"]) == (f"127.0.0.1:{port}", "http", "us-east-1")
+    assert options["connect_timeout"] > 0 and options["request_timeout"] > 0
+    with pytest.raises(OSError, match="127.0.0.1"):  # the endpoint it was given, refused
+        records.check_writable("s3://bucket/prefix/results")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    assert records.filesystem("s3://bucket/prefix")[0].region == "eu-west-1"  # the environment changed: anew
+    with pytest.raises(ValueError, match="s3:// options"):
+        records.filesystem("s3://bucket/x?endpoint=typo")

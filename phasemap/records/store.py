@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import uuid
+from urllib.parse import parse_qsl, urlsplit
 
 import pandas as pd
 import pyarrow as pa
@@ -195,8 +196,55 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
         if root.startswith(prefix):
             return fs, root[len(prefix):].rstrip("/")
     if "://" in root:
-        return pafs.FileSystem.from_uri(root)
+        return _object_store(root)
     return pafs.LocalFileSystem(), os.path.abspath(root)
+
+
+# Object-store clients, built once per bucket, URI options and AWS_* / GOOGLE_* environment:
+# a client per call cost ~6 s against a dead endpoint (a region lookup, default retries).
+_STORES: dict[tuple, pafs.FileSystem] = {}
+S3_TIMEOUTS = {"connect_timeout": 5.0, "request_timeout": 30.0}  # seconds
+S3_ATTEMPTS = 3  # tries of one request before its error is raised
+_S3_OPTIONS = {"region": str, "scheme": str, "endpoint_override": str, "anonymous": bool,
+               "force_virtual_addressing": bool, "allow_bucket_creation": bool, "allow_bucket_deletion": bool}
+
+
+def _object_store(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of an `s3://` root (timeouts, bounded retries) or of another URI, and its path."""
+    parts = urlsplit(uri)
+    path = (parts.netloc + parts.path).rstrip("/")
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_"))))
+    key = (parts.scheme, parts.netloc, parts.query, env)
+    if key not in _STORES:
+        if parts.scheme == "s3":
+            _STORES[key] = _s3(parts.netloc, dict(parse_qsl(parts.query)))
+        elif parts.scheme in ("gs", "gcs") and not parts.query:
+            _STORES[key] = pafs.GcsFileSystem(retry_limit_seconds=15)
+        else:
+            fs, path = pafs.FileSystem.from_uri(uri)
+            _STORES[key] = fs
+            return fs, path
+    return _STORES[key], path
+
+
+def _s3(bucket: str, query: dict[str, str]) -> pafs.S3FileSystem:
+    unknown = sorted(set(query) - set(_S3_OPTIONS))
+    if unknown:
+        raise ValueError(f"`s3:// options in {sorted(_S3_OPTIONS)}` must hold, but got {unknown}")
+    options = {k: (v.lower() in ("1", "true", "yes") if _S3_OPTIONS[k] is bool else v) for k, v in query.items()}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and "endpoint_override" not in options:  # as from_uri reads it: scheme and host:port
+        url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options.setdefault("scheme", url.scheme)
+        options["endpoint_override"] = url.netloc + url.path.rstrip("/")
+    region = options.pop("region", None) or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if not region and "endpoint_override" not in options:
+        try:  # a bucket on AWS itself: ask where it lives, as pyarrow's from_uri does
+            region = pafs.resolve_s3_region(bucket)
+        except OSError:
+            region = None
+    return pafs.S3FileSystem(region=region or "us-east-1", **S3_TIMEOUTS, **options,
+                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
 
 
 def resolve_root(root: str) -> str:
