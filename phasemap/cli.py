@@ -10,19 +10,23 @@ import argparse
 import logging
 import sys
 import traceback
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-import pandas as pd
-
-from . import __version__
+# light imports only: every command (--help too) pays for what is imported here; pandas, torch,
+# Ray, matplotlib and DuckDB are imported inside the commands that use them
 from .config import ConfigError, RunConfig, load_config, parse_config, read_yaml, replace
-from .measure.phases import critical_depth, label_phases
+
+# figures.report.KINDS (importing it loads matplotlib and pandas); a test checks they agree
+FIGURE_KINDS = ("phase-diagram", "critical-depth", "layers", "evolution", "spectra", "learning-phase")
 
 EPILOG = """examples:
   phasemap validate configs/fc1.yaml
   phasemap run configs/default.yaml --out results
   phasemap run configs/fc1.yaml --steps 2000 --set optimizer.weight_decay=[0,1e-3]
   phasemap sweep configs/quick.yaml            # the main job: a grid on a local Ray
-  phasemap status configs/quick.yaml
+  phasemap status results                      # every sweep under a root, from storage alone
+  phasemap status configs/quick.yaml           # a sweep config: its missing packs too
   phasemap query results "SELECT depth, weight_decay, avg(rga_b) FROM records GROUP BY ALL"
   phasemap plot results phase-diagram --out phases.png
   phasemap report results --out report
@@ -40,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--version", action="version", version=f"phasemap {__version__}")
+    p.add_argument("--version", action="version", version=f"phasemap {_version()}")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, Ray's own logs included")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -82,13 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="write the result to a .csv or .parquet file instead of printing it")
     q.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
 
-    from .figures.report import KINDS
-
     pl = sub.add_parser("plot", help="draw one figure from the records", description="Draw one figure kind from "
                         "the records under ROOT. Axes default to the sweep's varying columns (x: weight decay, "
                         "y: depth, a third varying column as panels).")
     pl.add_argument("root", help="storage root")
-    pl.add_argument("kind", choices=KINDS)
+    pl.add_argument("kind", choices=FIGURE_KINDS)
     pl.add_argument("--out", required=True, help="figure file: .png, .svg or .pdf")
     _figure_options(pl)
 
@@ -97,10 +99,21 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="report", help="output folder (default: report)")
     _figure_options(rp)
 
-    st = sub.add_parser("status", help="what of a sweep is complete, running, failed or missing (from storage)")
-    st.add_argument("config", help="YAML sweep config")
-    st.add_argument("--out", help="storage root; default: the config's storage.root")
+    st = sub.add_parser("status", help="what of a sweep is complete, running, failed or missing (from storage)",
+                        description="Each pack of a sweep: its state, last step, and configs (the fields that vary). "
+                        "Given a storage root, from storage alone (every sweep there, or --sweep); given a sweep "
+                        "config, also the packs not started yet.")
+    st.add_argument("config", metavar="ROOT|CONFIG", help="storage root (folder or s3:// URI), or a YAML sweep config")
+    st.add_argument("--sweep", help="with a root: only this sweep id")
+    st.add_argument("--out", help="with a config: storage root; default: the config's storage.root")
     return p
+
+
+def _version() -> str:
+    try:
+        return version("phasemap")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _figure_options(p: argparse.ArgumentParser) -> None:
@@ -125,7 +138,7 @@ def _figure_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
 
 
-def _records_for_figures(args) -> pd.DataFrame:
+def _records_for_figures(args):
     from .analysis.query import load, sql
 
     if args.where:
@@ -136,6 +149,7 @@ def _records_for_figures(args) -> pd.DataFrame:
 
 def _data_command(args) -> int:
     import duckdb
+    import pandas as pd
 
     from .analysis.aggregate import parse_layer
     from .figures.plots import save
@@ -221,8 +235,10 @@ def _check_data(cfg) -> None:
         raise ConfigError(list(dict.fromkeys(problems)), "data")
 
 
-def summary(table: pd.DataFrame, tau: float) -> str:
+def summary(table, tau: float) -> str:
     """The last probe of every member: alignments and phase per layer, critical depth."""
+    from .measure.phases import critical_depth, label_phases
+
     last = table[table["step"] == table.groupby("member")["step"].transform("max")].copy()
     last["phase"] = label_phases(last, tau)
     cols = ["member", "lr", "weight_decay", "seed", "layer", "status", "rga_a", "rwa_a", "gwa_a",
@@ -245,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     if args.command in ("query", "plot", "report"):
         return _data_command(args)
+    if args.command == "status" and not _is_config(args.config):
+        return _stored_status(args)
     try:
         cfg = _load(args)
     except ConfigError as e:
@@ -287,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sweep_command(args, cfg) -> int:
-    from .sweep import (StorageError, SweepError, expand, grid_plan, member_counts, overhead_summary, run_sweep,
-                        sweep_status)
+    from .sweep import expand, grid_plan, sweep_status
 
     if args.command == "validate":
         if cfg.search.mode == "grid":
@@ -299,17 +316,10 @@ def _sweep_command(args, cfg) -> int:
             print(f"{args.config}: ok (optuna sweep {cfg.sweep_id!r}: {cfg.search.trials} trials)")
         return 0
     if args.command == "status":
-        packs = sweep_status(cfg)
-        rows = pd.DataFrame(packs, columns=["run_id", "members", "state"])
-        counts = rows["state"].value_counts()
-        print(f"sweep {cfg.sweep_id!r} under {cfg.root}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in
-              ("complete", "running", "interrupted", "failed", "missing")) + f" of {len(rows)} packs")
-        if cfg.search.mode == "grid":
-            members = member_counts(packs)
-            print("members (networks): " + ", ".join(f"{n} {state}" for state, n in members.items())
-                  + f" of {sum(members.values())}")
-        print(rows.to_string(index=False))
+        _print_status(cfg.sweep_id, cfg.root, sweep_status(cfg))
         return 0
+    from .sweep.driver import StorageError, SweepError, overhead_summary, run_sweep  # Ray and torch: here only
+
     try:
         result = run_sweep(cfg, address=args.address, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.no_progress, num_cpus=args.num_cpus)
@@ -339,6 +349,56 @@ def _sweep_command(args, cfg) -> int:
     for err in result.failed:
         print(f"failed trial: {err.splitlines()[0] if err else err}", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def _is_config(target: str) -> bool:
+    """`phasemap status TARGET`: a YAML file is a sweep config; anything else a storage root."""
+    return target.endswith((".yaml", ".yml")) or Path(target).is_file()
+
+
+def _stored_status(args) -> int:
+    """`phasemap status ROOT [--sweep NAME]`: every sweep's packs from storage alone."""
+    from .records import resolve_root
+    from .sweep.status import stored_status, stored_sweeps
+
+    root = args.config
+    found = stored_sweeps(root)
+    if args.sweep and args.sweep not in found or not found:
+        there = f" (sweeps there: {', '.join(found)})" if found else ""
+        what = f"sweep {args.sweep!r}" if args.sweep else "no sweep (folders sweep=<name>/)"
+        print(f"error: {what} not found under {resolve_root(root) if '://' not in root else root}{there}",
+              file=sys.stderr)
+        return 2
+    for i, sweep_id in enumerate([args.sweep] if args.sweep else found):
+        if i:
+            print()
+        _print_status(sweep_id, root, stored_status(root, sweep_id))
+    return 0
+
+
+def _print_status(sweep_id: str, root: str, packs: list[dict]) -> None:
+    """A line of counts, then one line per pack: state, last step, members, configs, run id."""
+    from .sweep.status import STATES, member_counts, pack_labels
+
+    counts = {s: sum(p["state"] == s for p in packs) for s in STATES}
+    print(f"sweep {sweep_id!r} under {root}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + f" of {len(packs)} packs")
+    members = member_counts(packs)
+    if all(p["members"] is not None for p in packs):
+        print("members (networks): " + ", ".join(f"{n} {state}" for state, n in members.items())
+              + f" of {sum(members.values())}")
+    if not packs:
+        return
+
+    def step(p):
+        return f"{'-' if p['last_step'] is None else p['last_step']}/{p['steps'] if p['steps'] is not None else '?'}"
+
+    table = [("state", "step", "members", "configs", "run")]
+    table += [(p["state"], step(p), "?" if p["members"] is None else str(p["members"]), label, p["run_id"])
+              for p, label in zip(packs, pack_labels(packs))]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
 
 
 def _interrupted(args, cfg, incomplete: int | None) -> int:

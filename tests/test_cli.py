@@ -61,3 +61,128 @@ def test_run_on_cuda_without_cuda_is_a_config_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "train.device: `cuda is available` must hold, but got device='cuda'" in err
+
+
+# ----------------------------------------------------------------------------- status from storage
+
+
+def tiny_sweep(root):
+    """A grid of 3 packs (one per depth, 4 members each) under `root`: the first trained, the
+    second interrupted after its step-10 records, the third not started."""
+    from phasemap.sweep import expand, parse_sweep
+
+    data = {"name": "s", "storage": {"root": str(root)}, "base": {k: v for k, v in RUN.items() if k != "name"},
+            "axes": {"model.depth": [1, 2, 3], "optimizer.weight_decay": [0.0, 0.001], "train.seed": [0, 1]}}
+    return data, expand(parse_sweep(data))
+
+
+@pytest.fixture(scope="module")
+def status_root(tmp_path_factory):
+    from phasemap import parse_config, train_pack
+
+    root = tmp_path_factory.mktemp("status")
+    data, packs = tiny_sweep(root)
+    assert [(p.model.depth, len(p.members)) for p in packs] == [(1, 4), (2, 4), (3, 4)]
+    train_pack(packs[0])
+
+    def stop(step):
+        if step == 15:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_pack(packs[1], progress=stop)
+    other = parse_config({**RUN, "name": "t", "storage": {"root": str(root), "sweep_id": "t"}})
+    train_pack(other)
+    return root, data, packs
+
+
+def status_lines(out):
+    return [" ".join(line.split()) for line in out.splitlines()]  # columns padded: compare words
+
+
+def test_status_of_a_root_names_each_pack_by_its_configs_and_last_step(status_root, capsys):
+    from phasemap.sweep.status import run_id_of
+
+    root, _, packs = status_root
+    one, two, _ = (run_id_of(p) for p in packs)
+    assert main(["status", str(root), "--sweep", "s"]) == 0
+    lines = status_lines(capsys.readouterr().out)
+    assert lines[0] == f"sweep 's' under {root}: 1 complete, 0 running, 1 interrupted, 0 failed, 0 missing of 2 packs"
+    assert lines[1] == "members (networks): 4 complete, 0 running, 4 missing of 8"
+    assert lines[2] == "state step members configs run"
+    assert sorted(lines[3:]) == sorted([f"complete 20/20 4 depth=1 weight_decay=0,0.001 seed=0,1 {one}",
+                                        f"interrupted 10/20 4 depth=2 weight_decay=0,0.001 seed=0,1 {two}"])
+    # every sweep under the root when none is named
+    assert main(["status", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "sweep 's' under" in out and f"sweep 't' under {root}: 1 complete" in out
+    assert main(["status", str(root), "--sweep", "nope"]) == 2
+    assert "error: sweep 'nope' not found under" in capsys.readouterr().err and "(sweeps there: s, t)"
+
+
+def test_status_of_a_sweep_config_names_its_packs_too(status_root, tmp_path, capsys):
+    from phasemap.sweep.status import run_id_of
+
+    root, data, packs = status_root
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(data))
+    assert main(["status", str(f)]) == 0
+    lines = status_lines(capsys.readouterr().out)
+    assert lines[0] == f"sweep 's' under {root}: 1 complete, 0 running, 1 interrupted, 0 failed, 1 missing of 3 packs"
+    assert lines[1] == "members (networks): 4 complete, 0 running, 8 missing of 12"
+    one, two, three = (run_id_of(p) for p in packs)
+    assert lines[3:] == [f"complete 20/20 4 depth=1 weight_decay=0,0.001 seed=0,1 {one}",
+                         f"interrupted 10/20 4 depth=2 weight_decay=0,0.001 seed=0,1 {two}",
+                         f"missing -/20 4 depth=3 weight_decay=0,0.001 seed=0,1 {three}"]
+
+
+def test_status_needs_no_torch_and_agrees_with_train():
+    from phasemap.sweep import status
+    from phasemap import train
+
+    assert status.ATTEMPT == train.ATTEMPT
+    cfg = tiny_sweep("r")[1][0]
+    assert status.run_id_of(cfg) == train.run_id_of(cfg)
+
+
+# ----------------------------------------------------------------------------- import cost
+
+
+def test_help_and_the_reading_commands_import_no_torch(status_root, tmp_path):
+    """--help imports nothing heavy; status, query, plot and report read records without torch
+    (it costs ~1.5 s of every command's start)."""
+    root = str(status_root[0])
+    script = f"""
+import sys
+from phasemap import cli
+try:
+    cli.main(["--help"])
+except SystemExit:
+    pass
+print("help imported:", [m for m in ("torch", "pandas", "matplotlib", "ray", "duckdb") if m in sys.modules])
+for argv in (["status", {root!r}], ["query", {root!r}, "SELECT count(*) AS n FROM records"],
+             ["plot", {root!r}, "layers", "--sweep", "s", "--out", {str(tmp_path / "l.png")!r}],
+             ["report", {root!r}, "--sweep", "s", "--out", {str(tmp_path / "report")!r}]):
+    assert cli.main(argv) == 0, argv
+print("commands imported torch:", "torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "help imported: []" in done.stdout
+    assert "commands imported torch: False" in done.stdout
+    assert (tmp_path / "l.png").exists() and (tmp_path / "report" / "index.html").exists()
+
+
+def test_version_comes_from_package_metadata(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"phasemap {version('phasemap')}"
+
+
+def test_plot_kinds_are_the_figure_kinds():
+    from phasemap.cli import FIGURE_KINDS
+    from phasemap.figures.report import KINDS
+
+    assert FIGURE_KINDS == KINDS

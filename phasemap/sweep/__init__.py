@@ -17,9 +17,20 @@ again. A storage fault (full disk, permissions, an unreachable endpoint) ends th
 one `StorageError` line naming the root.
 """
 
-from .driver import StorageError, SweepError, SweepResult, objective, overhead_summary, run_sweep, start_ray
 from .spec import SweepConfig, auto_pack_size, expand, grid_points, load_sweep, members, parse_sweep
 from .status import GridPlan, grid_plan, member_counts, sweep_status
+
+# the driver imports Ray and torch: loaded on first use, so configs and status need neither
+_DRIVER = ("StorageError", "SweepError", "SweepResult", "objective", "overhead_summary", "run_sweep", "start_ray")
+
+
+def __getattr__(name: str):
+    if name in _DRIVER:
+        from . import driver
+
+        return getattr(driver, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["SweepConfig", "SweepResult", "SweepError", "StorageError", "auto_pack_size", "expand", "grid_plan", "grid_points", "GridPlan",
            "load_sweep", "member_counts", "members", "objective", "overhead_summary", "parse_sweep", "run_sweep",

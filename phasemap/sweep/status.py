@@ -1,18 +1,31 @@
-"""What of a sweep is complete, running, interrupted, failed or missing: from storage alone."""
+"""What of a sweep is complete, running, interrupted, failed or missing: from storage alone.
+
+Each pack comes with its members' config columns (from its completion marker, or the
+records it has written so far) and its last step, so it can be named by its configs rather
+than its hash. Nothing here imports torch: `phasemap status` reads storage only.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from .. import records
 from ..records import leases
-from ..config import RunConfig
-from ..train import ATTEMPT, run_id_of
+from ..config import RunConfig, parse_config
 from .spec import SweepConfig, expand, members
 
 FAILED = "_FAILED.json"
+ATTEMPT = "_ATTEMPT.json"  # train.ATTEMPT, not imported from there: train imports torch
+STATES = ("complete", "running", "interrupted", "failed", "missing")
+
+
+def run_id_of(cfg: RunConfig) -> str:
+    """A pack's run id: `train.run_id_of`, without importing torch."""
+    return f"{cfg.name}-{cfg.config_hash()}"
 
 
 @dataclass
@@ -48,31 +61,114 @@ def sweep_status(cfg: SweepConfig) -> list[dict]:
 
     A grid sweep's packs are the complete runs that hold its members plus the packs its
     missing members form (what the next run would start); an Optuna sweep's runs are those
-    found in storage.
+    found in storage. Each row: run_id, members, state, configs (per member its config
+    columns; None where unknown), last_step (None before its first records) and steps.
     """
-    if cfg.search.mode == "grid":
-        plan = grid_plan(cfg)
-        rows = [{"run_id": run_id, "members": n, "state": "complete"} for run_id, n in plan.finished.items()]
-        packs = [(run_id_of(p), len(p.members)) for p in plan.packs]
-    else:
-        rows = []
-        fs, base = records.filesystem(cfg.root)
-        folder = f"{base}/sweep={cfg.sweep_id}"
-        found = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-        packs = [(i.base_name[len("run="):], None) for i in found if i.base_name.startswith("run=")]
-    for run_id, n in packs:
-        state = "missing"
-        holder = leases.current(cfg.root, cfg.sweep_id, run_id)
-        if records.is_complete(cfg.root, cfg.sweep_id, run_id):  # optuna runs; a grid pack completed since
-            state = "complete"
-        elif holder is not None and holder.live():
-            state = "running"
-        elif records.read_file(cfg.root, cfg.sweep_id, run_id, FAILED) is not None:
-            state = "failed"
-        elif records.read_file(cfg.root, cfg.sweep_id, run_id, ATTEMPT) is not None:
-            state = "interrupted"
-        rows.append({"run_id": run_id, "members": n, "state": state})
+    if cfg.search.mode != "grid":
+        return stored_status(cfg.root, cfg.sweep_id)
+    plan = grid_plan(cfg)
+    files = _by_run(records.sweep_files(cfg.root, cfg.sweep_id))
+    rows = [_run_row(cfg.root, cfg.sweep_id, run_id, files.get(run_id, {})) for run_id in plan.finished]
+    for pack in plan.packs:  # what the next run would train; some may have started, or completed since
+        row = _run_row(cfg.root, cfg.sweep_id, run_id_of(pack), files.get(run_id_of(pack), {}))
+        if row["configs"] is None:
+            row.update(configs=_member_configs(pack), members=len(pack.members), steps=pack.train.steps)
+        rows.append(row)
     return rows
+
+
+def stored_status(root: str, sweep_id: str) -> list[dict]:
+    """`sweep_status` of every run found in a sweep's folder, without its config file."""
+    files = _by_run(records.sweep_files(root, sweep_id))
+    return [_run_row(root, sweep_id, run_id, names) for run_id, names in sorted(files.items())]
+
+
+def stored_sweeps(root: str) -> list[str]:
+    """The sweep ids that have a folder under `root`."""
+    fs, base = records.filesystem(root)
+    found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    return sorted(i.base_name[len("sweep="):] for i in found
+                  if i.type == pafs.FileType.Directory and i.base_name.startswith("sweep="))
+
+
+def _by_run(files: list[pafs.FileInfo]) -> dict[str, dict[str, pafs.FileInfo]]:
+    """{run_id: {file name: info}} of the files directly in run folders."""
+    runs: dict[str, dict[str, pafs.FileInfo]] = {}
+    for info in files:
+        if records.run_of(info):
+            runs.setdefault(records.run_of(info), {})[info.base_name] = info
+    return runs
+
+
+def _member_configs(cfg: RunConfig) -> list[dict]:
+    return [records.config_columns(cfg.member_config(m)) for m in cfg.members]
+
+
+def _run_row(root: str, sweep_id: str, run_id: str, names: dict[str, pafs.FileInfo]) -> dict:
+    """One run's state, members' configs and last step, from the files in its folder.
+
+    A complete run: its marker holds the pack's config, and it ran every step. Any other:
+    its newest part (`part-<step>.parquet`) gives the last step written and the members'
+    config columns; a run with no records yet has neither.
+    """
+    configs, last_step, steps = None, None, None
+    if records.COMPLETE in names:
+        summary = json.loads(records.read_file(root, sweep_id, run_id, records.COMPLETE))
+        pack = parse_config(summary["config"])
+        configs, last_step, steps = _member_configs(pack), pack.train.steps, pack.train.steps
+        state = "complete"
+    else:
+        parts = sorted(n for n in names if n.startswith("part-") and n.endswith(".parquet"))
+        if parts:
+            last_step = int(parts[-1][len("part-"):-len(".parquet")])
+            configs = _part_configs(root, names[parts[-1]].path)
+            steps = configs[0]["steps"] if configs else None
+        holder = leases.current(root, sweep_id, run_id) if any(n.startswith(leases.PREFIX) for n in names) else None
+        if holder is not None and holder.live():
+            state = "running"
+        elif FAILED in names:
+            state = "failed"
+        elif ATTEMPT in names:
+            state = "interrupted"
+        else:
+            state = "missing"
+    n = len(configs) if configs is not None else None
+    return {"run_id": run_id, "members": n, "state": state, "configs": configs, "last_step": last_step,
+            "steps": steps}
+
+
+def _part_configs(root: str, path: str) -> list[dict]:
+    """The config columns of each member in one part file (one row per member kept)."""
+    fs, _ = records.filesystem(root)
+    columns = ["member"] + [c for _, c, _ in records.CONFIG_COLUMNS] + ["output_dim"]
+    table = pq.read_table(path, filesystem=fs, columns=columns).to_pylist()
+    first = {}
+    for row in table:
+        first.setdefault(row.pop("member"), row)
+    return [first[m] for m in sorted(first)]
+
+
+def pack_labels(packs: list[dict]) -> list[str]:
+    """Per pack, its configs by the fields that vary across `packs` (`weight_decay=0,0.001 seed=0,1`):
+    each varying config column with the values its members take; '?' where a pack's configs are unknown."""
+    known = [c for p in packs for c in (p["configs"] or [])]
+    columns = [c for _, c, _ in records.CONFIG_COLUMNS]
+    varying = [c for c in columns if len({json.dumps(m.get(c), sort_keys=True) for m in known}) > 1]
+    labels = []
+    for p in packs:
+        if p["configs"] is None:
+            labels.append("? (no records yet)")
+            continue
+        parts = []
+        for c in varying:
+            values = sorted({m.get(c) for m in p["configs"]}, key=lambda v: (v is None, v))
+            parts.append(f"{c}=" + ",".join(_show(v) for v in values))
+        labels.append(" ".join(parts) or "(one config)")
+    return labels
+
+
+def _show(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def member_counts(packs: list[dict]) -> dict[str, int]:
