@@ -107,18 +107,29 @@ def _member_configs(cfg: RunConfig) -> list[dict]:
 def _run_row(root: str, sweep_id: str, run_id: str, names: dict[str, pafs.FileInfo]) -> dict:
     """One run's state, members' configs and last step, from the files in its folder.
 
-    A complete run: its marker holds the pack's config, and it ran every step. Any other:
-    its newest part (`part-<step>.parquet`) gives the last step written and the members'
-    config columns; a run with no records yet has neither.
+    A complete run: its marker holds the pack's config, and it ran every step (a `Recorder`'s
+    marker holds its config columns; its records give the last step). Any other: its newest
+    part (`part-<step>.parquet`) gives the last step written and the members' config
+    columns; a run with no records yet has neither.
     """
     configs, last_step, steps = None, None, None
+    parts = sorted(n for n in names if n.startswith("part-") and n.endswith(".parquet"))
     if records.COMPLETE in names:
         summary = json.loads(records.read_file(root, sweep_id, run_id, records.COMPLETE))
-        pack = parse_config(summary["config"])
-        configs, last_step, steps = _member_configs(pack), pack.train.steps, pack.train.steps
+        if summary.get("recorder"):  # its rows hold the columns the recorder filled in too
+            if records.COMPACTED in names:
+                path = names[records.COMPACTED].path
+                configs = _part_configs(root, path)
+                fs, _ = records.filesystem(root)
+                last_step = max(pq.read_table(path, filesystem=fs, columns=["step"])["step"].to_pylist(), default=None)
+            else:
+                configs = [summary["config"]]
+            steps = configs[0].get("steps")
+        else:
+            pack = parse_config(summary["config"])
+            configs, last_step, steps = _member_configs(pack), pack.train.steps, pack.train.steps
         state = "complete"
     else:
-        parts = sorted(n for n in names if n.startswith("part-") and n.endswith(".parquet"))
         if parts:
             last_step = int(parts[-1][len("part-"):-len(".parquet")])
             configs = _part_configs(root, names[parts[-1]].path)
@@ -128,7 +139,7 @@ def _run_row(root: str, sweep_id: str, run_id: str, names: dict[str, pafs.FileIn
             state = "running"
         elif FAILED in names:
             state = "failed"
-        elif ATTEMPT in names:
+        elif ATTEMPT in names or parts:
             state = "interrupted"
         else:
             state = "missing"
@@ -138,12 +149,14 @@ def _run_row(root: str, sweep_id: str, run_id: str, names: dict[str, pafs.FileIn
 
 
 def _part_configs(root: str, path: str) -> list[dict]:
-    """The config columns of each member in one part file (one row per member kept)."""
+    """The config columns of each member in a records file (its first rows hold every member)."""
     fs, _ = records.filesystem(root)
     columns = ["member"] + [c for _, c, _ in records.CONFIG_COLUMNS] + ["output_dim"]
-    table = pq.read_table(path, filesystem=fs, columns=columns).to_pylist()
+    with fs.open_input_file(path) as f:
+        rows = next(pq.ParquetFile(f).iter_batches(batch_size=1 << 16, columns=columns), None)
+        rows = rows.to_pylist() if rows is not None else []
     first = {}
-    for row in table:
+    for row in rows:
         first.setdefault(row.pop("member"), row)
     return [first[m] for m in sorted(first)]
 
