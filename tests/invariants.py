@@ -13,8 +13,8 @@ own reader (`phasemap.analysis.query.load`), and checks
   raw files and as read; without `expected`, each config_hash has one set of config values and
   the reader returns exactly what the files hold (a reader filling in defaults is caught);
 - layers: per (run, member, step) the whole-layer rows (null `head`) are layers 1..n_layers once
-  each with one n_layers (so layers 1..n_layers-1 are the hidden ones, for every family); per-head
-  rows sit on a hidden layer;
+  each with one n_layers (so layers 1..n_layers-1 are the hidden ones, for every family), the
+  last one as wide as the network's output (`output_dim`); per-head rows sit on a hidden layer;
 - NaN: a NaN alignment has a `nan_reason`; a null (`<relation>_null`) is NaN only where its
   relation is or `null_samples` is 0;
 - steps: each member's probe steps strictly increase, step 0 first;
@@ -178,6 +178,12 @@ def _check_rows(df: pd.DataFrame) -> list[str]:
         if layers != list(range(1, int(n[0]) + 1)):
             problems.append(f"layers: run {run} member {member} step {step}: whole layers {layers}, "
                             f"expected 1..{int(n[0])} once each")
+    # the last layer is the output: its width is the network's output_dim
+    out = whole[(whole["layer"] == whole["n_layers"]) & whole["output_dim"].notna()]
+    bad = out[out["dim_out"] != out["output_dim"]]
+    if len(bad):
+        problems.append(f"layers: {len(bad)} output-layer row(s) (layer = n_layers) whose dim_out is not output_dim: "
+                        + _examples(bad, ["run_id", "member", "step", "layer_name", "dim_out", "output_dim"]))
     if len(heads):
         off = heads[(heads["layer"] < 1) | (heads["layer"] >= heads["n_layers"])]
         if len(off):

@@ -156,6 +156,14 @@ def test_every_family_on_every_task_it_accepts(tmp_path, data, family, task):
         assert recs["probe_accuracy"].notna().all() and recs["train_accuracy"].notna().all()
     if probe.get("per_head"):
         assert recs["head"].notna().any()
+    # the measured layers of each family (the last is the output)
+    depth = cfg.model.depth
+    n_layers = {"mlp": depth + 1, "cnn": depth + 2, "resnet": depth + 2,  # ResNet-8: 7 convs, 2 skips, fc
+                "transformer": 6 * depth + 1}.get(cfg.model.family)  # q, k, v, out, mlp_in, mlp_out; unembed
+    if n_layers is not None:
+        assert set(recs["n_layers"]) == {n_layers}
+    else:  # a factory's depth and width are its kwargs' business: null unless they set them (issue 19, 11c)
+        assert recs["depth"].isna().all() and recs["width"].isna().all()
 
 
 # ------------------------------------------------------------------------------------- refusals
@@ -196,6 +204,16 @@ def test_configs_not_allowed_exit_2_naming_the_field(tmp_path, data, capsys, com
         err = capsys.readouterr().err
         assert code == 2, f"{what}: exit {code}, stderr {err!r}"
         assert f"{field}:" in err, f"{what}: the error does not name {field}: {err!r}"
+    # a sweep whose axis makes one of its points not allowed: the field named, the sweep refused
+    sweep = {"name": "bad", "storage": {"root": str(tmp_path / "out")},
+             "base": {"model": {"family": "transformer", "width": 4, "heads": 2},
+                      "train": {"steps": 2, "batch_size": 8}, "probe": {"n_samples": 8, "steps": [0, 2]}},
+             "axes": {"task.name": ["modular", "fc1"]}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    code = cli([command if command == "validate" else "sweep", str(path)] + (["--no-progress"] if command == "run" else []))
+    err = capsys.readouterr().err
+    assert code == 2 and "model.family:" in err, (code, err)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.parquet"))
 
 
@@ -235,7 +253,7 @@ def test_recorder_in_a_users_loop(tmp_path, data, family, task_name):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     gen = torch.Generator().manual_seed(0)
     x_probe, y_probe = task.probe_set(16, torch.Generator().manual_seed(1))
-    given = {"family": family.split("-")[0], "weight_decay": 1e-3, "null_samples": 0 if family == "resnet" else 2,
+    given = {"family": family.split("-")[0], "tied": family.endswith("tied") or None, "weight_decay": 1e-3, "null_samples": 0 if family == "resnet" else 2,
              "n_samples": 16, "task": task_name}
     with Recorder(str(tmp_path), "mine", f"{family}-{task_name}", config=given, null_samples=given["null_samples"]) as rec:
         for step in range(5):
@@ -347,56 +365,75 @@ def good_root(tmp_path_factory, data):
     return root, cfg
 
 
-def _edit(root: Path, change) -> None:
-    """Rewrite the run's records file with `change(df)` applied (schema and footer kept)."""
+def _edit(root: Path, change, version: str | None = None) -> None:
+    """Rewrite the run's records file with `change(df)` applied (schema and footer kept, or the
+    footer's schema version set to `version`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     (path,) = list(root.rglob("records.parquet"))
     table = pq.read_table(path)
+    schema = table.schema
+    if version is not None:
+        schema = schema.with_metadata({**schema.metadata, b"phasemap_schema_version": version.encode()})
     df = change(table.to_pandas())
-    pq.write_table(pa.Table.from_pandas(df, schema=table.schema, preserve_index=False), path)
+    pq.write_table(pa.Table.from_pandas(df, schema=schema, preserve_index=False), path)
 
 
+# a records file edited to break one invariant -> the start of the problem the checker must report
 BREAKS = {
-    "schema": lambda df: df.assign(schema_version=2),
-    "config": lambda df: df.assign(width=df["width"] + 1),
-    "config null": lambda df: df.assign(null_samples=None),
-    "layers": lambda df: df[df["layer"] != 1],
-    "n_layers": lambda df: df.assign(n_layers=df["n_layers"] + 1),
-    "nan": lambda df: df.assign(rga_b=float("nan"), nan_reason=""),
-    "null": lambda df: df.assign(rwa_a_null=float("nan")),
-    "steps": lambda df: df[df["step"] != 0],
-    "steps order": lambda df: df.iloc[::-1],
-    "duplicate": lambda df: df.assign(step=0),
-    "member": lambda df: df.assign(member=0),
-    "hash": lambda df: df.assign(config_hash=df["config_hash"].iloc[0]),
-    "accuracy": lambda df: df.assign(probe_accuracy=1.5),
+    "schema": ("schema:", lambda df: df.assign(schema_version=2)),
+    "config": ("config: column 'width'", lambda df: df.assign(width=df["width"] + 1)),
+    "config null": ("config: column 'null_samples'", lambda df: df.assign(null_samples=None)),
+    "layers": ("layers:", lambda df: df[df["layer"] != 1]),
+    "n_layers": ("layers:", lambda df: df.assign(n_layers=df["n_layers"] + 1)),
+    "output": ("layers:", lambda df: df.assign(dim_out=df["dim_out"] + 1)),
+    "nan": ("nan: ", lambda df: df.assign(rga_b=float("nan"), nan_reason="")),
+    "null": ("nan: ", lambda df: df.assign(rwa_a_null=float("nan"))),
+    "steps": ("steps:", lambda df: df[df["step"] != 0]),
+    "steps order": ("steps:", lambda df: df.iloc[::-1]),
+    "steps past the end": ("steps:", lambda df: df.assign(step=df["step"] * 2)),
+    "duplicate": ("steps:", lambda df: df.assign(step=0)),
+    "member": ("one network:", lambda df: df.assign(member=0)),
+    "hash": ("one network:", lambda df: df.assign(config_hash=df["config_hash"].iloc[0])),
+    "accuracy": ("accuracy:", lambda df: df.assign(probe_accuracy=1.5)),
 }
 
 
-@pytest.mark.parametrize("name", list(BREAKS))
+@pytest.mark.parametrize("name", list(BREAKS) + ["footer"])
 def test_the_checker_rejects_a_broken_root(tmp_path, good_root, name):
     import shutil
 
     root, cfg = good_root
     broken = tmp_path / "broken"
     shutil.copytree(root, broken)
-    _edit(broken, BREAKS[name])
+    if name == "footer":
+        kind = "schema:"
+        _edit(broken, lambda df: df, version="2")
+    else:
+        kind, change = BREAKS[name]
+        _edit(broken, change)
     problems = check_root(str(broken), expected=expected_of(cfg))
-    assert problems, f"the checker accepted a root broken by {name!r}"
+    assert any(p.startswith(kind) for p in problems), f"a root broken by {name!r} gave {problems}"
 
 
-def test_the_checker_catches_a_reader_that_fills_in_defaults(tmp_path, good_root, monkeypatch):
-    """Without `expected`: a config column stored null must be read null."""
+def test_the_checker_catches_a_reader_that_fills_in_or_duplicates(tmp_path, good_root, monkeypatch):
+    """Without `expected`: a config column stored null must be read null, and the reader must keep
+    one network per config."""
     import shutil
+
+    import pandas as pd
+
+    import invariants
 
     root, _ = good_root
     broken = tmp_path / "nulls"
     shutil.copytree(root, broken)
     _edit(broken, lambda df: df.assign(norm=None))
-    import invariants
-
+    assert check_root(str(broken)) == []
     real = invariants.load
     monkeypatch.setattr(invariants, "load", lambda *a, **k: real(*a, **k).fillna({"norm": "batch"}))
     assert any("read as" in p and "'norm'" in p for p in check_root(str(broken)))
+    twice = lambda *a, **k: pd.concat([real(*a, **k), real(*a, **k).assign(run_id="other")])  # noqa: E731
+    monkeypatch.setattr(invariants, "load", twice)
+    assert any(p.startswith("one network: config") for p in check_root(str(broken)))
