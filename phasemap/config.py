@@ -263,6 +263,11 @@ class RunConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def run_id_of(cfg: RunConfig) -> str:
+    """A pack's run id (its folder under the sweep): the name and the hash of the pack's config."""
+    return f"{cfg.name}-{cfg.config_hash()}"
+
+
 @dataclass(frozen=True)
 class Member:
     lr: float

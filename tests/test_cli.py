@@ -136,15 +136,6 @@ def test_status_of_a_sweep_config_names_its_packs_too(status_root, tmp_path, cap
                          f"missing -/20 4 depth=3 weight_decay=0,0.001 seed=0,1 {three}"]
 
 
-def test_status_needs_no_torch_and_agrees_with_train():
-    from phasemap.sweep import status
-    from phasemap import train
-
-    assert status.ATTEMPT == train.ATTEMPT
-    cfg = tiny_sweep("r")[1][0]
-    assert status.run_id_of(cfg) == train.run_id_of(cfg)
-
-
 # ----------------------------------------------------------------------------- import cost
 
 

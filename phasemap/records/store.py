@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)  # older files are read with V1_DEFAULTS filled in, and SORTED_BEFORE_V3
 COMPLETE = "_COMPLETE.json"
+ATTEMPT = "_ATTEMPT.json"  # who trains the run now and from which step (pid, host, from_step)
 COMPACTED = "records.parquet"
 SPECTRA = "_spectra.parquet"  # eigenvalues at the last probe; beside, not in, the records
 

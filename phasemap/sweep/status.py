@@ -15,17 +15,11 @@ import pyarrow.parquet as pq
 
 from .. import records
 from ..records import leases
-from ..config import RunConfig, parse_config
+from ..config import RunConfig, parse_config, run_id_of
 from .spec import SweepConfig, expand, members
 
 FAILED = "_FAILED.json"
-ATTEMPT = "_ATTEMPT.json"  # train.ATTEMPT, not imported from there: train imports torch
 STATES = ("complete", "running", "interrupted", "failed", "missing")
-
-
-def run_id_of(cfg: RunConfig) -> str:
-    """A pack's run id: `train.run_id_of`, without importing torch."""
-    return f"{cfg.name}-{cfg.config_hash()}"
 
 
 @dataclass
@@ -139,7 +133,7 @@ def _run_row(root: str, sweep_id: str, run_id: str, names: dict[str, pafs.FileIn
             state = "running"
         elif FAILED in names:
             state = "failed"
-        elif ATTEMPT in names or parts:
+        elif records.ATTEMPT in names or parts:
             state = "interrupted"
         else:
             state = "missing"

@@ -28,11 +28,11 @@ import torch
 
 from .. import __version__, records
 from ..records import leases
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, RunConfig, run_id_of
 from ..data import make_task
 from ..measure import METRIC_COLUMNS
 from ..models import build_model
-from ..records import SCHEMA_VERSION
+from ..records import ATTEMPT, SCHEMA_VERSION
 from .optim import make_optimizer
 from .probing import Prober
 
@@ -85,10 +85,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_id_of(cfg: RunConfig) -> str:
-    return f"{cfg.name}-{cfg.config_hash()}"
-
-
 def _member_columns(cfg: RunConfig, sweep_id: str, trial_id: str, run_id: str) -> list[dict]:
     """The columns every row of a member shares: ids and its whole configuration."""
     cols = []
@@ -101,9 +97,6 @@ def _member_columns(cfg: RunConfig, sweep_id: str, trial_id: str, run_id: str) -
 
 
 CHECKPOINT = "_checkpoint.pt"
-ATTEMPT = "_ATTEMPT.json"
-
-
 def train_pack(
     cfg: RunConfig,
     root: str | None = None,
