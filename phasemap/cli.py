@@ -16,9 +16,8 @@ from pathlib import Path
 # light imports only: every command (--help too) pays for what is imported here; pandas, torch,
 # Ray, matplotlib and DuckDB are imported inside the commands that use them
 from .config import ConfigError, RunConfig, load_config, parse_config, read_yaml, replace
+from .figures import KINDS
 
-# figures.report.KINDS (importing it loads matplotlib and pandas); a test checks they agree
-FIGURE_KINDS = ("phase-diagram", "critical-depth", "layers", "evolution", "spectra", "learning-phase")
 
 EPILOG = """examples:
   phasemap validate configs/fc1.yaml
@@ -90,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
                         "the records under ROOT. Axes default to the sweep's varying columns (x: weight decay, "
                         "y: depth, a third varying column as panels).")
     pl.add_argument("root", help="storage root")
-    pl.add_argument("kind", choices=FIGURE_KINDS)
+    pl.add_argument("kind", choices=KINDS)
     pl.add_argument("--out", required=True, help="figure file: .png, .svg or .pdf")
     _figure_options(pl)
 

@@ -170,10 +170,3 @@ def test_version_comes_from_package_metadata(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"phasemap {version('phasemap')}"
-
-
-def test_plot_kinds_are_the_figure_kinds():
-    from phasemap.cli import FIGURE_KINDS
-    from phasemap.figures.report import KINDS
-
-    assert FIGURE_KINDS == KINDS

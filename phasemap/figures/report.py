@@ -15,11 +15,10 @@ import pandas as pd
 
 from .. import records
 from ..analysis import aggregate
-from . import plots
+from . import KINDS, plots
 
 log = logging.getLogger(__name__)
 
-KINDS = ("phase-diagram", "critical-depth", "layers", "evolution", "spectra", "learning-phase")
 PREFERRED_X = ("weight_decay", "lr", "batch_size", "width", "momentum", "depth", "optimizer")
 PREFERRED_Y = ("depth", "train_fraction", "batch_size", "width", "optimizer", "lr", "weight_decay", "momentum")
 
