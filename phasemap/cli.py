@@ -277,7 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from .train import train_pack
+    from .train.loop import resolve_device
 
+    try:
+        resolve_device(cfg.train.device)  # no CUDA for device 'cuda': said before the progress bar starts
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     bar = tqdm(total=cfg.train.steps, desc=cfg.name, unit="step", disable=args.no_progress,
                mininterval=0.1 if sys.stderr.isatty() else 10.0)
     try:
@@ -364,7 +370,7 @@ def _stored_status(args) -> int:
     found = stored_sweeps(root)
     if args.sweep and args.sweep not in found or not found:
         there = f" (sweeps there: {', '.join(found)})" if found else ""
-        what = f"sweep {args.sweep!r}" if args.sweep else "no sweep (folders sweep=<name>/)"
+        what = f"sweep {args.sweep!r}" if args.sweep else "a sweep (a folder sweep=<name>/)"
         print(f"error: {what} not found under {resolve_root(root) if '://' not in root else root}{there}",
               file=sys.stderr)
         return 2
