@@ -76,9 +76,34 @@ def data(tmp_path_factory):
     (folder / "text.txt").write_text(TEXT)
     rng.integers(0, 11, 600).astype("<u2").tofile(folder / "tokens.bin")
     (folder / "matrix_nets.py").write_text(FACTORIES)
+    write_mnist(folder / "mnist", rng)
+    write_cifar10(folder / "cifar10", rng)
     sys.path.insert(0, str(folder))
     yield folder
     sys.path.remove(str(folder))
+
+
+def write_mnist(folder: Path, rng) -> None:
+    """The four IDX files of a tiny MNIST (8x8 images)."""
+    import struct
+
+    folder.mkdir()
+    for name, shape in (("train-images-idx3-ubyte", (64, 8, 8)), ("train-labels-idx1-ubyte", (64,)),
+                        ("t10k-images-idx3-ubyte", (32, 8, 8)), ("t10k-labels-idx1-ubyte", (32,))):
+        arr = rng.integers(0, 256 if "images" in name else 10, shape).astype(np.uint8)
+        header = struct.pack(">HBB", 0, 8, len(shape)) + b"".join(struct.pack(">I", n) for n in shape)
+        (folder / name).write_bytes(header + arr.tobytes())
+
+
+def write_cifar10(folder: Path, rng) -> None:
+    """A tiny CIFAR-10 as its python pickle batches (16 images each)."""
+    import pickle
+
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (16, 3072)).astype(np.uint8),
+                 b"labels": rng.integers(0, 10, 16).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
 
 
 def tasks(data: Path) -> dict:
@@ -87,6 +112,8 @@ def tasks(data: Path) -> dict:
         "fc2": {"name": "fc2", "input_dim": 8, "teacher_width": 8, "output_dim": 3, "phi": 0.3},
         "clusters": {"name": "clusters", "input_dim": 8, "n_classes": 3},
         "digits": {"name": "digits"},
+        "mnist": {"name": "mnist", "path": str(data / "mnist")},
+        "cifar10": {"name": "cifar10", "path": str(data / "cifar10")},
         "npz": {"name": "npz", "path": str(data / "images.npz"), "n_classes": 3, "held_out": 32},
         "modular": {"name": "modular", "modulus": 5, "train_fraction": 0.5},
         "tokens": {"name": "tokens", "path": str(data / "text.txt"), "block": 6},
@@ -115,7 +142,7 @@ def factory_model(task: str) -> dict:
 
 # family -> every task it accepts (the MLP sees images flattened)
 MATRIX = [("mlp", t) for t in ("fc1", "fc2", "clusters", "digits", "npz")] + \
-         [(f, t) for f in ("cnn", "resnet") for t in ("digits", "npz")] + \
+         [(f, t) for f in ("cnn", "resnet") for t in ("digits", "npz")] + [("cnn", "mnist"), ("cnn", "cifar10")] + \
          [(f, t) for f in ("transformer", "transformer-tied") for t in ("modular", "tokens", "tokens-bin")] + \
          [("factory", t) for t in ("fc1", "digits", "npz", "modular", "tokens")]
 
@@ -164,6 +191,15 @@ def test_every_family_on_every_task_it_accepts(tmp_path, data, family, task):
         assert set(recs["n_layers"]) == {n_layers}
     else:  # a factory's depth and width are its kwargs' business: null unless they set them (issue 19, 11c)
         assert recs["depth"].isna().all() and recs["width"].isna().all()
+
+
+def test_a_diverged_member_is_a_result_that_passes_the_checker(tmp_path, data):
+    raw = run_data(data, "mlp", "fc1", tmp_path)
+    raw["optimizer"].update(lr=[0.05, 1e6], weight_decay=0.0)
+    cfg = parse_config(raw)
+    assert train_pack(cfg, root=str(tmp_path)).status == ["ok", "diverged"]
+    assert_root_ok(str(tmp_path), sweep="matrix", expected=expected_of(cfg))
+    assert set(load(str(tmp_path))["status"]) == {"ok", "diverged"}
 
 
 # ------------------------------------------------------------------------------------- refusals
@@ -273,6 +309,30 @@ def test_recorder_in_a_users_loop(tmp_path, data, family, task_name):
                                                                "pah_floor": 1e-4}
     (h,) = stored["config_hash"].unique()
     assert_root_ok(str(tmp_path), sweep="mine", expected={h: want})
+
+
+def test_a_recorder_given_a_run_config_measures_as_the_config_says(tmp_path, data):
+    """The records say how they were measured: a one-member RunConfig's probe fields (covariance,
+    null_samples, max_samples, per_head) are what the Recorder measures with, not only what it writes."""
+    from phasemap import measure
+
+    raw = run_data(data, "transformer", "modular", tmp_path)
+    raw["probe"].update(per_head=True, covariance="raw")
+    cfg = parse_config(raw)
+    one = cfg.member_config(cfg.members[0])
+    task = make_task(one.task)
+    model = recorder_model("transformer", task, data).eval()
+    x, y = task.probe_set(16)
+    with Recorder(str(tmp_path), "mine", "configured", config=one) as rec:
+        rec.probe(model, x, y, task.loss, 0)
+    assert_root_ok(str(tmp_path), sweep="mine", expected={one.config_hash(): one})
+    got = load(str(tmp_path))
+    p = one.probe
+    want = measure(model, x, y, task.loss, covariance=p.covariance, pah_floor=p.pah_floor, null_samples=p.null_samples,
+                   max_samples=p.max_samples, per_head=p.per_head, weight_decay=one.optimizer.weight_decay[0])
+    assert got["layer_name"].tolist() == want["name"].tolist()  # per-head rows included
+    for col in ("rga_b", "rwa_a", "rga_b_null", "rga_b_null_se"):
+        assert got[col].to_numpy() == pytest.approx(want[col].to_numpy(), rel=1e-6, abs=1e-9, nan_ok=True), col
 
 
 # ------------------------------------------------------------------------------ Ray, Optuna, S3
