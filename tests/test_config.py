@@ -21,7 +21,7 @@ def test_every_shipped_config_validates(path, capsys, tmp_path):
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:  # a readable CIFAR folder
             with open(tmp_path / name, "wb") as f:
                 pickle.dump({b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [0, 1]}, f)
-        np.arange(64, dtype="<u2").tofile(tmp_path / "train.bin")
+        (np.arange(4096) % 64).astype("<u2").tofile(tmp_path / "train.bin")  # llm-small: a block of 256 fits
         stand_in = tmp_path / "train.bin" if task["name"] == "tokens" else tmp_path
         assert main(["validate", str(path)]) == 2  # as shipped: the path is named, nothing starts
         assert "task.path: `path exists` must hold" in capsys.readouterr().err

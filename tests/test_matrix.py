@@ -223,6 +223,9 @@ REFUSED = [
      "model.factory"),
     ("npz without a path", {"name": "npz"}, {"family": "cnn"}, "task.path"),
     ("token .bin without vocab_size", "tokens-bin-novocab", {"family": "transformer"}, "task.vocab_size"),
+    ("a block longer than the token file", "tokens-long-block", {"family": "transformer"}, "task.block"),
+    ("a block longer than the .bin", "tokens-bin-long-block", {"family": "transformer"}, "task.block"),
+    ("npz labels beyond n_classes", "npz-few-classes", {"family": "cnn"}, "task.n_classes"),
 ]
 
 
@@ -230,6 +233,9 @@ REFUSED = [
 def test_configs_not_allowed_exit_2_naming_the_field(tmp_path, data, capsys, command):
     every = tasks(data)
     every["tokens-bin-novocab"] = {"name": "tokens", "path": str(data / "tokens.bin")}
+    every["tokens-long-block"] = {**every["tokens"], "block": 200}
+    every["tokens-bin-long-block"] = {**every["tokens-bin"], "block": 200}
+    every["npz-few-classes"] = {**every["npz"], "n_classes": 2}
     for what, task, model, field in REFUSED:
         cfg = {"task": every[task] if isinstance(task, str) else task, "model": model,
                "train": {"steps": 2, "batch_size": 8}, "probe": {"n_samples": 8, "steps": [0, 2]},

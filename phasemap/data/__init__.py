@@ -6,10 +6,10 @@ streams from local files (`tokens`).
 import os
 
 from ..config import IMAGE_TASKS, ConfigError
-from .images import ImageTask, load_images
+from .images import ImageTask, check_classes, load_images
 from .modular import ModularTask
 from .synthetic import Task
-from .tokens import TokenTask, read_tokens
+from .tokens import TokenTask, check_block, read_tokens
 
 
 def make_task(spec, device="cpu"):
@@ -25,19 +25,24 @@ def make_task(spec, device="cpu"):
 
 def check(spec) -> None:
     """Read the files a task needs, so a missing or malformed one is a `ConfigError` naming its
-    path before anything starts (image data is loaded once; a token `.bin` is checked for its
-    size and vocabulary, its ids when a trial reads it)."""
+    path (or the field it does not fit: `task.n_classes`, `task.block`) before anything starts
+    (image data is loaded once; a token `.bin` is checked for its size, vocabulary and block, its
+    ids when a trial reads it)."""
     if spec.name in IMAGE_TASKS:
-        load_images(spec.name, spec.path, spec.held_out)
+        check_classes(spec, load_images(spec.name, spec.path, spec.held_out))
     elif spec.name == "tokens" and not spec.path.endswith(".bin"):
-        read_tokens(spec.path)
+        check_block(spec, len(read_tokens(spec.path)[0]))
     elif spec.name == "tokens":
+        if not os.path.isfile(spec.path):
+            read_tokens(spec.path)  # its error names the path
         if spec.vocab_size < 1:
             raise ConfigError([f"task.vocab_size: `the vocabulary size of {spec.path!r}` must be given (> 0), "
                                f"but got {spec.vocab_size}"])
-        if os.path.getsize(spec.path) % 2:
+        size = os.path.getsize(spec.path)
+        if size % 2:
             raise ConfigError([f"task.path: `uint16 token ids (an even number of bytes)` must hold, but got "
-                               f"{os.path.getsize(spec.path)} bytes in {spec.path!r}"])
+                               f"{size} bytes in {spec.path!r}"])
+        check_block(spec, size // 2)
 
 
 __all__ = ["ImageTask", "ModularTask", "Task", "TokenTask", "check", "load_images", "make_task", "read_tokens"]

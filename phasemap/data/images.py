@@ -179,6 +179,16 @@ def _standardised(x_train, y_train, x_test, y_test, scale: float) -> Images:
     return Images((xt - mean) / std, y_train.long(), (xh - mean) / std, y_test.long(), n_classes)
 
 
+def check_classes(spec, data: Images) -> int:
+    """The number of classes the network outputs; a `ConfigError` if a label is not below it.
+    npz: classes as configured (task.n_classes); the others have theirs."""
+    n_out = spec.n_classes if spec.name == "npz" else {"cifar100": 100}.get(spec.name, 10)
+    if data.n_classes > n_out:
+        raise ConfigError([f"task.n_classes: `labels < {n_out}` must hold for {spec.name}, but got "
+                           f"label {data.n_classes - 1} in {spec.path or spec.name!r}"])
+    return n_out
+
+
 class ImageTask(HeldOutTask):
     """Image classification as the training loop sees a task: batches drawn from the train
     split (augmented if `task.augment`), probes on the held-out split."""
@@ -189,11 +199,7 @@ class ImageTask(HeldOutTask):
         data = load_images(spec.name, spec.path, spec.held_out)
         self.x_train, self.y_train = data.x_train.to(self.device), data.y_train.to(self.device)
         self.x_test, self.y_test = data.x_test.to(self.device), data.y_test.to(self.device)
-        # npz: classes as configured (task.n_classes); the others have theirs
-        self.output_dim = spec.n_classes if spec.name == "npz" else {"cifar100": 100}.get(spec.name, 10)
-        if data.n_classes > self.output_dim:
-            raise ConfigError([f"task.n_classes: `labels < {self.output_dim}` must hold for {spec.name}, but got "
-                               f"label {data.n_classes - 1} in {spec.path or spec.name!r}"])
+        self.output_dim = check_classes(spec, data)
         self.input_shape = data.shape
 
     def sample(self, n: int, generator: torch.Generator):

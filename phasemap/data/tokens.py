@@ -48,6 +48,16 @@ def read_tokens(path: str, vocab_size: int = 0) -> tuple[torch.Tensor, int]:
     return torch.tensor([index[c] for c in text], dtype=torch.int64), len(chars)
 
 
+def check_block(spec, n_tokens: int) -> int:
+    """The index where the held-out tail starts; a `ConfigError` unless a block (and its next
+    token) fits in both the training head and the held-out tail."""
+    T, split = spec.block, int(n_tokens * (1 - HELD_OUT))
+    if split < T + 2 or n_tokens - split < T + 2:
+        raise ConfigError([f"task.block: `a block fits in both splits` must hold, but got block={T} for "
+                           f"{n_tokens} tokens in {spec.path!r}"])
+    return split
+
+
 class TokenTask:
     classification = True  # next-token accuracy is recorded beside the loss
 
@@ -55,14 +65,10 @@ class TokenTask:
         self.spec = spec
         self.device = torch.device(device)
         tokens, vocab = read_tokens(spec.path, spec.vocab_size)
-        T = spec.block
-        split = int(len(tokens) * (1 - HELD_OUT))
-        if split < T + 2 or len(tokens) - split < T + 2:
-            raise ConfigError([f"task.block: `a block fits in both splits` must hold, but got block={T} for "
-                               f"{len(tokens)} tokens in {spec.path!r}"])
+        split = check_block(spec, len(tokens))
         self.train, self.test = tokens[:split].to(self.device), tokens[split:].to(self.device)
         self.output_dim = vocab
-        self.input_shape = (T,)
+        self.input_shape = (spec.block,)
 
     def _blocks(self, stream: torch.Tensor, starts: torch.Tensor):
         T = self.spec.block
