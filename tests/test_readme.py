@@ -18,9 +18,6 @@ one in neither, or an entry the README no longer has, fails `test_every_command_
 from __future__ import annotations
 
 import ast
-import contextlib
-import io
-import json
 import re
 import shlex
 from dataclasses import dataclass
