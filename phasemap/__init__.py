@@ -10,7 +10,8 @@ The public surface:
 - `power_law`: the signed power law between two matrices' spectra, paired through eigenvectors;
 - `label_phases`, `critical_depth`: phases and critical depth from alignment columns;
 - `load`, `sql`, `SCHEMA`: the records dataset (pandas or DuckDB SQL) and its one schema;
-- `aggregate`, `plots`: tables (phase grids, critical-depth maps, curves) and their figures.
+- `phasemap.analysis.aggregate`, `phasemap.figures.plots`: tables (phase grids, critical-depth
+  maps, curves) and their figures.
 """
 
 import importlib

@@ -26,7 +26,8 @@ EPILOG = """examples:
   phasemap sweep configs/quick.yaml            # the main job: a grid on a local Ray
   phasemap status results                      # every sweep under a root, from storage alone
   phasemap status configs/quick.yaml           # a sweep config: its missing packs too
-  phasemap query results "SELECT depth, weight_decay, avg(rga_b) FROM records GROUP BY ALL"
+  phasemap query results "SELECT depth, weight_decay, avg(rga_b) FROM last_records
+    WHERE layer = n_layers - 1 GROUP BY ALL"     # each network's last step, last hidden layer
   phasemap plot results phase-diagram --out phases.png
   phasemap report results --out report
 
@@ -78,8 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("query", help="run SQL over the records (DuckDB view `records`)",
                        description="Run DuckDB SQL over every record under ROOT, exposed as the view `records` "
                        "(hive columns `sweep` and `run` included).",
-                       epilog='example: phasemap query results "SELECT weight_decay, layer, avg(rga_b) FROM records '
-                       'WHERE step = steps GROUP BY ALL ORDER BY ALL"')
+                       epilog='views: records (one network per config), last_records (each network\'s rows at its '
+                       'last step), all_records (every stored row)\nexample:\n  phasemap query results "SELECT '
+                       'weight_decay, layer, avg(rga_b) FROM last_records GROUP BY ALL ORDER BY ALL"',
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("root", help="storage root (folder or s3:// URI)")
     q.add_argument("sql", help="a SQL query over the view `records`")
     q.add_argument("--out", help="write the result to a .csv or .parquet file instead of printing it")

@@ -312,7 +312,8 @@ def test_recorder_in_a_users_loop(tmp_path, data, family, task_name):
     n_layers = int(stored["n_layers"].iloc[0])
     # the Recorder's own measurement options are written; columns not given stay null
     want = {c: None for _, c, _ in CONFIG_COLUMNS} | given | {"depth": n_layers - 1, "covariance": "centered",
-                                                               "pah_floor": 1e-4}
+                                                               "pah_floor": 1e-4, "max_samples": 32768,
+                                                               "per_head": False}  # how the recorder measured
     (h,) = stored["config_hash"].unique()
     assert_root_ok(str(tmp_path), sweep="mine", expected={h: want})
 

@@ -74,3 +74,23 @@ def test_an_object_store_client_is_built_once_per_root_and_fails_fast(monkeypatc
     assert records.filesystem("s3://bucket/prefix")[0].region == "eu-west-1"  # the environment changed: anew
     with pytest.raises(ValueError, match="s3:// options"):
         records.filesystem("s3://bucket/x?endpoint=typo")
+
+
+def test_last_records_are_each_networks_rows_at_its_last_step(tmp_path):
+    _cnn_recorder_run(tmp_path)  # probes at steps 0 and 1, no `steps` column value
+    everything = sql(str(tmp_path), "SELECT step, count(*) AS n FROM records GROUP BY step ORDER BY step")
+    last = sql(str(tmp_path), "SELECT step, count(*) AS n FROM last_records GROUP BY step")
+    assert everything["step"].tolist() == [0, 1] and last["step"].tolist() == [1]
+    assert last["n"].tolist() == [everything["n"].iloc[1]]
+
+
+def test_a_recorder_option_that_contradicts_its_config_is_refused(tmp_path):
+    import pytest
+
+    from phasemap import parse_config
+
+    cfg = parse_config({"probe": {"null_samples": 2}})
+    with pytest.raises(ValueError, match=r"`null_samples as the config says` must hold, but got null_samples=8"):
+        Recorder(str(tmp_path), "mine", "x", config=cfg, null_samples=8)
+    with Recorder(str(tmp_path), "mine", "y", config=cfg, null_samples=2) as rec:  # agreeing is fine
+        assert rec.options["null_samples"] == 2 and rec.options["per_head"] is False

@@ -287,9 +287,8 @@ def report(folder, kinds, sweep=None):
 
 PNG, PDF, SVG = b"\x89PNG", b"%PDF", b"<?xml"
 LAST_STEP_QUERY = (
-    "phasemap query results SELECT sweep_id, depth, weight_decay, avg(rga_b) FROM (FROM records QUALIFY step = "
-    "max(step) OVER (PARTITION BY sweep_id, run_id, member)) WHERE layer = n_layers - 1 AND status = 'ok' "
-    "GROUP BY ALL ORDER BY ALL")
+    "phasemap query results SELECT sweep_id, depth, weight_decay, avg(rga_b) FROM last_records "
+    "WHERE layer = n_layers - 1 AND status = 'ok' GROUP BY ALL ORDER BY ALL")
 FIGURES = ["phase-diagram", "critical-depth", "layers", "evolution"]
 CHECKS = {
     "phasemap validate configs/quick.yaml": check_validate,

@@ -135,8 +135,11 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
     if root is None:
         raise ValueError("spectra need the storage root")
     run_id, member = opts.run_id, opts.member
-    if run_id is None:  # the most aligned network: its spectra are the ones worth a look
-        best = aggregate.last_hidden(df).groupby(["run_id", "member"])[opts.relation].mean().idxmax()
+    if run_id is None:  # the most aligned network with spectra (MLPs write them): the ones worth a look
+        written = set(records.read_spectra(root)[["run_id", "member"]].itertuples(index=False, name=None))
+        scores = aggregate.last_hidden(df).groupby(["run_id", "member"])[opts.relation].mean()
+        scores = scores[[key in written for key in scores.index]] if written else scores
+        best = scores.idxmax()
         run_id, member = best[0], int(best[1])
     spectra = records.read_spectra(root, run_id)
     spectra = spectra[spectra["member"] == member]

@@ -29,8 +29,13 @@ from .. import __version__, records
 from ..records import leases
 from ..config import RunConfig
 from ..measure import METRIC_COLUMNS, NULL_SAMPLES, Stationarity, measure
+from ..measure.capture import MAX_SAMPLES
 
 log = logging.getLogger(__name__)
+
+# how a probe measures: the record column of each option of `measure`, with its default
+PROBE_OPTIONS = {"covariance": "centered", "pah_floor": 1e-4, "null_samples": NULL_SAMPLES,
+                 "max_samples": MAX_SAMPLES, "per_head": False}
 
 
 class Recorder:
@@ -38,18 +43,20 @@ class Recorder:
 
     config: a one-member `RunConfig` (every config column filled), or a mapping of record
     columns to values (e.g. {"depth": 4, "weight_decay": 1e-4}); columns not given are null,
-    except the recorder's own `covariance`, `pah_floor` and `null_samples`.
+    except how it measures. Measuring options (`covariance`, `pah_floor`, `null_samples`,
+    `max_samples`, `per_head`): a keyword, else the config's value, else `measure`'s default;
+    a keyword that contradicts the config is an error. They are written with every row.
     `depth` defaults to the number of linear layers measured minus one (the last is the output).
     `weight_decay` in the config also gives the `balance` column its gamma.
     """
 
     def __init__(self, root: str, sweep_id: str, run_id: str, config: RunConfig | dict[str, Any] | None = None,
-                 covariance: str = "centered", pah_floor: float = 1e-4, null_samples: int = NULL_SAMPLES):
+                 covariance: str | None = None, pah_floor: float | None = None, null_samples: int | None = None,
+                 max_samples: int | None = None, per_head: bool | None = None):
         for what, value in (("sweep_id", sweep_id), ("run_id", run_id)):
             if not value or "/" in value:
                 raise ValueError(f"`{what} is non-empty with no '/'` must hold, but got {value!r}")
         self.root, self.sweep_id, self.run_id = records.resolve_root(root), sweep_id, run_id
-        self.options = {"covariance": covariance, "pah_floor": pah_floor, "null_samples": null_samples}
         if isinstance(config, RunConfig):
             if len(config.members) != 1:
                 raise ValueError(f"`a one-member RunConfig` must hold, but got {len(config.members)} members")
@@ -62,6 +69,15 @@ class Recorder:
                                  f"(columns: {', '.join(c for _, c, _ in records.CONFIG_COLUMNS)})")
             blob = json.dumps(self.columns, sort_keys=True, default=str)
             self.config_hash = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        given = {"covariance": covariance, "pah_floor": pah_floor, "null_samples": null_samples,
+                 "max_samples": max_samples, "per_head": per_head}
+        self.options = {}
+        for name, default in PROBE_OPTIONS.items():
+            configured = self.columns.get(name)
+            if given[name] is not None and configured is not None and given[name] != configured:
+                raise ValueError(f"`{name} as the config says` must hold, but got {name}={given[name]!r} "
+                                 f"with the config's {configured!r}")
+            self.options[name] = next(v for v in (given[name], configured, default) if v is not None)
         self.lease, holder = leases.try_acquire(self.root, sweep_id, run_id)
         if self.lease is None:
             raise RuntimeError(f"run {run_id!r} of sweep {sweep_id!r} under {self.root} is being written by "
@@ -86,8 +102,7 @@ class Recorder:
         base = {"schema_version": records.SCHEMA_VERSION, "phasemap_version": __version__,
                 "sweep_id": self.sweep_id, "trial_id": self.run_id, "run_id": self.run_id,
                 "config_hash": self.config_hash, "member": 0, **self.columns}
-        for column, value in self.options.items():  # how this recorder measures, unless the config says
-            base.setdefault(column, value)
+        base.update(self.options)  # how these rows were measured
         base.setdefault("depth", int(measured["layer"].max()) - 1 if len(measured) else None)
         base.setdefault("output_dim", int(table["dim_out"].iloc[-1]))
         rows = []
