@@ -69,7 +69,7 @@ def test_an_object_store_client_is_built_once_per_root_and_fails_fast(monkeypatc
     assert (options["endpoint_override"], options["scheme"], options["region"]) == (f"127.0.0.1:{port}", "http", "us-east-1")
     assert options["connect_timeout"] > 0 and options["request_timeout"] > 0
     with pytest.raises(OSError, match="127.0.0.1"):  # the endpoint it was given, refused
-        records.check_writable("s3://bucket/prefix/results")
+        fs.get_file_info("bucket/prefix/results")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     assert records.filesystem("s3://bucket/prefix")[0].region == "eu-west-1"  # the environment changed: anew
     with pytest.raises(ValueError, match="s3:// options"):
