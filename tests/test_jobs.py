@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 import phasemap
+from servers import moto_server
 from phasemap.sweep import expand, load_sweep, parse_sweep, sweep_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -340,30 +341,18 @@ def test_sweep_submitted_through_ray_jobs_runs_on_both_nodes(tmp_path, two_node_
     assert "2 trial(s) run (4 configs), 0 configs already complete, 0 failed" in run.stdout  # the sweep's own summary, streamed
     recs = _check_dataset(tmp_path / "out", data)
     assert set(recs["status"]) == {"ok"}
-    trials = list_actors(address=two_node_cluster["url"], filters=[("class_name", "=", "ImplicitFunc")], detail=True)
-    assert len({a.node_id for a in trials}) == 2  # one pack on each node
+    nodes, end = set(), time.time() + 20
+    while len(nodes) < 2 and time.time() < end:  # the state API lists finished actors a moment later
+        actors = list_actors(address=two_node_cluster["url"], detail=True, limit=1000)
+        nodes = {a.node_id for a in actors if a.class_name.endswith("ImplicitFunc")}  # Ray names it either way
+        time.sleep(0.5)
+    assert len(nodes) == 2, [(a.class_name, a.node_id[:8], a.state) for a in actors]  # one pack on each node
 
 
 @pytest.mark.integration
 def test_storage_credentials_travel_with_the_job(tmp_path, two_node_cluster, monkeypatch):
     """The nodes have no AWS_* variables: the trials can write to S3 only with what the submitter forwards."""
-    port = _free_port()
-    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    try:
-        import boto3
-
-        end = time.time() + 30
-        while True:
-            try:
-                boto3.client("s3", endpoint_url=creds["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                             aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket=BUCKET)
-                break
-            except Exception:
-                assert time.time() < end, "moto_server did not start within 30 s"
-                time.sleep(0.2)
+    with moto_server(BUCKET) as creds:
         root = f"s3://{BUCKET}/jobs-test"
         data = _small_sweep(root, name="jobs-s3")
         (tmp_path / "s3.yaml").write_text(yaml.safe_dump(data))
@@ -374,9 +363,6 @@ def test_storage_credentials_travel_with_the_job(tmp_path, two_node_cluster, mon
         for key, value in creds.items():
             monkeypatch.setenv(key, value)
         _check_dataset(root, data)
-    finally:
-        moto.terminate()
-        moto.wait(timeout=10)
 
 
 @pytest.mark.integration

@@ -8,12 +8,7 @@ Tiny on purpose: 2 members, 4 steps, probes at steps 0 and 4, 16 probe samples, 
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +17,7 @@ import torch
 import yaml
 
 from invariants import assert_root_ok, check_root
+from servers import moto_server
 from phasemap import Recorder, load, parse_config, train_pack
 from phasemap.cli import main as cli
 from phasemap.config import replace
@@ -380,35 +376,12 @@ def test_grid_and_optuna_sweeps_on_a_real_local_ray(tmp_path, data, local_ray):
         assert t["objective"] == pytest.approx(last.groupby("member")["rga_b"].mean().mean())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3_env(monkeypatch):
-    """A real S3-compatible server (moto) on loopback; credentials only in the environment."""
-    port = _free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    try:
-        end = time.time() + 30
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            assert time.time() < end, "moto_server did not start within 30 s"
-            time.sleep(0.05)
-        import boto3
-
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                     aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="matrix")
+    with moto_server("matrix") as env:
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         yield env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_a_pack_on_s3_passes_the_checker(tmp_path, data, s3_env):

@@ -10,12 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from phasemap import load, sql
+from servers import free_port, moto_server, s3_client
 from phasemap.sweep import members, parse_sweep, run_sweep, sweep_status
 
 pytestmark = pytest.mark.integration
@@ -117,7 +117,7 @@ class Proxy:
     """A TCP proxy on loopback: the S3 endpoint the sweep sees, which a test can cut and restore."""
 
     def __init__(self, target_port):
-        self.target, self.port = target_port, _free_port()
+        self.target, self.port = target_port, free_port()
         self.server = None
         self.conns = []
         self.start()
@@ -163,12 +163,6 @@ class Proxy:
         self.conns = []
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait(predicate, timeout, what):
     end = time.time() + timeout
     while time.time() < end:
@@ -180,24 +174,10 @@ def _wait(predicate, timeout, what):
 
 @pytest.fixture
 def s3_behind_proxy():
-    moto = Path(sys.executable).parent / "moto_server"
-    port = _free_port()
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        _wait(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 30, "moto_server")
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="testing",
-                              aws_secret_access_key="testing", region_name="us-east-1")
-        client.create_bucket(Bucket="phasemap")
-        proxy = Proxy(port)
-        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-               "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
-        yield env, proxy, client
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    """moto on loopback behind a proxy the test can cut: (environment reaching the proxy, proxy, client)."""
+    with moto_server("phasemap") as env:
+        proxy = Proxy(int(env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))
+        yield {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}, proxy, s3_client(env)
 
 
 def test_an_unreachable_s3_endpoint_ends_the_sweep_with_one_line_and_resume_finishes_it(tmp_path, s3_behind_proxy):

@@ -7,7 +7,6 @@ pack complete, no trial errored.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from phasemap import load
+from servers import moto_server
 from phasemap.sweep import expand, parse_sweep, run_sweep, sweep_status
 from phasemap.train import run_id_of
 
@@ -197,36 +197,11 @@ def test_ctrl_c_exits_130_and_says_what_is_left(tmp_path):
     assert not list(root.rglob("_COMPLETE.json"))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3_server(tmp_path):
     """A real S3-compatible server (moto) on loopback; credentials only in the environment."""
-    moto = Path(sys.executable).parent / "moto_server"
-    port = _free_port()
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    try:
-        _wait(lambda: _port_open(port), 30, "moto_server")
-        import boto3
-
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                     aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="phasemap")
+    with moto_server("phasemap") as env:
         yield env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def _port_open(port):
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_sweep_writes_to_s3_and_reads_back(tmp_path, s3_server, monkeypatch):
