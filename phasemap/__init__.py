@@ -33,13 +33,21 @@ _EXPORTS = {
 }
 
 
+# `measure` names both a subpackage and its function; bound here, after the subpackage (which
+# imports nothing up front) has loaded, it stays the function, as `from phasemap import measure`
+# has always given it
+from .measure import measure  # noqa: E402
+
+SUBPACKAGES = ("analysis", "config", "data", "figures", "measure", "models", "records", "sweep", "train")
+
+
 def __getattr__(name: str):
-    if name == "measure":  # the subpackage, callable as the function `measure` (see its docstring)
-        return importlib.import_module(".measure", __name__)
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
         globals()[name] = value  # once
         return value
+    if name in SUBPACKAGES:  # `import phasemap; phasemap.records.load(...)`, as before names were lazy
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -94,3 +94,27 @@ def test_a_recorder_option_that_contradicts_its_config_is_refused(tmp_path):
         Recorder(str(tmp_path), "mine", "x", config=cfg, null_samples=8)
     with Recorder(str(tmp_path), "mine", "y", config=cfg, null_samples=2) as rec:  # agreeing is fine
         assert rec.options["null_samples"] == 2 and rec.options["per_head"] is False
+
+
+def test_object_store_roots_keep_their_path_and_credentials():
+    fs, path = records.filesystem("s3://AKID:SE%2FCRET@bucket/prefix?region=eu-west-1")
+    options = fs.__reduce__()[1][0]
+    assert path == "bucket/prefix" and options["access_key"] == "AKID" and options["secret_key"] == "SE/CRET"
+    assert options["region"] == "eu-west-1"
+    fs, path = records.filesystem("file:///tmp/some/root")  # other schemes: pyarrow's own reading
+    assert isinstance(fs, pa.fs.LocalFileSystem) and path == "/tmp/some/root"
+
+
+def test_recorder_runs_measured_differently_are_different_networks(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 1))
+    x, y = torch.randn(40, 3), torch.randn(40, 1)
+    per_sample = lambda o, t: ((o - t) ** 2).sum(-1)  # noqa: E731
+    hashes = {}
+    for run, options in (("centered", {}), ("raw", {"covariance": "raw"})):
+        with Recorder(str(tmp_path), "mine", run, config={"lr": 0.1}, null_samples=0, **options) as rec:
+            rec.probe(net, x, y, per_sample, 0)
+            hashes[run] = rec.config_hash
+    assert hashes["centered"] != hashes["raw"]
+    got = load(str(tmp_path))
+    assert sorted(got["covariance"].unique()) == ["centered", "raw"]  # both kept, not one per "config"

@@ -244,9 +244,9 @@ def sql(root: str, query: str, strict: bool = False) -> pd.DataFrame:
     """Run DuckDB SQL over the view `records` (every record under `root`, plus hive columns).
 
     The view holds one network per config and sweep, and older files' missing columns filled
-    in (see the module docstring); `last_records` is its rows at each network's last step (a
-    `Recorder` run has no `steps`: use this, not `step = steps`); `all_records` is every row as
-    stored.
+    in (see the module docstring); `last_records` is its whole-layer rows (no per-head rows) at
+    each network's last step, as `aggregate.last_records` (a `Recorder` run has no `steps`: use
+    this, not `step = steps`); `all_records` is every row as stored.
     """
     import duckdb
 
@@ -264,9 +264,9 @@ def sql(root: str, query: str, strict: bool = False) -> pd.DataFrame:
                          f"ANTI JOIN _lost l ON a.sweep_id = l.sweep_id AND a.run_id = l.run_id "
                          f"AND a.config_hash = l.config_hash")
         con.execute("CREATE TEMP VIEW records AS " + " UNION ALL ".join(parts))
-        # each network's rows at its last step (final probe, or where it diverged), per-head rows
-        # included: `aggregate.last_records` in SQL, for queries of "the end of training"
-        con.execute("CREATE TEMP VIEW last_records AS FROM records "
+        # each network's whole-layer rows at its last step (final probe, or where it diverged):
+        # `aggregate.last_records` in SQL, for queries of "the end of training"
+        con.execute("CREATE TEMP VIEW last_records AS FROM records WHERE head IS NULL "
                     "QUALIFY step = max(step) OVER (PARTITION BY sweep_id, run_id, member)")
         return con.execute(query).df()
     finally:

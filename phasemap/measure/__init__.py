@@ -1,22 +1,17 @@
 """The measurements (SCIENCE.md): pure maths (`maths`), every metric of one linear map
 (`layers`, column names in `columns`), capture from models (`capture`: the stacked MLP and any
 `nn.Module`; `attention` for `nn.MultiheadAttention`), and phases and critical depth (`phases`).
-
-Called, this package is the function `measure` (`phasemap.measure(model, x, y)`, as
-`from phasemap import measure` gives it): see `capture.measure`.
 """
 
 import importlib
-import sys
-import types
 
-from .columns import METRIC_COLUMNS, NC_COLUMNS, PAH_PAIRS, RELATIONS
-from .phases import critical_depth, label_phases
-
-# The torch-backed modules load on first use (PEP 562): `phasemap.measure.phases` and the
-# column names import without torch, for readers and the CLI.
+# Every name loads on first use (PEP 562): the package itself imports nothing, so that
+# `import phasemap` (which binds `phasemap.measure` to the function below) stays light, and
+# `phasemap.measure.phases` and the column names import without torch.
 _EXPORTS = {
-    **dict.fromkeys(["describe_layers", "measure", "probe_stacked"], ".capture"),
+    **dict.fromkeys(["METRIC_COLUMNS", "NC_COLUMNS", "PAH_PAIRS", "RELATIONS"], ".columns"),
+    **dict.fromkeys(["critical_depth", "label_phases"], ".phases"),
+    **dict.fromkeys(["describe_layers", "probe_stacked"], ".capture"),
     **dict.fromkeys(["NFA_EXACT", "NFA_PROJECTIONS", "NULL_SAMPLES", "Stationarity", "layer_metrics",
                      "output_directions", "output_gradient_grams"], ".layers"),
     **dict.fromkeys(["CUDA_LOCKSTEP_EIG_BATCH", "DEGENERATE", "PowerLaw", "alignment", "alignment_null",
@@ -24,6 +19,19 @@ _EXPORTS = {
                      "descending_eigvals", "effective_rank", "excess", "haar_rotations", "neural_collapse", "nfa",
                      "paired_values", "power_law", "power_law_fit", "second_moment", "trace_ratio"], ".maths"),
 }
+
+
+def measure(model, x, y, loss_fn, *args, **options):
+    """CRH/PAH metrics of every linear map of any `torch.nn.Module`, one row per layer.
+
+    `loss_fn(output, y)` returns one loss per sample. Keyword options (covariance, pah_floor,
+    null_samples, train_mode, weight_decay, labels, stationarity, max_samples, per_head, ...)
+    are those of `phasemap.measure.capture.measure`, which documents each; this name loads it
+    (and torch) on first call, so that `import phasemap` stays light.
+    """
+    from .capture import measure as measure_model
+
+    return measure_model(model, x, y, loss_fn, *args, **options)
 
 
 def __getattr__(name: str):
@@ -42,16 +50,3 @@ __all__ = [
     "neural_collapse", "nfa", "output_directions", "output_gradient_grams", "paired_values", "power_law",
     "power_law_fit", "probe_stacked", "second_moment", "trace_ratio",
 ]
-
-
-class _MeasurePackage(types.ModuleType):
-    """`phasemap.measure` names both this package and the function that measures a model; the
-    package is callable so that both readings work without importing torch up front."""
-
-    def __call__(self, *args, **kwargs):
-        from .capture import measure
-
-        return measure(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _MeasurePackage

@@ -67,17 +67,22 @@ class Recorder:
             if unknown:
                 raise ValueError(f"`config keys are config columns` must hold, but got {unknown} "
                                  f"(columns: {', '.join(c for _, c, _ in records.CONFIG_COLUMNS)})")
-            blob = json.dumps(self.columns, sort_keys=True, default=str)
-            self.config_hash = hashlib.sha256(blob.encode()).hexdigest()[:12]
         given = {"covariance": covariance, "pah_floor": pah_floor, "null_samples": null_samples,
                  "max_samples": max_samples, "per_head": per_head}
         self.options = {}
         for name, default in PROBE_OPTIONS.items():
             configured = self.columns.get(name)
             if given[name] is not None and configured is not None and given[name] != configured:
+                where = f"probe.{name} in the RunConfig" if isinstance(config, RunConfig) else f"{name!r} in the config"
                 raise ValueError(f"`{name} as the config says` must hold, but got {name}={given[name]!r} "
-                                 f"with the config's {configured!r}")
+                                 f"with the config's {configured!r} (set {where} instead)")
             self.options[name] = next(v for v in (given[name], configured, default) if v is not None)
+        if not isinstance(config, RunConfig):
+            # the network's identity: its config columns and how it is measured (options left at
+            # their defaults hash as before they were part of it)
+            ident = self.columns | {k: v for k, v in self.options.items() if v != PROBE_OPTIONS[k]}
+            blob = json.dumps(ident, sort_keys=True, default=str)
+            self.config_hash = hashlib.sha256(blob.encode()).hexdigest()[:12]
         self.lease, holder = leases.try_acquire(self.root, sweep_id, run_id)
         if self.lease is None:
             raise RuntimeError(f"run {run_id!r} of sweep {sweep_id!r} under {self.root} is being written by "
