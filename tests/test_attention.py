@@ -118,7 +118,7 @@ class CausalAttention(WithAttention):
         return self.head(self.attn(x, x, x, attn_mask=mask, need_weights=False)[0])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_fused_causal_attention_measures_as_multihead_attention(dtype):
     # the query gradient at position 0 is exactly zero (it attends to itself only); the fused
     # kernel returns rounding noise there, which must count as zero as the exact zeros do
@@ -133,5 +133,28 @@ def test_fused_causal_attention_measures_as_multihead_attention(dtype):
     assert exact[["name"] + zeros].iloc[0].tolist() == ["attn.q_proj", 0, 10, 0, 10]  # g_a, g_b: one per sequence
     assert (fused[zeros].values == exact[zeros].values).all(), (fused[zeros], exact[zeros])
     cols = [f"{r}_{s}" for s in "ab" for r in ("rga", "rwa", "gwa")] + ["cross_b"]
-    tol = 1e-4 if dtype == torch.float32 else 1e-9
+    tol = {torch.float32: 1e-4, torch.float64: 1e-9, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
     pd.testing.assert_frame_equal(fused[cols], exact[cols], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_fused_query_gradient_at_position_0_is_rounding_noise_and_counts_as_zero(dtype):
+    # F.scaled_dot_product_attention's query gradient at position 0 (exactly 0: it attends to
+    # itself only) is float32 rounding noise, a few float32 eps of the largest, in bfloat16 and
+    # float16 too (their kernels accumulate in float32): it counts as zero, and no other
+    # position's gradient does (the smallest is ~1e-5 of the largest; a threshold at bfloat16's
+    # own eps dropped 70 of them, at float16's 9)
+    from phasemap.measure.maths import zero_rows
+
+    g = torch.Generator().manual_seed(0)
+    N, H, L, D = 4, 4, 64, 32
+    q, k, v, grad_out = (torch.randn(N, H, L, D, generator=g) * s for s in (3, 3, 1, 1))
+    q = q.to(dtype).requires_grad_(True)
+    out = F.scaled_dot_product_attention(q, k.to(dtype), v.to(dtype), is_causal=True)
+    (dq,) = torch.autograd.grad(out, q, grad_out.to(dtype))
+    rows = dq.transpose(1, 2).reshape(N * L, H * D)  # tokens x heads, as the q projection's g_b
+    norms = rows.float().norm(dim=-1).reshape(N, L)
+    assert (norms[:, 0] > 0).any()  # noise, not exact zeros: the rule is what drops it
+    assert (norms[:, 0] <= 16 * torch.finfo(torch.float32).eps * norms.max()).all()
+    zero = zero_rows(rows.unsqueeze(0))[0, :, 0].reshape(N, L)
+    assert zero[:, 0].all() and not zero[:, 1:].any()

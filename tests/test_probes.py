@@ -86,27 +86,58 @@ def test_zero_vectors_are_left_out_and_counted():
     assert torch.isfinite(C).all()
 
 
-@pytest.mark.parametrize("dtype,small", [(torch.float64, 1e-10), (torch.float32, 1e-4), (torch.bfloat16, 0.5)])
+@pytest.mark.parametrize("dtype,small", [(torch.float64, 1e-10), (torch.float32, 1e-4), (torch.bfloat16, 1e-3),
+                                         (torch.float16, 1e-3)])
 @pytest.mark.parametrize("kind", ["centered", "raw"])
 def test_vectors_at_rounding_level_count_as_zero(dtype, small, kind):
     # rows: three real vectors (the largest of norm 4), an exact zero, rounding noise (a fused
-    # kernel's 1e-16 where the exact value is 0; in bfloat16 noise at its eps, 7.8e-3, relative)
-    # and a genuinely small real vector (norm `small` * 1.4 / 4 of the largest: far above
-    # 16 eps in float64 and float32; 18% in bfloat16, above its 1/8)
-    noise = 2e-2 if dtype == torch.bfloat16 else 1e-16
+    # kernel's 1e-16 where the exact value is 0; in bfloat16 and float16 float32 rounding, 1e-7
+    # relative: their kernels accumulate in float32) and a genuinely small real vector (norm
+    # `small` * 1.4 / 4 of the largest: far above 16 eps in float64 and float32, and in bfloat16
+    # and float16 far above 16 float32 eps though below their own eps)
+    noise = 1e-16 if dtype == torch.float64 else 4e-7
     rows = torch.tensor([[4.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0], [0.0, 0.0, 0.0],
                          [noise, -noise, noise], [small, small, 0.0]], dtype=torch.float64)
     C, u, zero = second_moment(rows.to(dtype).unsqueeze(0), kind)
     C_ref, _, _ = second_moment(rows[[0, 1, 2, 5]].to(dtype).unsqueeze(0), kind)
     assert zero.item() == 2  # the exact zero and the noise; the small real vector is kept
     assert torch.equal(u[0, 3:5], torch.zeros(2, 3, dtype=dtype)) if kind == "centered" else True
-    assert torch.allclose(C.double(), C_ref.double(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0)
-    if dtype == torch.float64:  # the rule: at most ZERO_EPS eps of the largest norm
-        from phasemap.measure.maths import ZERO_EPS
-        edge = ZERO_EPS * torch.finfo(dtype).eps * 4.0
-        at, above = (torch.tensor([[4.0, 0, 0], [e, 0, 0]], dtype=dtype) for e in (edge, 1.5 * edge))
-        assert second_moment(at.unsqueeze(0), kind)[2].item() == 1
-        assert second_moment(above.unsqueeze(0), kind)[2].item() == 0
+    narrow = dtype in (torch.bfloat16, torch.float16)
+    assert torch.allclose(C.double(), C_ref.double(), rtol=1e-2 if narrow else 1e-6, atol=0)
+    # the rule: at most ZERO_EPS eps of the largest norm, eps of float32 for narrower dtypes
+    from phasemap.measure.maths import ZERO_EPS, zero_eps
+    assert zero_eps(dtype) == torch.finfo(torch.float32 if narrow else dtype).eps
+    edge = ZERO_EPS * zero_eps(dtype) * 4.0
+    # exactly at the edge where the dtype holds it, else a quarter below and above
+    below, above = (edge, 1.5 * edge) if not narrow else (0.75 * edge, 1.25 * edge)
+    for e, dropped in ((below, 1), (above, 0)):
+        pair = torch.tensor([[4.0, 0, 0], [e, 0, 0]], dtype=torch.float64).to(dtype)
+        assert second_moment(pair.unsqueeze(0), kind)[2].item() == dropped, (e, dropped)
+
+
+def test_a_bfloat16_model_keeps_its_small_vectors():
+    # inputs whose per-sample scale is lognormal (norms from ~1e-3 to ~1e2 of each other) and 5
+    # exact zero inputs, through tanh layers (no unit is ever silent): only the 5 zero inputs
+    # are zero vectors, in bfloat16 and float16 as in float32 (a rule at their own eps, 16 x
+    # 7.8e-3, dropped every input below 1/8 of the largest: most of them), and the alignments
+    # agree with float32's to the narrow dtypes' rounding
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 4))
+    x = torch.randn(400, 16) * torch.exp(torch.randn(400, 1))
+    x[:5] = 0.0
+    y = torch.randn(400, 4)
+    mse = lambda o, t: ((o - t) ** 2).sum(-1)  # noqa: E731
+    zeros = ["n_zero_h_a", "n_zero_g_a", "n_zero_h_b", "n_zero_g_b"]
+    ref = measure(model, x, y, mse, null_samples=0)
+    assert ref[zeros].values.tolist() == [[5, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    cols = [f"{r}_{s}" for s in "ab" for r in ("rga", "rwa", "gwa")]
+    for dtype in (torch.bfloat16, torch.float16):
+        t = measure(copy.deepcopy(model).to(dtype), x.to(dtype), y.to(dtype), mse, null_samples=0)
+        assert t[zeros].values.tolist() == ref[zeros].values.tolist(), dtype
+        diff = (t[cols] - ref[cols]).abs().max().max()
+        assert diff < 0.02, (dtype, diff)
 
 
 def test_raw_second_moment_is_mean_outer_product():

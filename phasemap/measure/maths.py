@@ -12,27 +12,38 @@ from typing import NamedTuple
 
 import torch
 
-# A row counts as zero when its norm is at most ZERO_EPS * eps(dtype) times the largest row norm
-# of its matrix (the layer's samples; per member of a pack). Where the exact value is 0 (the query
-# gradient at position 0 of causal attention), fused kernels return rounding noise instead:
-# F.scaled_dot_product_attention on a CPU, float32, left up to 10 eps of the layer's largest
-# norm over 324 shapes (sequence 16-256, head dim 16-128, 1-4 heads, score scales 0.3-3; median
-# about 3 eps); 16 leaves a margin over that. It drops only vectors below 2e-6 (float32) and
-# 4e-15 (float64) of the largest. In bfloat16 (eps 7.8e-3) it drops those below 1/8 of the
-# largest: a vector computed from terms the size of the largest carries errors of order eps
-# times the largest, so its direction is uncertain by at least 6% there; a larger multiple would
-# drop vectors whose direction is known, a smaller one keeps the fused kernels' noise.
+# A row counts as zero when its norm is at most ZERO_EPS * eps times the largest row norm of its
+# matrix (the layer's samples; per member of a pack), eps that of the precision the vectors were
+# accumulated in: the dtype's own for float32 and float64, float32's for narrower dtypes (bfloat16,
+# float16), whose kernels accumulate in float32. Where the exact value is 0 (the query gradient at
+# position 0 of causal attention), fused kernels return rounding noise instead:
+# F.scaled_dot_product_attention on a CPU left, relative to the layer's largest norm, up to 10
+# float32 eps in float32 over 324 shapes (sequence 16-256, head dim 16-128, 1-4 heads, score
+# scales 0.3-3; median about 3 eps), and over 54 of those shapes up to 2.2 float32 eps in bfloat16
+# and 6.9 in float16 (medians 0.5 and 1.4; a third exact zeros): float32 rounding, stored in a
+# dtype whose exponent range holds it (bfloat16 has float32's), not rounding at bfloat16's eps
+# (7.8e-3, 65000 times larger). 16 leaves a margin over that. It drops only vectors below 2e-6 of
+# the largest (float32, bfloat16, float16) and 4e-15 (float64). A threshold at the narrow dtype's
+# own eps would drop real vectors: in bfloat16, everything below 1/8 of the largest (most samples
+# of inputs whose per-sample scale is lognormal), a selection bias; a small vector computed in
+# float32 and rounded to bfloat16 keeps its direction to bfloat16's eps of its own norm.
 ZERO_EPS = 16
 
 
+def zero_eps(dtype: torch.dtype) -> float:
+    """The eps of the precision a dtype's vectors are accumulated in: the dtype's own for float32
+    and wider, float32's for narrower floating dtypes (bfloat16, float16)."""
+    return torch.finfo(torch.promote_types(dtype, torch.float32)).eps
+
+
 def zero_rows(v: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
-    """Which rows of v (..., N, d) count as zero (..., N, 1): norm at most ZERO_EPS * eps(v.dtype)
-    times the largest finite row norm among the N, rounding noise included. Rows with NaN count
-    as zero too (no direction), rows with inf do not (they make the matrix non-finite).
-    `norms`: v's row norms (..., N, 1), when already computed."""
+    """Which rows of v (..., N, d) count as zero (..., N, 1): norm at most ZERO_EPS *
+    zero_eps(v.dtype) times the largest finite row norm among the N, rounding noise included.
+    Rows with NaN count as zero too (no direction), rows with inf do not (they make the matrix
+    non-finite). `norms`: v's row norms (..., N, 1), when already computed."""
     norms = (v.norm(dim=-1, keepdim=True) if norms is None else norms).to(torch.promote_types(v.dtype, torch.float32))
     largest = torch.where(torch.isfinite(norms), norms, 0.0).amax(-2, keepdim=True)  # (..., 1, 1)
-    return ~(norms > (ZERO_EPS * torch.finfo(v.dtype).eps) * largest)
+    return ~(norms > (ZERO_EPS * zero_eps(v.dtype)) * largest)
 
 
 def second_moment(v: torch.Tensor, kind: str = "centered") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
