@@ -350,3 +350,50 @@ def test_measure_takes_classes_from_the_labels_whatever_the_output_width(head):
         assert math.isnan(last["nc3"]) and math.isnan(last["nc4"])
         assert f"nc3, nc4: output width {width} is not the 4 classes of the labels" in last["nan_reason"]
     assert table["nc3"].iloc[:-1].isna().all() and table["nc4"].iloc[:-1].isna().all()
+
+
+@pytest.mark.parametrize("absent", [9, 4])
+def test_a_classifier_probed_without_some_of_its_classes_records_nc3_and_nc4(absent):
+    # a 10-way classifier probed with labels that lack one class (the highest, or one inside):
+    # given n_classes=10 it is a classifier over the labels' classes; NC1/NC2 over the 9 present
+    # classes, NC3 over their classifier rows, NC4 with predictions among all 10 outputs
+    from phasemap.measure import measure
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 10))
+    x = torch.randn(200, 8)
+    labels = torch.arange(200) % 9
+    labels = labels + (labels >= absent).long()  # the 9 classes other than `absent`
+    ce = lambda o, y: nn.functional.cross_entropy(o, y, reduction="none")  # noqa: E731
+    table = measure(net, x, labels, ce, labels=labels, null_samples=0, n_classes=10)
+    last = table.iloc[-1]
+    # by hand, C = 10 classifier rows, 9 of them with samples
+    h = torch.relu(net[0](x)).detach().double()
+    logits = net(x).detach().double()
+    present = [c for c in range(10) if c != absent]
+    means = torch.stack([h[labels == c].mean(0) for c in present])  # (9, 16)
+    M = means - means.mean(0)
+    W = net[2].weight.detach().double()
+    assert W.shape == (10, 16)
+    Wp = W[present]
+    nc3 = (Wp / Wp.norm() - M / M.norm()).norm().item()
+    nearest = torch.tensor(present)[torch.cdist(h, means).argmin(-1)]
+    nc4 = (nearest != logits.argmax(-1)).double().mean().item()
+    within = h - means[torch.searchsorted(torch.tensor(present), labels)]
+    sigma_w, sigma_b = within.T @ within / 200, M.T @ M / 9
+    nc1 = torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True)).item() / 9
+    assert last["nc3"] == pytest.approx(nc3, rel=1e-5)
+    assert last["nc4"] == pytest.approx(nc4, abs=1e-12)
+    assert last["nc1"] == pytest.approx(nc1, rel=1e-4)
+    assert table[["nc1", "nc2", "nc2_norms"]].notna().all().all()
+    assert "nc3" not in last["nan_reason"]
+    # an embedding head of another width: NaN with the reason, n_classes given or not (then max + 1)
+    emb = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    mse = lambda o, y: ((o - y) ** 2).sum(-1)  # noqa: E731
+    for n in (10, None):
+        t = measure(emb, x, torch.randn(200, 3), mse, labels=labels, null_samples=0, n_classes=n)
+        assert math.isnan(t["nc3"].iloc[-1]) and math.isnan(t["nc4"].iloc[-1])
+        assert f"nc3, nc4: output width 3 is not the {n or int(labels.max()) + 1} classes of the labels" in t["nan_reason"].iloc[-1]
+        assert t[["nc1", "nc2"]].notna().all().all()
+    with pytest.raises(ValueError, match="n_classes > max"):  # fewer classes than the labels name
+        measure(net, x, labels, ce, labels=labels, null_samples=0, n_classes=int(labels.max()))

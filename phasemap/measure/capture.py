@@ -155,6 +155,7 @@ def measure(
     stationarity: Stationarity | None = None,
     max_samples: int = MAX_SAMPLES,
     per_head: bool = False,
+    n_classes: int | None = None,
 ) -> pd.DataFrame:
     """CRH/PAH metrics of every linear map in any model, one row per layer.
 
@@ -172,10 +173,14 @@ def measure(
     statistics, so samples stay independent) unless `train_mode`; its modes are restored after.
     Hooks are removed on every path out.
     `weight_decay`: the L2 gamma the model trains with, for the `balance` column (else NaN).
-    `labels` (N,): class labels of the samples (classes 0..max(labels)), for the neural-collapse
-    columns of every layer whose input has one row per sample; NC3 and NC4 at the last measured
-    layer where the output is a classifier over those classes (one output per class), else NaN
-    with a reason (an embedding or regression head).
+    `labels` (N,): class labels of the samples, for the neural-collapse columns of every layer
+    whose input has one row per sample (NC1 and NC2 over the classes present in the labels).
+    `n_classes`: how many classes the labels come from (a task's class count: a probe set may
+    lack some classes), by default max(labels) + 1. NC3 and NC4 at the last measured layer where
+    the output is a classifier over those classes (one output per class: width n_classes), else
+    NaN with a reason (an embedding or regression head); classes absent from the labels are
+    left out of NC3 (their classifier rows) and count in NC4 as predictions that match no
+    class mean.
     `stationarity`: one `Stationarity` passed to every probe of a run, for the stat_* columns
     (each layer's change since the previous call; NaN without or at the first).
     A layer the forward pass does not call as a module, or cannot be measured (a grouped
@@ -192,10 +197,23 @@ def measure(
     try:
         with attention.decomposed(model, qkv):
             return _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay,
-                            labels, stationarity, max_samples, per_head)
+                            labels, stationarity, max_samples, per_head, _classes(labels, n_classes))
     finally:
         for m, mode in modes.items():
             m.training = mode
+
+
+def _classes(labels: torch.Tensor | None, n_classes: int | None) -> int:
+    """The number of classes the labels come from: `n_classes`, by default max(labels) + 1
+    (0 without labels)."""
+    if labels is None:
+        return 0
+    top = int(labels.max()) + 1
+    if n_classes is None:
+        return top
+    if int(n_classes) < top:
+        raise ValueError(f"`n_classes > max(labels)` must hold, but got {n_classes=} with label {top - 1}")
+    return int(n_classes)
 
 
 def layer_kind(model: nn.Module, name: str, m: nn.Module) -> str:
@@ -248,7 +266,7 @@ def _input_rows(m: nn.Module, t: torch.Tensor) -> torch.Tensor:
 
 
 def _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, weight_decay,
-             labels, stationarity, max_samples, per_head=False) -> pd.DataFrame:
+             labels, stationarity, max_samples, per_head=False, n_classes=0) -> pd.DataFrame:
     seen: dict[nn.Module, tuple] = {}
 
     def hook(module, inputs, output):
@@ -277,7 +295,6 @@ def _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, we
             h.remove()
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
-    n_classes = int(labels.max()) + 1 if labels is not None else 0  # classes come from the labels
     grad_of = dict(zip(used, grads))
     agop_of = dict(zip(used, agops))
     rows = []
@@ -310,13 +327,13 @@ def _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, we
         nc_reason = ""
         if labels is not None and h_a.shape[0] == labels.numel():  # one feature row per label
             # NC3 and NC4 compare the output with the class means: only where the last layer's
-            # output is a classifier over the labels' classes (an embedding or regression head is not)
+            # output is a classifier over the n_classes classes (an embedding or regression head is not)
             last = m is used[-1]
             classifier = last and d_out == n_classes and output.shape[-1] == n_classes \
                 and output.numel() == labels.numel() * n_classes
             if last and not classifier:
                 nc_reason = (f"nc3, nc4: output width {output.shape[-1]} is not the {n_classes} classes of the "
-                             f"labels (not a classifier over them)")
+                             f"labels (not a classifier over them; `measure(n_classes=)` says how many there are)")
             metrics.update(neural_collapse(h_a.detach().unsqueeze(0), labels.reshape(-1), n_classes,
                                            W=W.detach().unsqueeze(0) if classifier else None,
                                            logits=output.detach().reshape(1, -1, n_classes) if classifier else None))

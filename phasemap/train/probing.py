@@ -77,7 +77,8 @@ class Prober:
             tables.append(measure(member, self.prepare(x), y, self.task.loss, s.covariance, s.pah_floor,
                                   s.null_samples, weight_decay=self.weight_decays[k],
                                   labels=y if self.task.classification else None, stationarity=self.trackers[k],
-                                  max_samples=s.max_samples, per_head=s.per_head))
+                                  max_samples=s.max_samples, per_head=s.per_head,
+                                  n_classes=self.task.output_dim if self.task.classification else None))
         infos = self.layers
         nan_row = {c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan) for c in METRIC_COLUMNS}
         values, reasons = [], []
