@@ -94,15 +94,16 @@ class Recorder:
         self.started = time.time()
 
     def probe(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, step: int,
-              train_loss: float | None = None, labels: torch.Tensor | None = None):
+              train_loss: float | None = None, labels: torch.Tensor | None = None, n_classes: int | None = None):
         """Measure every nn.Linear of `model` on (x, y) at `step` and write the rows; returns
         the `measure` table. `loss_fn(output, y)` returns one loss per sample; `labels` (class
-        indices, e.g. y of a classifier) fill the neural-collapse columns."""
+        indices, e.g. y of a classifier) fill the neural-collapse columns; `n_classes`: how many
+        classes they come from (default max(labels) + 1; give it when a probe may lack some)."""
         if self.closed:
             raise RuntimeError(f"run {self.run_id!r}: the recorder is closed")
         gamma = self.columns.get("weight_decay")
         table = measure(model, x, y, loss_fn, weight_decay=gamma, labels=labels, stationarity=self.stationarity,
-                        **self.options)
+                        n_classes=n_classes, **self.options)
         measured = table[~table["nan_reason"].str.startswith("not measured")]
         base = {"schema_version": records.SCHEMA_VERSION, "phasemap_version": __version__,
                 "sweep_id": self.sweep_id, "trial_id": self.run_id, "run_id": self.run_id,
