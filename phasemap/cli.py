@@ -238,9 +238,11 @@ def _check_data(cfg) -> None:
 
 
 def summary(table, tau: float) -> str:
-    """The last probe of every member: alignments and phase per layer, critical depth."""
-    from .measure.phases import critical_depth, label_phases
+    """The last probe of every member: alignments and phase per whole layer (per-head rows of
+    attention, probe.per_head, left out: they repeat their layer's index), critical depth."""
+    from .measure.phases import critical_depth, label_phases, layer_rows
 
+    table = layer_rows(table)
     last = table[table["step"] == table.groupby("member")["step"].transform("max")].copy()
     last["phase"] = label_phases(last, tau)
     cols = ["member", "lr", "weight_decay", "seed", "layer", "status", "rga_a", "rwa_a", "gwa_a",
@@ -249,7 +251,7 @@ def summary(table, tau: float) -> str:
     ok = last[last["status"] == "ok"]
     if len(ok):
         cd = critical_depth(ok, "rga_b", tau, by=["member"])
-        lines.append(f"\ncritical depth (rga_b >= {tau}), hidden layers 1..depth:")
+        lines.append(f"\ncritical depth (rga_b >= {tau}), hidden layers 1..n_layers-1:")
         lines.append(cd.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     return "\n".join(lines)
 

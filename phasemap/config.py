@@ -238,7 +238,8 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def member_config(self, member: "Member") -> "RunConfig":
-        """This config with the pack reduced to one member."""
+        """This config with the pack reduced to one member (its environment, the factory
+        module and `task.path`, is the pack's: not checked again)."""
         return replace(
             self,
             {
@@ -248,6 +249,7 @@ class RunConfig:
                 "optimizer.weight_decay": [member.weight_decay],
                 "train.seed": [member.seed],
             },
+            check_environment=False,
         )
 
     def config_hash(self) -> str:
@@ -368,7 +370,7 @@ def _build(cls, data: Any, path: str, problems: list[str]):
     return cls(**values)
 
 
-def _cross_checks(cfg: RunConfig, problems: list[str]) -> None:
+def _cross_checks(cfg: RunConfig, problems: list[str], check_environment: bool = True) -> None:
     if cfg.pairing == "zip":
         lengths = {len(v) for v in cfg._member_lists()} - {1}
         if len(lengths) > 1:
@@ -408,13 +410,17 @@ def _cross_checks(cfg: RunConfig, problems: list[str]) -> None:
         problems.append(f"model.depth: `resnet depth = 6 n + 2 (8, 14, 20, 32, ...)` must hold, but got "
                         f"{cfg.model.depth}")
     if cfg.model.family == "factory":
-        problems.extend(_factory_problems(cfg.model.factory))
+        if check_environment:  # imports the user's module
+            problems.extend(_factory_problems(cfg.model.factory))
+        elif ":" not in cfg.model.factory or not all(cfg.model.factory.partition(":")[::2]):
+            problems.append(f"model.factory: `package.module:function` must be given for family factory, but got "
+                            f"{cfg.model.factory!r}")
     elif cfg.model.factory:
         problems.append(f"model.factory: set only with family factory, but got {cfg.model.factory!r} "
                         f"with family {cfg.model.family!r}")
     if image and cfg.task.name != "digits" and not cfg.task.path:
         problems.append(f"task.path: `the data's file or folder for task {cfg.task.name}` must be given, but got ''")
-    elif image and cfg.task.path and not Path(cfg.task.path).exists():
+    elif image and cfg.task.path and check_environment and not Path(cfg.task.path).exists():
         problems.append(f"task.path: `path exists` must hold, but got {cfg.task.path!r} (no such file or folder)")
     if cfg.optimizer.name != "sgd" and any(m != 0 for m in cfg.optimizer.momentum):
         problems.append(
@@ -461,12 +467,16 @@ def _factory_problems(spec: str) -> list[str]:
     return []
 
 
-def parse_config(data: Any, source: str = "config") -> RunConfig:
-    """Build a RunConfig from plain data; raise ConfigError listing every problem."""
+def parse_config(data: Any, source: str = "config", *, check_environment: bool = True) -> RunConfig:
+    """Build a RunConfig from plain data; raise ConfigError listing every problem.
+
+    check_environment=False validates the config alone, not this machine: the factory module
+    is not imported and `task.path` need not exist here. For configs read back from storage
+    (`phasemap status`, completion markers), which may have been trained elsewhere."""
     problems: list[str] = []
     cfg = _build(RunConfig, data, "", problems)
     if not problems:
-        _cross_checks(cfg, problems)
+        _cross_checks(cfg, problems, check_environment)
     if problems:
         raise ConfigError(problems, source)
     return cfg
@@ -509,9 +519,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     return parse_config(read_yaml(path, overrides), str(path))
 
 
-def replace(cfg: RunConfig, changes: dict[str, Any]) -> RunConfig:
-    """A validated copy of `cfg` with dotted-path fields changed."""
+def replace(cfg: RunConfig, changes: dict[str, Any], *, check_environment: bool = True) -> RunConfig:
+    """A validated copy of `cfg` with dotted-path fields changed (`parse_config`'s check_environment)."""
     data = json.loads(json.dumps(cfg.to_dict(), default=list))
     for key, value in changes.items():
         set_path(data, key, value)
-    return parse_config(data)
+    return parse_config(data, check_environment=check_environment)

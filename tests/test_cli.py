@@ -108,7 +108,7 @@ def test_status_of_a_root_names_each_pack_by_its_configs_and_last_step(status_ro
     assert main(["status", str(root), "--sweep", "s"]) == 0
     lines = status_lines(capsys.readouterr().out)
     assert lines[0] == f"sweep 's' under {root}: 1 complete, 0 running, 1 interrupted, 0 failed, 0 missing of 2 packs"
-    assert lines[1] == "members (networks): 4 complete, 0 running, 4 missing of 8"
+    assert lines[1] == "members (networks): 4 complete, 0 running, 4 interrupted, 0 failed, 0 missing of 8"
     assert lines[2] == "state step members configs run"
     assert sorted(lines[3:]) == sorted([f"complete 20/20 4 depth=1 weight_decay=0,0.001 seed=0,1 {one}",
                                         f"interrupted 10/20 4 depth=2 weight_decay=0,0.001 seed=0,1 {two}"])
@@ -129,7 +129,7 @@ def test_status_of_a_sweep_config_names_its_packs_too(status_root, tmp_path, cap
     assert main(["status", str(f)]) == 0
     lines = status_lines(capsys.readouterr().out)
     assert lines[0] == f"sweep 's' under {root}: 1 complete, 0 running, 1 interrupted, 0 failed, 1 missing of 3 packs"
-    assert lines[1] == "members (networks): 4 complete, 0 running, 8 missing of 12"
+    assert lines[1] == "members (networks): 4 complete, 0 running, 4 interrupted, 0 failed, 4 missing of 12"
     one, two, three = (run_id_of(p) for p in packs)
     assert lines[3:] == [f"complete 20/20 4 depth=1 weight_decay=0,0.001 seed=0,1 {one}",
                          f"interrupted 10/20 4 depth=2 weight_decay=0,0.001 seed=0,1 {two}",
@@ -137,6 +137,70 @@ def test_status_of_a_sweep_config_names_its_packs_too(status_root, tmp_path, cap
 
 
 # ----------------------------------------------------------------------------- import cost
+
+
+def test_member_counts_count_each_member_in_its_packs_state():
+    from phasemap.sweep.status import member_counts
+
+    packs = [{"state": s, "members": n} for s, n in
+             [("complete", 4), ("interrupted", 2), ("interrupted", 3), ("failed", 1), ("missing", 4), ("running", 2),
+              ("missing", None)]]
+    assert member_counts(packs) == {"complete": 4, "running": 2, "interrupted": 5, "failed": 1, "missing": 4}
+
+
+FAR_NETS = """
+from torch import nn
+def small(hidden=6):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+"""
+
+
+def test_status_of_a_root_trained_elsewhere_reads_storage_alone(tmp_path, monkeypatch):
+    """A complete run whose factory module is not importable here and whose data file is gone
+    (a root copied from another machine): status names it, imports neither the factory nor torch."""
+    import numpy as np
+
+    from phasemap import parse_config, train_pack
+
+    made = tmp_path / "elsewhere"
+    made.mkdir()
+    (made / "far_nets.py").write_text(FAR_NETS)
+    rng = np.random.default_rng(0)
+    np.savez(made / "imgs.npz", x=rng.integers(0, 256, (96, 8, 8), dtype=np.uint8), y=rng.integers(0, 3, 96))
+    monkeypatch.chdir(made)  # the factory is found in the current directory
+    root = tmp_path / "root"
+    cfg = parse_config({"name": "far", "task": {"name": "npz", "path": str(made / "imgs.npz"), "n_classes": 3,
+                                                "held_out": 32},
+                        "model": {"family": "factory", "factory": "far_nets:small", "kwargs": {"hidden": 6}},
+                        "optimizer": {"lr": 0.01, "weight_decay": [0.0, 0.001]},
+                        "train": {"steps": 4, "batch_size": 16}, "probe": {"n_samples": 16, "steps": [4]},
+                        "storage": {"root": str(root), "sweep_id": "far"}})
+    run_id = train_pack(cfg).run_id
+    sys.modules.pop("far_nets", None)
+    (made / "far_nets.py").unlink()
+    (made / "imgs.npz").unlink()
+    script = f"""
+import sys
+from phasemap import cli
+assert cli.main(["status", {str(root)!r}]) == 0
+print("imported:", [m for m in ("torch", "far_nets") if m in sys.modules])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = status_lines(done.stdout)
+    assert lines[:4] == [f"sweep 'far' under {root}: 1 complete, 0 running, 0 interrupted, 0 failed, 0 missing of 1 packs",
+                         "members (networks): 2 complete, 0 running, 0 interrupted, 0 failed, 0 missing of 2",
+                         "state step members configs run",
+                         f"complete 4/4 2 weight_decay=0,0.001 {run_id}"]
+    assert lines[4] == "imported: []"
+    with pytest.raises(ConfigError, match="model.factory: `importable` must hold"):
+        parse_config(cfg.to_dict())  # a config to train still checks the environment
+    assert parse_config(cfg.to_dict(), check_environment=False) == cfg
+    # the sweep's completion markers are read without the environment too (what a sweep skips)
+    from phasemap import records
+
+    assert set(records.complete_members(str(root), "far").values()) == {run_id}
 
 
 def test_help_and_the_reading_commands_import_no_torch(status_root, tmp_path):

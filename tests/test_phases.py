@@ -128,9 +128,39 @@ def test_critical_depth_leaves_out_per_head_rows():
 def test_grokking_needs_the_delay_resolved_by_the_probes(steps, held_out, soon, expected):
     from phasemap.measure.phases import learning_outcome
 
-    train = [0.0] + [1.0] * (len(steps) - 1)  # train reaches the threshold at the second probe (347)
+    # train reaches the threshold at 347 and is probed just before (346): its crossing is at 347
+    steps, held_out = [0, 346, *steps[1:]], [0.0, 0.0, *held_out[1:]]
+    train = [0.0, 0.5] + [1.0] * (len(steps) - 2)
     outcome, t_train, t_held = learning_outcome(steps, train, held_out, 0.9, soon)
     assert (outcome, t_train, t_held) == (expected, 347, steps[-1])  # the held-out crossing is at the last probe
+
+
+@pytest.mark.parametrize(
+    "steps,train,held_out,soon,expected",
+    [
+        # the reviewer's case: train seen crossing at 1000 lies in (0, 1000] (perhaps step 1),
+        # held-out in (1000, 2000]: neither comprehension (2000 > 2 x 1) nor grokking (1001 <= 2 x 1000)
+        ([0, 1000, 2000], [0.1, 1, 1], [0.1, 0.5, 1.0], 2.0, ("unresolved", 1000, 2000)),
+        # the same run probed densely: train crosses in (0, 10], held-out in (1000, 1500]: grokking
+        ([0, 10, 500, 1000, 1500, 2000], [0.1, 0.95, 1, 1, 1, 1], [0.1, 0.2, 0.3, 0.5, 0.95, 1.0], 2.0,
+         ("grokking", 10, 1500)),
+        # the train crossing bracketed (999, 1000]: held-out by 2000 <= 2 x 1000 is comprehension
+        ([0, 999, 1000, 2000], [0.1, 0.5, 1, 1], [0.1, 0.2, 0.5, 1.0], 2.0, ("comprehension", 1000, 2000)),
+        # the held-out crossing (347, 694] within `soon` of 347, but train's (0, 347] may be at step 1
+        ([0, 347, 694], [0.0, 1, 1], [0.0, 0.5, 0.95], 2.0, ("unresolved", 347, 694)),
+        # a larger `soon` no longer resolves the sparse train crossing either: 1500 > 5 x 1
+        ([0, 347, 1500], [0.0, 1, 1], [0.0, 0.899, 0.95], 5.0, ("unresolved", 347, 1500)),
+        # train at the first probe (step 0): it crossed at 0 exactly; held-out at 0 is comprehension,
+        # held-out in (2, 10] grokking (3 > 2 x 1)
+        ([0, 10], [1, 1], [0.95, 1], 2.0, ("comprehension", 0, 0)),
+        ([0, 2, 10], [1, 1, 1], [0, 0, 1], 2.0, ("grokking", 0, 10)),
+        ([0, 1, 10], [1, 1, 1], [0, 0, 1], 2.0, ("unresolved", 0, 10)),
+    ],
+)
+def test_the_train_crossing_is_bracketed_by_the_probes_too(steps, train, held_out, soon, expected):
+    from phasemap.measure.phases import learning_outcome
+
+    assert learning_outcome(steps, train, held_out, 0.9, soon) == expected
 
 
 def test_learning_phases_mark_unresolved_networks_and_the_figure_warns():
@@ -138,21 +168,29 @@ def test_learning_phases_mark_unresolved_networks_and_the_figure_warns():
     from phasemap.figures.report import FigureOptions, make_figure
 
     rows = []
-    for net, (steps, held) in enumerate([([0, 347, 1500], [0.0, 0.899, 0.95]),  # too sparse
-                                          ([0, 347, 800, 1000], [0.0, 0.5, 0.6, 0.95])]):  # grokking
-        for step, acc in zip(steps, held):
+    for net, (steps, train, held) in enumerate([
+            ([0, 346, 347, 1500], [0, 0.5, 1, 1], [0.0, 0.0, 0.899, 0.95]),  # held-out too sparse for --soon 2
+            ([0, 346, 347, 800, 1000], [0, 0.5, 1, 1, 1], [0.0, 0.0, 0.5, 0.6, 0.95]),  # grokking
+            ([0, 1000, 2000], [0.1, 1, 1], [0.1, 0.5, 1.0])]):  # train too sparse: it may cross at step 1
+        for step, a, b in zip(steps, train, held):
             rows.append({"sweep_id": "s", "run_id": f"r{net}", "member": 0, "step": step, "status": "ok",
                          "weight_decay": float(net), "depth": 1, "seed": 0, "data_seed": 0,
-                         "train_accuracy": 1.0 if step else 0.0, "probe_accuracy": acc})
+                         "train_accuracy": a, "probe_accuracy": b})
     df = pd.DataFrame(rows)
     nets = learning_phases(df).set_index("run_id")
-    assert nets.loc["r0", "outcome"] == "unresolved" and nets.loc["r1", "outcome"] == "grokking"
-    # where the held-out crossing may lie: (held_out_after, held_out_step]
+    assert nets["outcome"].to_dict() == {"r0": "unresolved", "r1": "grokking", "r2": "unresolved"}
+    # where the crossings may lie: (train_after, train_step] and (held_out_after, held_out_step]
     assert (nets.loc["r0", "held_out_after"], nets.loc["r0", "held_out_step"]) == (347, 1500)
+    assert (nets.loc["r0", "train_after"], nets.loc["r0", "train_step"]) == (346, 347)
+    assert (nets.loc["r2", "train_after"], nets.loc["r2", "train_step"]) == (0, 1000)
     grid = learning_phase_grid(df, "weight_decay", "depth").set_index("weight_decay")
-    assert grid.loc[0.0, "phase"] == "unresolved" and grid.loc[1.0, "phase"] == "grokking"
+    assert grid["phase"].to_dict() == {0.0: "unresolved", 1.0: "grokking", 2.0: "unresolved"}
+    assert grid["n_unresolved"].to_dict() == {0.0: 1, 1.0: 0, 2.0: 1}
     assert grid.loc[1.0, "grok_step_mean"] == 1000 and math.isnan(grid.loc[0.0, "grok_step_mean"])
     _, table, caption = make_figure(df, "learning-phase", FigureOptions(x="weight_decay", y="depth"))
-    assert "1 of 2 networks unresolved" in caption and "too sparse for --soon 2" in caption
-    _, _, caption = make_figure(df, "learning-phase", FigureOptions(x="weight_decay", y="depth", soon=5))
-    assert "unresolved" not in caption
+    assert "2 of 3 networks unresolved" in caption and "too sparse for --soon 2" in caption
+    # --soon 5 resolves r0 and r1 (comprehension: 1500 <= 5 x 347) but not r2 (2000 > 5 x 1, 1001 <= 5 x 1000)
+    _, table, caption = make_figure(df, "learning-phase", FigureOptions(x="weight_decay", y="depth", soon=5))
+    assert "1 of 3 networks unresolved" in caption and "too sparse for --soon 5" in caption
+    assert table.set_index("weight_decay")["phase"].to_dict() == {0.0: "comprehension", 1.0: "comprehension",
+                                                                  2.0: "unresolved"}

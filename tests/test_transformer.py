@@ -1,5 +1,6 @@
 """Transformers in the packed engine on modular arithmetic, and learning phases."""
 
+import json
 import math
 
 import numpy as np
@@ -17,17 +18,25 @@ from phasemap.measure.phases import learning_outcome
 
 def test_learning_outcomes_by_construction():
     steps = [0, 10, 100, 1000, 10000]
-    assert learning_outcome(steps, [0, .5, .95, 1, 1], [0, .4, .92, .95, .96]) == ("comprehension", 100, 100)
+    # both cross at probe 100, but train may have crossed at 11 (then held-out at 100 is 9x later)
+    assert learning_outcome(steps, [0, .5, .95, 1, 1], [0, .4, .92, .95, .96]) == ("unresolved", 100, 100)
+    # a probe at 99 brackets train's crossing to (99, 100]: held-out by 100 <= 2 x 100 is comprehension
+    assert learning_outcome([0, 99, 100, 1000, 10000], [0, .5, .95, 1, 1], [0, .4, .92, .95, .96]) == (
+        "comprehension", 100, 100)
     outcome, t_train, t_test = learning_outcome(steps, [0, .95, 1, 1, 1], [0, .1, .1, .2, .93])
     assert (outcome, t_train, t_test, t_test - t_train) == ("grokking", 10, 10000, 9990)
     outcome, t_train, t_test = learning_outcome(steps, [0, .95, 1, 1, 1], [0, .1, .1, .2, .3])
     assert outcome == "memorisation" and t_train == 10 and math.isnan(t_test)
     assert learning_outcome(steps, [0, .1, .2, .3, .5], [0, 0, 0, 0, 0])[0] == "confusion"
     # `soon`: held-out at twice the train step is still comprehension by default, not at 3x
-    assert learning_outcome([0, 10, 20], [0, 1, 1], [0, 0, 1])[0] == "comprehension"
-    assert learning_outcome([0, 10, 20, 30], [0, 1, 1, 1], [0, 0, 0, 1])[0] == "grokking"  # crossing in (20, 30]
-    assert learning_outcome([0, 10, 30], [0, 1, 1], [0, 0, 1])[0] == "unresolved"  # (10, 30] straddles 20
-    assert learning_outcome([0, 10, 30], [0, 1, 1], [0, 0, 1], soon=3)[0] == "comprehension"
+    # (train probed at 9 and 10: it crossed at 10)
+    assert learning_outcome([0, 9, 10, 20], [0, 0, 1, 1], [0, 0, 0, 1])[0] == "comprehension"
+    assert learning_outcome([0, 9, 10, 20, 30], [0, 0, 1, 1, 1], [0, 0, 0, 0, 1])[0] == "grokking"  # in (20, 30]
+    assert learning_outcome([0, 9, 10, 30], [0, 0, 1, 1], [0, 0, 0, 1])[0] == "unresolved"  # (10, 30] straddles 20
+    assert learning_outcome([0, 9, 10, 30], [0, 0, 1, 1], [0, 0, 0, 1], soon=3)[0] == "comprehension"
+    # train probed only at 0 and 10 crossed in (0, 10]: held-out by 20 is not known to be soon
+    assert learning_outcome([0, 10, 20], [0, 1, 1], [0, 0, 1])[0] == "unresolved"
+    assert learning_outcome([0, 10, 20, 30], [0, 1, 1, 1], [0, 0, 0, 1])[0] == "grokking"  # 21 > 2 x 10
 
 
 @pytest.mark.parametrize("op, f", [("add", lambda a, b, p: (a + b) % p), ("sub", lambda a, b, p: (a - b) % p),
@@ -62,6 +71,34 @@ def test_a_packed_transformer_equals_its_members_trained_alone(tmp_path):
     assert packed["train_accuracy"].between(0, 1).all() and packed["probe_accuracy"].between(0, 1).all()
 
 
+def test_run_prints_whole_layers_once_with_per_head(tmp_path, capsys):
+    """`phasemap run`'s summary: one row per member and layer (the per-head rows of q/k/v, which
+    share their layer's index, left out), and its critical depth over hidden layers 1..n_layers-1."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from phasemap.cli import main
+
+    data = json.loads(json.dumps(_grok(probe__per_head=True).to_dict(), default=list))
+    data["storage"] = {"root": str(tmp_path / "out"), "sweep_id": "ph"}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(data))
+    assert main(["run", str(tmp_path / "g.yaml"), "--no-progress"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    top = next(i for i, line in enumerate(out) if line.split()[:2] == ["member", "lr"])
+    end = out.index("", top)
+    rows = [line.split() for line in out[top + 1:end]]
+    stored = pq.read_table(str(tmp_path / "out" / "sweep=ph")).to_pandas()
+    assert stored["head"].notna().any()  # per-head rows were recorded
+    whole = stored[(stored["step"] == 10) & stored["head"].isna()].sort_values(["member", "layer"])
+    assert len(rows) == 4 * 7 == len(whole)  # 4 members x (q, k, v, out, mlp_in, mlp_out, unembed)
+    assert [(int(r[0]), int(r[4]), r[5], r[6], r[9]) for r in rows] == [
+        (m, l, st, f"{a:.3f}", f"{b:.3f}") for m, l, st, a, b in
+        zip(whole["member"], whole["layer"], whole["status"], whole["rga_a"], whole["rga_b"])]
+    assert out[end + 1] == "critical depth (rga_b >= 0.9), hidden layers 1..n_layers-1:"
+    assert out[end + 2].split()[:4] == ["member", "depth", "n_hidden", "l_star"]
+    assert [float(line.split()[2]) for line in out[end + 3:end + 7]] == [6.0] * 4  # n_layers 7: hidden 1..6
+
+
 def test_transformer_config_errors_name_the_field():
     with pytest.raises(ConfigError, match=r"model.family: `a sequence task for family transformer` must hold"):
         parse_config({"task": {"name": "fc1"}, "model": {"family": "transformer"}})
@@ -76,7 +113,7 @@ def test_transformer_config_errors_name_the_field():
 
 def _records(outcomes):
     """Records of networks whose accuracies follow the named outcome, one per (wd, frac) cell."""
-    curves = {"comprehension": ([0, .5, 1, 1], [0, .4, .95, .97]), "grokking": ([0, 1, 1, 1], [0, .1, .2, .95]),
+    curves = {"comprehension": ([0, .5, 1, 1], [0, .95, .95, .97]), "grokking": ([0, 1, 1, 1], [0, .1, .2, .95]),
               "memorisation": ([0, 1, 1, 1], [0, .1, .1, .1]), "confusion": ([0, .2, .3, .3], [0, .1, .1, .1])}
     rows = []
     for net, (wd, frac, outcome) in enumerate(outcomes):

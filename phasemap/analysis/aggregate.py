@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..measure.phases import (
-    ALIGNMENT_COLUMNS, critical_depth, held_out_bracket, label_phases, layer_rows, learning_outcome, n_hidden,
+    ALIGNMENT_COLUMNS, critical_depth, crossing_bracket, label_phases, layer_rows, learning_outcome, n_hidden,
 )
 from ..records import CONFIG_COLUMNS
 
@@ -203,10 +203,11 @@ def pah_table(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame
 def learning_phases(df: pd.DataFrame, threshold: float = 0.9, soon: float = 2.0) -> pd.DataFrame:
     """One row per network: its config axes, `outcome` (comprehension, grokking, unresolved,
     memorisation, confusion: `phases.learning_outcome`), `train_step` and `held_out_step` (first
-    probe step at or above `threshold`), `held_out_after` (the probe before: the held-out crossing
-    lies in (held_out_after, held_out_step]), and `delay` = held_out_step - train_step
-    (grokking's; an upper bound where unresolved). Needs the accuracy columns (classification and
-    modular tasks)."""
+    probe step at or above `threshold`), `train_after` and `held_out_after` (the probes before:
+    the crossings lie in (train_after, train_step] and (held_out_after, held_out_step]; -inf
+    when at the first probe), and `delay` = held_out_step - train_step (as the probes see it:
+    resolved beyond `soon` x the train crossing where grokking). Needs the accuracy columns
+    (classification and modular tasks)."""
     rows = df[(df["status"] == "ok") & df["train_accuracy"].notna()]
     if rows.empty:
         raise ValueError("`records with train and held-out accuracy` must hold (classification or modular "
@@ -217,9 +218,10 @@ def learning_phases(df: pd.DataFrame, threshold: float = 0.9, soon: float = 2.0)
     for key, net in per_step.groupby(NETWORK, sort=True):
         outcome, t_train, t_test = learning_outcome(net["step"], net["train_accuracy"], net["probe_accuracy"],
                                                     threshold, soon)
-        after, _ = held_out_bracket(net["step"], net["probe_accuracy"], threshold)
+        train_after, _ = crossing_bracket(net["step"], net["train_accuracy"], threshold)
+        after, _ = crossing_bracket(net["step"], net["probe_accuracy"], threshold)
         out.append(dict(zip(NETWORK, key), outcome=outcome, train_step=t_train, held_out_step=t_test,
-                        held_out_after=after, delay=t_test - t_train, final_train_accuracy=net["train_accuracy"].iloc[-1],
+                        train_after=train_after, held_out_after=after, delay=t_test - t_train, final_train_accuracy=net["train_accuracy"].iloc[-1],
                         final_held_out_accuracy=net["probe_accuracy"].iloc[-1]))
     config = rows.drop_duplicates(NETWORK)[NETWORK + axes + [s for s in SEEDS if s in rows]]
     return pd.DataFrame(out).merge(config, on=NETWORK)
@@ -229,8 +231,8 @@ def learning_phase_grid(df: pd.DataFrame, x: str, y: str, *, facets: Sequence[st
                         soon: float = 2.0) -> pd.DataFrame:
     """Majority learning outcome per cell of (facets, y, x), shaped like `phase_grid` (`phase`
     is the outcome), with the mean grokking step and delay of the cell's grokking networks and
-    `n_unresolved`, its networks whose probes were too sparse to tell grokking from
-    comprehension at this `soon`."""
+    `n_unresolved`, its networks whose probes (of the train or the held-out crossing) were
+    too sparse to tell grokking from comprehension at this `soon`."""
     nets = learning_phases(df, threshold, soon).rename(columns={"outcome": "phase"})
     keys = [*facets, y, x]
     grok = nets[nets["phase"] == "grokking"].groupby(keys, sort=True)[["held_out_step", "delay"]].mean()

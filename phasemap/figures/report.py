@@ -74,14 +74,15 @@ def _pooled(df: pd.DataFrame, kept) -> str:
 
 def _sparse_probes(grid: pd.DataFrame, soon: float) -> str:
     """The learning-phase caption's warning when some networks are `unresolved` (and a log
-    warning): their probes bracket the held-out crossing too coarsely to tell grokking from
-    comprehension at this `soon`."""
+    warning): their probes bracket the train or the held-out crossing too coarsely to tell
+    grokking from comprehension at this `soon`."""
     unresolved, n = int(grid["n_unresolved"].fillna(0).sum()), int(grid["n"].sum())
     if not unresolved:
         return ""
     warning = (f"{unresolved} of {n} networks unresolved: the probes are too sparse for --soon {soon:g} (the "
-               f"held-out crossing lies between two probes on both sides of {soon:g}x the train step); "
-               f"probe more often between the two crossings, or choose another --soon")
+               f"train and held-out crossings each lie between two probes, and the held-out one may be "
+               f"within {soon:g}x the train one or beyond it); probe more often around the train crossing "
+               f"and between the two, or choose another --soon")
     log.warning("learning phases: %s", warning)
     return f" Warning: {warning}."
 

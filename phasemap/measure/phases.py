@@ -146,39 +146,45 @@ def learning_outcome(steps, train_accuracy, held_out_accuracy, threshold: float 
     and held-out accuracy are at or above `threshold` (NaN where never).
 
     confusion: train never reaches the threshold; memorisation: train does, held-out never.
-    Otherwise the probes only bracket the held-out crossing: it lies in (t_prev, t_held], t_prev
-    the probe before t_held (`held_out_bracket`). With the horizon soon * t_train (t_train at
-    least 1, so a run that starts learnt has one):
-    comprehension: t_held <= horizon (held-out reached it within `soon` times the train step);
-    grokking: t_prev + 1 > horizon, even the earliest possible crossing is later (the delay
-    t_held - t_train is then resolved: the probes show it is longer than the horizon);
-    unresolved: otherwise, the crossing may lie on either side of the horizon: the probes are
-    too sparse for this `soon` (probe more often between t_train and t_held).
+    Otherwise the probes only bracket both crossings (`crossing_bracket`): train's lies in
+    (a, b], b = t_train and a the probe before it (a run already at the threshold at its first
+    probe crossed by then: a = -inf, so at step 0 exactly when that probe is step 0), and
+    held-out's in (c, d], d = t_held. Steps are integers, so the earliest train crossing is
+    a + 1 and the earliest held-out one c + 1. Judged on the worst case, with the horizon
+    soon x the train crossing (at least 1, so a run that starts learnt has one):
+    comprehension: d <= soon * max(a + 1, 1), held-out reached it within `soon` times even the
+    earliest possible train crossing;
+    grokking: c + 1 > soon * max(b, 1), even the earliest possible held-out crossing is later
+    than `soon` times the latest possible train crossing (the delay is resolved);
+    unresolved: otherwise, the probes are too sparse for this `soon` to tell (probe more often
+    around the train crossing and between the two crossings).
     """
-    order = np.argsort(np.asarray(steps), kind="stable")
-    s, tr = (np.asarray(v, dtype=float)[order] for v in (steps, train_accuracy))
-    t_train = float(s[np.argmax(tr >= threshold)]) if (tr >= threshold).any() else math.nan
-    t_prev, t_held = held_out_bracket(steps, held_out_accuracy, threshold)
+    a, t_train = crossing_bracket(steps, train_accuracy, threshold)
+    c, t_held = crossing_bracket(steps, held_out_accuracy, threshold)
     if math.isnan(t_train):
         return "confusion", t_train, t_held
     if math.isnan(t_held):
         return "memorisation", t_train, t_held
-    horizon = soon * max(t_train, 1.0)
-    if t_held <= horizon:
+    if t_held <= soon * max(a + 1, 1.0):
         return "comprehension", t_train, t_held
-    if t_prev + 1 > horizon:  # steps are integers: the earliest step the crossing can be at
+    if c + 1 > soon * max(t_train, 1.0):
         return "grokking", t_train, t_held
     return "unresolved", t_train, t_held
 
 
-def held_out_bracket(steps, held_out_accuracy, threshold: float = 0.9) -> tuple[float, float]:
-    """Where the held-out accuracy first crossed `threshold`, as the probes know it: (t_prev,
-    t_held], t_prev the probe step before the first one at or above it (-inf when that is the
-    first probe); (NaN, NaN) when it never does."""
+def crossing_bracket(steps, accuracy, threshold: float = 0.9) -> tuple[float, float]:
+    """Where an accuracy first crossed `threshold`, as the probes know it: (t_prev, t_first],
+    t_first the first probe step at or above it and t_prev the probe step before (-inf when
+    t_first is the first probe); (NaN, NaN) when it never is."""
     order = np.argsort(np.asarray(steps), kind="stable")
     s = np.asarray(steps, dtype=float)[order]
-    reached = np.asarray(held_out_accuracy, dtype=float)[order] >= threshold
+    reached = np.asarray(accuracy, dtype=float)[order] >= threshold
     if not reached.any():
         return math.nan, math.nan
     i = int(np.argmax(reached))
     return (float(s[i - 1]) if i > 0 else -math.inf), float(s[i])
+
+
+def held_out_bracket(steps, held_out_accuracy, threshold: float = 0.9) -> tuple[float, float]:
+    """Where the held-out accuracy first crossed `threshold`: `crossing_bracket` of it."""
+    return crossing_bracket(steps, held_out_accuracy, threshold)

@@ -357,7 +357,7 @@ def complete_members(root: str, sweep_id: str, files: list[pafs.FileInfo] | None
             summary = json.loads(f.read())
         hashes = summary.get("members")
         if not isinstance(hashes, list):
-            cfg = parse_config(summary["config"])
+            cfg = parse_config(summary["config"], check_environment=False)  # perhaps trained elsewhere
             hashes = [cfg.member_config(m).config_hash() for m in cfg.members]
         found.update({h: run_id for h in hashes})
     return found

@@ -120,7 +120,7 @@ def _run_row(root: str, sweep_id: str, run_id: str, names: dict[str, pafs.FileIn
                 configs = [summary["config"]]
             steps = configs[0].get("steps")
         else:
-            pack = parse_config(summary["config"])
+            pack = parse_config(summary["config"], check_environment=False)  # perhaps trained elsewhere
             configs, last_step, steps = _member_configs(pack), pack.train.steps, pack.train.steps
         state = "complete"
     else:
@@ -179,9 +179,9 @@ def _show(value) -> str:
 
 
 def member_counts(packs: list[dict]) -> dict[str, int]:
-    """Members (networks) per state, from `sweep_status`'s packs: complete, running, missing."""
-    counts = {"complete": 0, "running": 0, "missing": 0}
+    """Members (networks) per state, from `sweep_status`'s packs: each member counts in its
+    pack's state (complete, running, interrupted, failed, missing)."""
+    counts = dict.fromkeys(STATES, 0)
     for p in packs:
-        key = p["state"] if p["state"] in ("complete", "running") else "missing"
-        counts[key] += p["members"] or 0
+        counts[p["state"]] += p["members"] or 0
     return counts
