@@ -79,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("query", help="run SQL over the records (DuckDB view `records`)",
                        description="Run DuckDB SQL over every record under ROOT, exposed as the view `records` "
                        "(hive columns `sweep` and `run` included).",
-                       epilog='views: records (one network per config), last_records (each network\'s rows at its '
-                       'last step), all_records (every stored row)\nexample:\n  phasemap query results "SELECT '
+                       epilog='views: records (one network per config), last_records (each network\'s whole-layer '
+                       'rows at its last step), all_records (every stored row)\nexample:\n  phasemap query results "SELECT '
                        'weight_decay, layer, avg(rga_b) FROM last_records GROUP BY ALL ORDER BY ALL"',
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("root", help="storage root (folder or s3:// URI)")

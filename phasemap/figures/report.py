@@ -139,7 +139,8 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
     if run_id is None:  # the most aligned network with spectra (MLPs write them): the ones worth a look
         written = set(records.read_spectra(root)[["run_id", "member"]].itertuples(index=False, name=None))
         scores = aggregate.last_hidden(df).groupby(["run_id", "member"])[opts.relation].mean()
-        scores = scores[[key in written for key in scores.index]] if written else scores
+        with_spectra = scores[[key in written for key in scores.index]]
+        scores = with_spectra if len(with_spectra) else scores  # none: the error below says why
         best = scores.idxmax()
         run_id, member = best[0], int(best[1])
     spectra = records.read_spectra(root, run_id)

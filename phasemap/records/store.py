@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import uuid
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pandas as pd
 import pyarrow as pa
@@ -204,35 +204,38 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
 # Object-store clients, built once per bucket, URI options and AWS_* / GOOGLE_* environment:
 # a client per call cost ~6 s against a dead endpoint (a region lookup, default retries).
 _STORES: dict[tuple, pafs.FileSystem] = {}
-S3_TIMEOUTS = {"connect_timeout": 5.0, "request_timeout": 30.0}  # seconds
+S3_TIMEOUTS = {"connect_timeout": 5.0, "request_timeout": 30.0}  # seconds (Arrow applies the second on macOS/Windows)
 S3_ATTEMPTS = 3  # tries of one request before its error is raised
 _S3_OPTIONS = {"region": str, "scheme": str, "endpoint_override": str, "anonymous": bool,
                "force_virtual_addressing": bool, "allow_bucket_creation": bool, "allow_bucket_deletion": bool}
 
 
 def _object_store(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem of an `s3://` root (timeouts, bounded retries) or of another URI, and its path."""
+    """The filesystem of an `s3://` or `gs://` root (timeouts, bounded retries; built once) or of
+    another URI (pyarrow's `from_uri`), and the root's path in it."""
     parts = urlsplit(uri)
-    path = (parts.netloc + parts.path).rstrip("/")
+    if parts.scheme not in ("s3", "gs", "gcs") or (parts.scheme != "s3" and parts.query):
+        return pafs.FileSystem.from_uri(uri)
+    userinfo, _, bucket = parts.netloc.rpartition("@")  # s3://KEY:SECRET@bucket/... as from_uri reads it
+    path = (bucket + parts.path).rstrip("/")
     env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_"))))
     key = (parts.scheme, parts.netloc, parts.query, env)
     if key not in _STORES:
         if parts.scheme == "s3":
-            _STORES[key] = _s3(parts.netloc, dict(parse_qsl(parts.query)))
-        elif parts.scheme in ("gs", "gcs") and not parts.query:
-            _STORES[key] = pafs.GcsFileSystem(retry_limit_seconds=15)
+            _STORES[key] = _s3(bucket, dict(parse_qsl(parts.query)), userinfo)
         else:
-            fs, path = pafs.FileSystem.from_uri(uri)
-            _STORES[key] = fs
-            return fs, path
+            _STORES[key] = pafs.GcsFileSystem(retry_limit_seconds=15)
     return _STORES[key], path
 
 
-def _s3(bucket: str, query: dict[str, str]) -> pafs.S3FileSystem:
+def _s3(bucket: str, query: dict[str, str], userinfo: str = "") -> pafs.S3FileSystem:
     unknown = sorted(set(query) - set(_S3_OPTIONS))
     if unknown:
         raise ValueError(f"`s3:// options in {sorted(_S3_OPTIONS)}` must hold, but got {unknown}")
     options = {k: (v.lower() in ("1", "true", "yes") if _S3_OPTIONS[k] is bool else v) for k, v in query.items()}
+    if userinfo:
+        key, _, secret = userinfo.partition(":")
+        options.update(access_key=unquote(key), secret_key=unquote(secret))
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint and "endpoint_override" not in options:  # as from_uri reads it: scheme and host:port
         url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
