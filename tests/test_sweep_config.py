@@ -142,3 +142,19 @@ def test_status_of_an_optuna_sweep_with_nothing_run(tmp_path, capsys):
                    "search: {mode: optuna, trials: 2}\n" % tmp_path)
     assert main(["status", str(cfg)]) == 0
     assert "0 complete" in capsys.readouterr().out
+
+
+def test_an_optuna_bound_written_without_a_dot_is_a_number():
+    data = {"name": "o", "base": {}, "axes": {"optimizer.lr": {"low": "1e-4", "high": "1e-1", "log": True}},
+            "search": {"mode": "optuna", "objective": "rga_b", "trials": 2}}
+    cfg = parse_sweep(data)
+    assert cfg.axes["optimizer.lr"] == {"low": 1e-4, "high": 0.1, "log": True}
+
+
+def test_an_optuna_objective_may_be_an_accuracy_and_a_near_miss_is_suggested():
+    data = {"name": "o", "base": {}, "axes": {"optimizer.lr": {"low": 1e-4, "high": 1e-1}},
+            "search": {"mode": "optuna", "objective": "probe_accuracy", "trials": 2}}
+    assert parse_sweep(data).search.objective == "probe_accuracy"
+    data["search"]["objective"] = "accuracy"
+    with pytest.raises(ConfigError, match=r"did you mean `train_accuracy` or `probe_accuracy`\?"):
+        parse_sweep(data)

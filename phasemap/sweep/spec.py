@@ -23,7 +23,8 @@ from ..records.columns import METRIC_COLUMNS
 
 MEMBER_FIELDS = ("optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "train.seed")
 # columns an Optuna objective can be: numbers per row
-OBJECTIVES = ("train_loss", "probe_loss", *(c for c in METRIC_COLUMNS if not c.startswith("n_") and not c.endswith("_n")))
+OBJECTIVES = ("train_loss", "probe_loss", "train_accuracy", "probe_accuracy",
+              *(c for c in METRIC_COLUMNS if not c.startswith("n_") and not c.endswith("_n")))
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,10 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
             problems += [f"{where}: {p}"] if len(which) == len(examples) > 1 else \
                 [f"{where}[{i}] = {examples[i]!r}: {p}" for i in which]
     if search.mode == "optuna" and search.objective not in OBJECTIVES:
+        near = difflib.get_close_matches(str(search.objective), OBJECTIVES, n=3)
+        hint = f"did you mean {' or '.join(f'`{c}`' for c in near)}? " if near else ""
         problems.append(f"search.objective: `objective is a numeric record column` must hold, but got "
-                        f"{search.objective!r} (valid: {', '.join(OBJECTIVES)})")
+                        f"{search.objective!r} ({hint}valid: {', '.join(OBJECTIVES)})")
     if name and "sweep_id" in base.get("storage", {}):
         problems.append("base.storage.sweep_id: set by the sweep's name; remove it")
     cfg = SweepConfig(name, base, axes, search, resources, storage, data.get("pack_size", "auto"),
@@ -181,6 +184,12 @@ def _axis_examples(spec: Any, where: str, problems: list[str]) -> list:
         return spec
     if isinstance(spec, dict) and {"low", "high"} <= set(spec) and set(spec) <= {"low", "high", "log", "type"}:
         kind = spec.get("type", "float")
+        for key in ("low", "high"):  # YAML reads 1e-3 (no dot) as a string, as run configs allow
+            if isinstance(spec[key], str):
+                try:
+                    spec[key] = float(spec[key])
+                except ValueError:
+                    pass
         low, high = spec["low"], spec["high"]
         if kind not in ("float", "int") or not all(isinstance(v, (int, float)) for v in (low, high)) or low >= high:
             problems.append(f"{where}: `low < high, type in (float, int)` must hold, but got {spec!r}")
