@@ -248,7 +248,7 @@ def summary(table, tau: float) -> str:
     cols = ["member", "lr", "weight_decay", "seed", "layer", "status", "rga_a", "rwa_a", "gwa_a",
             "rga_b", "rwa_b", "gwa_b", "phase"]
     lines = [last[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")]
-    ok = last[last["status"] == "ok"]
+    ok = last[last["status"] != "diverged"]  # ok or settled: finished networks
     if len(ok):
         cd = critical_depth(ok, "rga_b", tau, by=["member"])
         lines.append(f"\ncritical depth (rga_b >= {tau}), hidden layers 1..n_layers-1:")
@@ -306,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     if result.reused:
         print(f"run {result.run_id}: already complete under {cfg.storage.root}: its records are shown, not trained "
               f"again (a new storage root or sweep_id trains it afresh)")
-    print(f"run {result.run_id}: {len(result.status)} member(s), {n_div} diverged, "
+    n_settled = result.status.count("settled")
+    settled = f"{n_settled} settled (last step {result.last_step}), " if n_settled else ""
+    print(f"run {result.run_id}: {len(result.status)} member(s), {n_div} diverged, {settled}"
           f"{len(result.records)} records in {result.seconds:.1f} s (probes {result.probe_seconds:.1f} s)")
     print(f"records: {cfg.storage.root}/sweep={cfg.storage.sweep_id}/run={result.run_id}/")
     if len(result.records):

@@ -133,6 +133,30 @@ class OptimizerSpec:
 
 
 @dataclass(frozen=True)
+class StopSpec:
+    """`train.stop`: end the pack once every member's representations have settled (off by
+    default: a network can sit still for long and then change, as in grokking)."""
+
+    # a member settles when stat_h_b and stat_g_b of every hidden layer stay below this (the
+    # relative change of H and G since the previous probe); 0 (the default): off, as nothing
+    # changes by less than 0
+    stationary: float = field(default=0.0, metadata=_check("stationary > 0 (0: off)", lambda v: v >= 0))
+    # ... for this many consecutive probes, and its training loss has stopped falling
+    patience: int = field(default=2, metadata=_check("patience >= 1", lambda v: v >= 1))
+    # "stopped falling": the mean train loss over the last probe interval is at least
+    # (1 - loss_tolerance) x the mean over the interval before it
+    loss_tolerance: float = field(default=0.01, metadata=_check("0 <= loss_tolerance < 1", lambda v: 0 <= v < 1))
+    # a probe counts towards patience only if at least min_gap x train.steps steps passed since
+    # the previous one (over a few steps H and G barely move, whatever the network will do);
+    # the even spacing after the first settle is never closer either
+    min_gap: float = field(default=0.02, metadata=_check("0 <= min_gap <= 1", lambda v: 0 <= v <= 1))
+
+    @property
+    def enabled(self) -> bool:
+        return self.stationary > 0
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     # optimizer steps; every step draws a fresh batch (online training)
     steps: int = field(default=1000, metadata=_check("steps >= 1", lambda v: v >= 1))
@@ -146,6 +170,8 @@ class TrainSpec:
     check_every: int = field(default=100, metadata=_check("check_every >= 1", lambda v: v >= 1))
     # how often (steps) the state is checkpointed, so a killed run resumes where it was
     checkpoint_every: int = field(default=1000, metadata=_check("checkpoint_every >= 1", lambda v: v >= 1))
+    # stop the pack when all its members have settled: {stationary: 0.02, patience: 2}; off by default
+    stop: StopSpec = StopSpec()
 
 
 @dataclass(frozen=True)
@@ -284,7 +310,8 @@ ADDED_FIELDS = {"task.path": "", "task.held_out": 297, "task.augment": False, "m
                 "model.norm": "batch", "model.factory": "", "model.kwargs": {}, "probe.max_samples": 32768,
                 "task.modulus": 97, "task.operation": "add", "task.train_fraction": 0.5, "model.heads": 4,
                 "model.tied": False, "task.block": 64, "task.vocab_size": 0,
-                "probe.per_head": False}
+                "probe.per_head": False, "train.stop": {"stationary": 0.0, "patience": 2, "loss_tolerance": 0.01,
+                                                         "min_gap": 0.02}}
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -389,6 +416,14 @@ def _cross_checks(cfg: RunConfig, problems: list[str], check_environment: bool =
         problems.append(
             f"probe.steps: `step <= train.steps` must hold, but got {late} with steps={cfg.train.steps}"
         )
+    stop = cfg.train.stop
+    if stop != StopSpec() and not stop.enabled:
+        problems.append(f"train.stop.stationary: `stationary > 0` must be given to stop settled runs, but got "
+                        f"train.stop={dataclasses.asdict(stop)}")
+    if stop.enabled and len(cfg.probe_steps()) < stop.patience + 1:
+        problems.append(f"train.stop: `at least patience + 1 probes` must hold (a member settles after patience "
+                        f"consecutive stationarity values, and the first probe has none), but got "
+                        f"{len(cfg.probe_steps())} probe(s) with patience={stop.patience}")
     image = cfg.task.name in IMAGE_TASKS or cfg.task.name == "tokens"  # read from task.path
     if cfg.model.family in ("cnn", "resnet") and not image:
         problems.append(f"model.family: `an image task for family {cfg.model.family}` must hold, but got "

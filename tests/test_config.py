@@ -74,8 +74,8 @@ def test_an_unknown_key_suggests_the_nearest_known_one():
     assert err.value.problems == [
         "modle: unknown key; did you mean `model`? (known: model, name, optimizer, pairing, probe, storage, task, train)",
         "train.stpes: unknown key; did you mean `steps`? (known: batch_size, check_every, checkpoint_every, "
-        "data_seed, device, seed, steps)",
-        "train.colour: unknown key (known: batch_size, check_every, checkpoint_every, data_seed, device, seed, steps)",
+        "data_seed, device, seed, steps, stop)",
+        "train.colour: unknown key (known: batch_size, check_every, checkpoint_every, data_seed, device, seed, steps, stop)",
     ]
 
 

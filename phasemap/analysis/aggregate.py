@@ -39,7 +39,7 @@ def last_records(df: pd.DataFrame) -> pd.DataFrame:
 def last_hidden(df: pd.DataFrame) -> pd.DataFrame:
     """Each finished network's hidden layers (all but the output; the MLP's 1..depth) at its last step."""
     rows = last_records(df)
-    return rows[(rows["status"] == "ok") & (rows["layer"] <= n_hidden(rows))]
+    return rows[(rows["status"] != "diverged") & (rows["layer"] <= n_hidden(rows))]
 
 
 def pick_layer(df: pd.DataFrame, layer: int | float | str) -> pd.DataFrame:
@@ -166,7 +166,7 @@ def layer_profile(df: pd.DataFrame, columns: Sequence[str] = ALIGNMENT_COLUMNS, 
     """Alignment by layer at the last step: mean and std over seeds per config and layer."""
     keys = _config_keys(df, by) + ["layer"]
     rows = last_records(df)
-    rows = rows[rows["status"] == "ok"]
+    rows = rows[rows["status"] != "diverged"]
     columns = list(columns) + [f"{c}_null" for c in columns if f"{c}_null" in rows]  # the chance level
     table = rows.groupby(keys, sort=True)[columns].agg(["mean", "std"])
     table.columns = [f"{c}_{s}" for c, s in table.columns]
@@ -180,7 +180,7 @@ def evolution(df: pd.DataFrame, column: str = "rga_b", layer: int | float | str 
               by: Sequence[str] | None = None) -> pd.DataFrame:
     """One alignment column over training steps: mean and std over seeds per config."""
     keys = _config_keys(df, by) + ["step"]
-    rows = pick_layer(df[df["status"] == "ok"], layer)
+    rows = pick_layer(df[df["status"] != "diverged"], layer)
     table = rows.groupby(keys, sort=True)[column].agg(["mean", "std", "size"])
     return table.rename(columns={"mean": f"{column}_mean", "std": f"{column}_std", "size": "n"}).reset_index()
 
@@ -189,7 +189,7 @@ def pah_table(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame
     """PAH exponents per config, layer, side and pair at the last step (mean over seeds)."""
     keys = _config_keys(df, by) + ["layer"]
     rows = last_records(df)
-    rows = rows[rows["status"] == "ok"]
+    rows = rows[rows["status"] != "diverged"]
     parts = []
     for side in "ab":
         for pair in ("hg", "hz", "gz"):
@@ -208,7 +208,7 @@ def learning_phases(df: pd.DataFrame, threshold: float = 0.9, soon: float = 2.0)
     when at the first probe), and `delay` = held_out_step - train_step (as the probes see it:
     resolved beyond `soon` x the train crossing where grokking). Needs the accuracy columns
     (classification and modular tasks)."""
-    rows = df[(df["status"] == "ok") & df["train_accuracy"].notna()]
+    rows = df[(df["status"] != "diverged") & df["train_accuracy"].notna()]
     if rows.empty:
         raise ValueError("`records with train and held-out accuracy` must hold (classification or modular "
                          "tasks), but got none")

@@ -114,7 +114,7 @@ def critical_depth(table: pd.DataFrame, relation: str, tau: float, by: list[str]
     """Critical depth per network (and step) for one alignment column, e.g. 'rga_b'.
 
     Uses the hidden layers (1 <= layer <= n_hidden: every measured layer but the output; the
-    MLP's depth) of rows with status ok, whole layers only (per-head rows left out). Returns one row per group of `by` (default: run_id,
+    MLP's depth) of rows not diverged (ok or settled), whole layers only (per-head rows left out). Returns one row per group of `by` (default: run_id,
     member, step) with `depth`, `n_hidden`, `l_star` and `l_star_frac` = l*/n_hidden; NaN when
     no suffix of layers aligns or a layer is missing.
     """
@@ -123,7 +123,7 @@ def critical_depth(table: pd.DataFrame, relation: str, tau: float, by: list[str]
     table = table.assign(n_hidden=n_hidden(table))
     hidden = table[(table["layer"] <= table["n_hidden"]) & (table["layer"] >= 1)]
     if "status" in hidden:
-        hidden = hidden[hidden["status"] == "ok"]
+        hidden = hidden[hidden["status"] != "diverged"]  # ok or settled (train.stop)
     below = np.where(judged(hidden, relation, against) >= tau, 0, hidden["layer"].to_numpy())
     grouped = hidden.assign(_below=below).groupby(by, sort=True)
     extra = {} if "depth" in by else {"depth": ("depth", "first")}

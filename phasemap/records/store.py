@@ -161,7 +161,7 @@ _ROW_FIELDS = [
     ("head", pa.int32()),  # per-head rows of attention q/k/v (probe.per_head; kind attention.q.head ...); else null
     ("dim_in", pa.int32()),
     ("dim_out", pa.int32()),
-    ("status", pa.string()),  # ok | diverged
+    ("status", pa.string()),  # ok | diverged | settled (train.stop: the last probe of a member that settled)
     ("train_loss", pa.float64()),
     ("probe_loss", pa.float64()),
     ("train_accuracy", pa.float64()),  # classification: on the first n_samples training samples; else NaN

@@ -52,7 +52,7 @@ def objective(table, column: str, direction: str) -> float:
     worst = float("-inf") if direction == "max" else float("inf")
     values = []
     for _, member in rows.groupby("member"):
-        hidden = member[(member["status"] == "ok") & (member["layer"] >= 1) & (member["layer"] <= n_hidden(member))]
+        hidden = member[(member["status"] != "diverged") & (member["layer"] >= 1) & (member["layer"] <= n_hidden(member))]
         values.append(worst if (member["status"] == "diverged").any() else float(hidden[column].mean()))
     return float(sum(values) / len(values)) if worst not in values else worst
 
@@ -103,6 +103,7 @@ def _trainable(config: dict, job: dict) -> None:
         "members": len(result.status),
         "reused": result.reused,
         "diverged": result.status.count("diverged"),
+        "settled": result.status.count("settled"),  # train.stop: members settled at the run's last probe
         "train_seconds": result.seconds,
         "probe_seconds": result.probe_seconds,
         "trial_seconds": time.time() - started,

@@ -3,8 +3,10 @@
 `_train` reads top to bottom: build task, model, optimizer and prober, resume or start
 afresh; then for every step draw a batch, and at sync points (probe steps, every
 `check_every` steps, the end) probe, mark divergence and write that step's records; then
-take one optimizer step for all members at once. Resuming, the rows of a probe and the
-divergence bookkeeping are helpers of their own below it.
+take one optimizer step for all members at once. With `train.stop`, a probe at which every
+member has settled (`stopping`) is the last one: its rows say `settled` and the run ends there,
+complete like any other. Resuming, the rows of a probe and the divergence bookkeeping are
+helpers of their own below it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ..models import build_model
 from ..records import ATTEMPT, SCHEMA_VERSION
 from .optim import make_optimizer
 from .probing import Prober
+from .stopping import Settling, next_probe, pack_done, worst_stationarity
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +49,11 @@ RESEED_OFFSET = 2_000_003  # + step: the training stream resumed from a checkpoi
 class RunResult:
     run_id: str
     records: pd.DataFrame
-    status: list[str]  # per member: ok | diverged
+    status: list[str]  # per member: ok | diverged | settled (at its last probe)
     seconds: float = 0.0
     probe_seconds: float = 0.0
     reused: bool = False  # the run was already complete (or finished by another trainer meanwhile)
+    last_step: int | None = None  # the run's last step: train.steps, or earlier where train.stop ended it
 
 
 class LeaseLost(RuntimeError):
@@ -145,7 +149,7 @@ def stored_result(root: str, sweep_id: str, run_id: str) -> RunResult:
     """A complete run's records and summary, as `train_pack` returns them."""
     summary = json.loads(records.read_file(root, sweep_id, run_id, records.COMPLETE))
     return RunResult(run_id, records.read_run(root, sweep_id, run_id), list(summary["status"]),
-                     0.0, 0.0, reused=True)
+                     0.0, 0.0, reused=True, last_step=summary.get("last_step"))
 
 
 def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lease: leases.Lease) -> RunResult:
@@ -182,6 +186,11 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
     run = _RunState(base=base, status=["ok"] * K,
                     diverged_at=torch.full((K,), -1, dtype=torch.long, device=device),  # first non-finite step
                     probe_set=drawn)
+    stop = cfg.train.stop
+    if stop.enabled:
+        run.settling = Settling(K, stop.stationary, stop.patience, stop.loss_tolerance,
+                                min_gap=math.ceil(stop.min_gap * steps))
+        run.loss_sum = torch.zeros(K, device=device)  # train loss summed since the last probe
     start = _resume(cfg, root, run_id, resume, model, opt, data_gen, prober, run, device)
     if run.probe_set is not None:
         x_probe, y_probe = run.probe_set
@@ -190,7 +199,13 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
     log.info("run %s: K=%d members, %s %s, %d layers measured, %d steps, device %s", run_id, K, cfg.model.family,
              [(info.name, info.dim_in, info.dim_out) for info in prober.layers], len(prober.layers), steps, device)
 
-    probe_at = set(cfg.probe_steps())
+    schedule = cfg.probe_steps()
+    probe_at = set(schedule)
+    settling = run.settling
+    if settling is not None:  # the schedule goes on from the last probe (evenly spaced after a settle)
+        probe_at = {next_probe(settling.probes[-1] if settling.probes else -1, schedule, settling.interval, steps)}
+    hidden = [l for l, info in enumerate(prober.layers) if info.head is None and info.layer < prober.n_layers]
+    last_step = steps
     model.train()
     for step in range(start, steps + 1):
         if step > start and step % cfg.train.checkpoint_every == 0:
@@ -202,6 +217,9 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
         loss = task.loss(out, y).flatten(1).mean(1)  # (K,): per sample, or per token of a sequence
         # record the first non-finite step per member without a host sync
         run.diverged_at = torch.where((run.diverged_at < 0) & ~torch.isfinite(loss), step, run.diverged_at)
+        if settling is not None:  # the mean train loss per probe interval: (previous probe, probe]
+            run.loss_sum += loss.detach()
+            run.loss_n += 1
 
         if step in probe_at or step % cfg.train.check_every == 0 or step == steps:
             first_bad = run.diverged_at.tolist()  # the one sync of this point
@@ -211,7 +229,25 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
                 accuracy = _accuracies(prober, task, x_probe, y_probe, train_subset, out, y)
                 probe = prober(x_probe, y_probe)
                 rows = _probe_rows(run, step, probe, prober.n_layers, loss.detach().tolist(), accuracy, first_bad)
-                if step == steps and probe.spectra is not None:
+                if settling is not None:
+                    settled = settling.update(step, worst_stationarity(probe.values, hidden, K),
+                                              (run.loss_sum / run.loss_n).tolist())
+                    run.loss_sum.zero_()
+                    run.loss_n = 0
+                    gone = [st == "diverged" or first_bad[k] >= 0 for k, st in enumerate(run.status)]
+                    if step == steps or pack_done(settled, ["diverged" if g else "ok" for g in gone]):
+                        last_step = step  # the final probe: members settled at it say so
+                        for k in range(K):
+                            if settled[k] and not gone[k]:
+                                run.status[k] = "settled"
+                        for row in rows:
+                            row["status"] = run.status[row["member"]]
+                        if step < steps:
+                            log.info("run %s: every member settled (or diverged) at step %d of %d: stopping",
+                                     run_id, step, steps)
+                    else:
+                        probe_at.add(next_probe(step, schedule, settling.interval, steps))
+                if step == last_step and probe.spectra is not None:
                     _write_spectra(root, sweep_id, run_id, step, probe.spectra, run.base, run.status, first_bad)
                 run.probe_seconds += time.perf_counter() - t0
             rows += _mark_diverged(run, first_bad, prober, opt, run_id)
@@ -220,7 +256,7 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
             run.rows.extend(rows)
         if progress is not None:
             progress(step)
-        if step == steps:
+        if step == last_step:
             break
         opt.zero_grad()
         loss.sum().backward()  # members are independent: each gets its own gradient
@@ -233,10 +269,10 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
     records.mark_complete(
         root, sweep_id, run_id,
         {"run_id": run_id, "members": [b["config_hash"] for b in run.base], "status": run.status,
-         "rows": len(run.rows), "seconds": seconds, "probe_seconds": run.probe_seconds, "config": cfg.to_dict()},
+         "rows": len(run.rows), "last_step": last_step, "seconds": seconds, "probe_seconds": run.probe_seconds, "config": cfg.to_dict()},
     )
     records.delete_file(root, sweep_id, run_id, CHECKPOINT)
-    return RunResult(run_id, table.to_pandas(), run.status, seconds, run.probe_seconds)
+    return RunResult(run_id, table.to_pandas(), run.status, seconds, run.probe_seconds, last_step=last_step)
 
 
 @dataclass
@@ -244,11 +280,14 @@ class _RunState:
     """What the loop carries between steps, and a checkpoint saves."""
 
     base: list[dict]  # per member: the columns all its rows share
-    status: list[str]  # per member: ok | diverged
+    status: list[str]  # per member: ok | diverged (| settled, set at the final probe)
     diverged_at: torch.Tensor  # (K,) first non-finite step, -1 while finite
     rows: list[dict] = field(default_factory=list)  # every row written so far
     probe_seconds: float = 0.0
     probe_set: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, y) when drawn from a generator
+    settling: Settling | None = None  # train.stop: the histories that decide when the pack ends
+    loss_sum: torch.Tensor | None = None  # train.stop: (K,) train loss summed since the last probe ...
+    loss_n: int = 0  # ... over this many steps
 
 
 def _resume(cfg, root, run_id, resume, model, opt, data_gen, prober, run: _RunState, device) -> int:
@@ -273,6 +312,9 @@ def _resume(cfg, root, run_id, resume, model, opt, data_gen, prober, run: _RunSt
                        and state.get("probe_set") is None)
     run.diverged_at, run.status = state["diverged_at"].to(device), state["status"]
     prober.load(state.get("previous_probe", []), device)
+    if run.settling is not None and state.get("settling") is not None:
+        run.settling.load(state["settling"])
+        run.loss_sum, run.loss_n = state["loss_sum"].to(device), state["loss_n"]
     # rows of parts written before the checkpoint; later parts are written again, same names
     before = records.read_run(root, sweep_id, run_id, before_step=state["step"])
     # through Arrow, not pandas' dicts: a null integer (a layer row's `head`) must stay null, not NaN
@@ -319,9 +361,9 @@ def _probe_rows(run: _RunState, step: int, probe, n_layers: int, train_loss: lis
     rows = []
     train_acc, probe_acc = accuracy
     for k in range(len(run.base)):
-        if run.status[k] == "ok" and first_bad[k] < 0 and not math.isfinite(probe.loss[k]):
+        if run.status[k] != "diverged" and first_bad[k] < 0 and not math.isfinite(probe.loss[k]):
             first_bad[k] = step  # finite batch loss but the probe blew up
-        if run.status[k] != "ok" or first_bad[k] >= 0:
+        if run.status[k] == "diverged" or first_bad[k] >= 0:
             continue
         for l, info in enumerate(probe.layers):
             row = dict(run.base[k])
@@ -335,7 +377,7 @@ def _probe_rows(run: _RunState, step: int, probe, n_layers: int, train_loss: lis
 
 def _mark_diverged(run: _RunState, first_bad: list, prober, opt, run_id: str) -> list[dict]:
     """Members found non-finite at this sync point: marked, frozen, and their rows."""
-    newly = [k for k in range(len(run.base)) if run.status[k] == "ok" and first_bad[k] >= 0]
+    newly = [k for k in range(len(run.base)) if run.status[k] != "diverged" and first_bad[k] >= 0]
     rows = []
     for k in newly:
         run.status[k] = "diverged"
@@ -364,7 +406,9 @@ def _save_checkpoint(root, sweep_id, run_id, step, model, opt, data_gen, run: _R
     torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state(),
                 "data_gen": data_gen.get_state(), "device": data_gen.device.type, "probe_set": run.probe_set,
                 "diverged_at": run.diverged_at, "status": list(run.status),
-                "previous_probe": prober.state()}, buf)
+                "previous_probe": prober.state(),
+                "settling": run.settling.state() if run.settling is not None else None,
+                "loss_sum": run.loss_sum, "loss_n": run.loss_n}, buf)
     records.write_file(root, sweep_id, run_id, CHECKPOINT, buf.getvalue())
 
 
@@ -375,7 +419,7 @@ def _write_spectra(root, sweep_id, run_id, step, layers: list[dict], base, statu
     spectra = [{(side, matrix): metrics[f"eig_{matrix}_{side}"].tolist() for side in "ab" for matrix in "hgz"}
                for metrics in layers]  # (K, d) each: one host transfer apiece
     for k, b in enumerate(base):
-        if status[k] != "ok" or first_bad[k] >= 0:
+        if status[k] == "diverged" or first_bad[k] >= 0:
             continue
         for l, layer_spectra in enumerate(spectra):
             for side in "ab":
