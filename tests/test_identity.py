@@ -49,7 +49,9 @@ def leaf_paths():
         cls = hints[section]
         for f in dataclasses.fields(cls):
             default = getattr(cls(), f.name)
-            if f.name == "betas":
+            if dataclasses.is_dataclass(default):  # a sub-spec (train.stop): each of its fields
+                yield from (f"{section}.{f.name}.{g.name}" for g in dataclasses.fields(default))
+            elif f.name == "betas":
                 yield from (f"{section}.betas[{i}]" for i in range(len(default)))
             else:
                 yield f"{section}.{f.name}"

@@ -94,6 +94,10 @@ CONFIG_COLUMNS = [
     ("train.device", "device", pa.string()),
     ("train.check_every", "check_every", pa.int64()),
     ("train.checkpoint_every", "checkpoint_every", pa.int64()),
+    ("train.stop.stationary", "stop_stationary", pa.float64()),  # 0: train.stop off
+    ("train.stop.patience", "stop_patience", pa.int32()),
+    ("train.stop.loss_tolerance", "stop_loss_tolerance", pa.float64()),
+    ("train.stop.min_gap", "stop_min_gap", pa.float64()),
     ("probe.n_samples", "n_samples", pa.int64()),
     ("probe.count", "probe_count", pa.int32()),
     ("probe.steps", "probe_steps", pa.string()),  # comma-separated; "" = the log-spaced schedule
@@ -114,6 +118,7 @@ V1_DEFAULTS = {
     "data_path": "", "held_out": 297, "augment": False, "family": "mlp", "norm": "batch", "factory": "",
     "model_kwargs": "{}", "max_samples": 32768, "modulus": 97, "operation": "add", "train_fraction": 0.5,
     "heads": 4, "tied": False, "block": 64, "vocab_size": 0, "per_head": False,  # before version 3 every network was an MLP on a synthetic task
+    "stop_stationary": 0.0, "stop_patience": 2, "stop_loss_tolerance": 0.01, "stop_min_gap": 0.02,  # no train.stop yet
 }
 # Before version 3, `pah_*` held the sorted-spectra fit: readers move it to the `_sorted` column
 # and leave the paired one null (a sorted exponent must never be read as a paired one).
