@@ -141,6 +141,9 @@ def test_a_settled_pack_stops_early_and_is_complete(tmp_path):
     assert summary["status"] == ["settled", "diverged"] and summary["last_step"] == 135
     # a settled network is a finished one: aggregates take its last step
     assert set(last_hidden(table)["step"]) == {135} and len(last_hidden(table)) == 3
+    from phasemap.sweep.status import stored_status
+    (pack,) = stored_status(str(tmp_path), cfg.storage.sweep_id)
+    assert (pack["state"], pack["last_step"], pack["steps"]) == ("complete", 135, 400)
     again = train_pack(cfg, root=str(tmp_path))
     assert again.reused and again.last_step == 135 and again.status == ["settled", "diverged"]
     assert len(again.records) == len(table)

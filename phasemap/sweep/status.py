@@ -101,7 +101,8 @@ def _member_configs(cfg: RunConfig) -> list[dict]:
 def _run_row(root: str, sweep_id: str, run_id: str, names: dict[str, pafs.FileInfo]) -> dict:
     """One run's state, members' configs and last step, from the files in its folder.
 
-    A complete run: its marker holds the pack's config, and it ran every step (a `Recorder`'s
+    A complete run: its marker holds the pack's config and its last step (every step, or
+    where train.stop ended it; markers before train.stop: every step; a `Recorder`'s
     marker holds its config columns; its records give the last step). Any other: its newest
     part (`part-<step>.parquet`) gives the last step written and the members' config
     columns; a run with no records yet has neither.
@@ -121,7 +122,8 @@ def _run_row(root: str, sweep_id: str, run_id: str, names: dict[str, pafs.FileIn
             steps = configs[0].get("steps")
         else:
             pack = parse_config(summary["config"], check_environment=False)  # perhaps trained elsewhere
-            configs, last_step, steps = _member_configs(pack), pack.train.steps, pack.train.steps
+            # train.stop may have ended it early: its marker says where
+            configs, last_step, steps = _member_configs(pack), summary.get("last_step", pack.train.steps), pack.train.steps
         state = "complete"
     else:
         if parts:
