@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -86,11 +87,18 @@ def test_optuna_sweep(tmp_path, local_ray):
     assert [r["state"] for r in sweep_status(cfg)] == ["complete"] * 3  # runs found in storage
 
 
-def _start_driver(config_path, *extra):
-    return subprocess.Popen(
+@contextmanager
+def _driver(config_path, *extra):
+    """`phasemap sweep` in a session of its own (Ray's processes with it), killed if still running at the end."""
+    driver = subprocess.Popen(
         [sys.executable, "-m", "phasemap.cli", "sweep", str(config_path), "--no-progress", "--num-cpus", "2", *extra],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
+    try:
+        yield driver
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
 
 
 def _wait(predicate, timeout, what):
@@ -119,17 +127,13 @@ def test_killed_worker_is_retried_and_resumes_without_duplicates(tmp_path):
     cfg = parse_sweep(data)
     target = run_id_of(expand(cfg)[0])
     folder = tmp_path / "out" / "sweep=kill" / f"run={target}"
-    driver = _start_driver(config)
-    try:
+    with _driver(config) as driver:
         # wait until the first pack is mid-run (a checkpoint exists), then kill its worker
         _wait(lambda: (folder / "_checkpoint.pt").exists(), 120, "a checkpoint of the first pack")
         first = _attempt(tmp_path / "out", "kill", target)
         assert first["from_step"] == 0
         os.kill(first["pid"], signal.SIGKILL)
         out, _ = driver.communicate(timeout=300)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 0, out
     assert "0 failed" in out
     second = _attempt(tmp_path / "out", "kill", target)
@@ -144,8 +148,7 @@ def test_killed_driver_then_resume_runs_only_what_is_missing(tmp_path):
     config.write_text(yaml.safe_dump(data))
     cfg = parse_sweep(data)
     root = tmp_path / "out"
-    driver = _start_driver(config)
-    try:
+    with _driver(config) as driver:
         _wait(lambda: len(list(root.rglob("_COMPLETE.json"))) >= 1, 120, "a first complete pack")
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started ...
         driver.wait(timeout=30)
@@ -154,9 +157,6 @@ def test_killed_driver_then_resume_runs_only_what_is_missing(tmp_path):
                 os.kill(json.loads(attempt.read_text())["pid"], signal.SIGKILL)
             except (ProcessLookupError, ValueError):
                 pass
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
     done_before = {p.parent.name: p.read_text() for p in root.rglob("_COMPLETE.json")}
     assert 1 <= len(done_before) < 4
     # Ray's own experiment folder is gone: resume relies on completion markers alone
@@ -183,14 +183,10 @@ def test_ctrl_c_exits_130_and_says_what_is_left(tmp_path):
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(data))
     root = tmp_path / "out"
-    driver = _start_driver(config, "--num-cpus", "1")  # one worker to start: the first trial begins sooner
-    try:
+    with _driver(config, "--num-cpus", "1") as driver:  # one worker to start: the first trial begins sooner
         _wait(lambda: list(root.rglob("_ATTEMPT.json")), 120, "the first pack to start")
         os.killpg(driver.pid, signal.SIGINT)
         out, _ = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130, out
     assert "sweep int: interrupted: 2 packs not complete" in out
     assert "rerun the same command" in out and "failed" not in out
