@@ -185,7 +185,7 @@ def test_a_grown_grid_packs_only_its_new_members(tmp_path):
 def test_an_optuna_objective_that_is_not_a_column_is_a_config_error(tmp_path, capsys):
     data = {"name": "o", "axes": {"optimizer.lr": {"low": 1e-3, "high": 1e-1}},
             "search": {"mode": "optuna", "objective": "rgb_b", "trials": 2}}
-    with pytest.raises(ConfigError, match=r"search.objective: .* but got 'rgb_b' \(valid: train_loss, probe_loss, rga_a"):
+    with pytest.raises(ConfigError, match=r"search.objective: .* but got 'rgb_b' \(did you mean `rga_b`.*valid: train_loss, probe_loss, "):
         parse_sweep(data)
     f = tmp_path / "o.yaml"
     f.write_text(json.dumps(data))

@@ -190,7 +190,7 @@ def last_hidden(df: pd.DataFrame) -> pd.DataFrame:
     """Each network's last hidden layer at its last step, finished networks only: by hand."""
     df = df[df["head"].isna()]
     last = df[df["step"] == df.groupby(NETWORK)["step"].transform("max")]
-    return last[(last["layer"] == last["n_layers"] - 1) & (last["status"] == "ok")]
+    return last[(last["layer"] == last["n_layers"] - 1) & (last["status"] != "diverged")]
 
 
 # ----------------------------------------------------------------------------- the commands
@@ -288,7 +288,7 @@ def report(folder, kinds, sweep=None):
 PNG, PDF, SVG = b"\x89PNG", b"%PDF", b"<?xml"
 LAST_STEP_QUERY = (
     "phasemap query results SELECT sweep_id, depth, weight_decay, avg(rga_b) FROM last_records "
-    "WHERE layer = n_layers - 1 AND status = 'ok' GROUP BY ALL ORDER BY ALL")
+    "WHERE layer = n_layers - 1 AND status <> 'diverged' GROUP BY ALL ORDER BY ALL")
 FIGURES = ["phase-diagram", "critical-depth", "layers", "evolution"]
 CHECKS = {
     "phasemap validate configs/quick.yaml": check_validate,
