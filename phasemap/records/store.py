@@ -284,7 +284,22 @@ def write_part(root: str, sweep_id: str, run_id: str, step: int, rows: list[dict
 
 def write_file(root: str, sweep_id: str, run_id: str, name: str, data: bytes) -> None:
     """Atomically write one file of a run's folder (temp name, then rename)."""
-    fs, folder = run_dir(root, sweep_id, run_id)
+    _write_atomic(*run_dir(root, sweep_id, run_id), name, data)
+
+
+def write_sweep_file(root: str, sweep_id: str, name: str, data: bytes) -> None:
+    """Atomically write one file of a sweep's folder (beside its runs): a search's state."""
+    fs, base = filesystem(root)
+    _write_atomic(fs, f"{base}/sweep={sweep_id}", name, data)
+
+
+def read_sweep_file(root: str, sweep_id: str, name: str) -> bytes | None:
+    """A file of a sweep's folder, or None if it is not there."""
+    fs, base = filesystem(root)
+    return _read(fs, f"{base}/sweep={sweep_id}/{name}")
+
+
+def _write_atomic(fs: pafs.FileSystem, folder: str, name: str, data: bytes) -> None:
     fs.create_dir(folder, recursive=True)
     tmp = f"{folder}/_tmp-{uuid.uuid4().hex}"
     try:
@@ -308,7 +323,10 @@ def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
 def read_file(root: str, sweep_id: str, run_id: str, name: str) -> bytes | None:
     """A file of a run's folder, or None if it is not there."""
     fs, folder = run_dir(root, sweep_id, run_id)
-    path = f"{folder}/{name}"
+    return _read(fs, f"{folder}/{name}")
+
+
+def _read(fs: pafs.FileSystem, path: str) -> bytes | None:
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
     with fs.open_input_stream(path) as f:
