@@ -101,6 +101,20 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="report", help="output folder (default: report)")
     _figure_options(rp)
 
+    pr = sub.add_parser("predict", help="every cell's phase in a sweep: measured, or inferred by a boundary search",
+                        description="One row per grid cell: its axes (named as in the records), `phase` (the "
+                        "measured majority, or the boundary search's model's label where no network of the cell "
+                        "was trained), `measured` (networks measured in it) and `confidence` (measured: the "
+                        "majority's share; inferred: the probability, under the model, that the label is right). "
+                        "A grid or optuna sweep gives its measured cells.")
+    pr.add_argument("root", help="storage root (folder or s3:// URI)")
+    pr.add_argument("--sweep", help="sweep id (default: the only one under the root)")
+    pr.add_argument("--layer", default="last", help="layer: index, fraction of the hidden layers (0.5), last, output")
+    pr.add_argument("--tau", type=float, default=0.9, help="alignment threshold for phases (default 0.9)")
+    pr.add_argument("--against", choices=("raw", "null"), default="raw",
+                    help="judge alignments raw (the paper) or as their excess over the null")
+    pr.add_argument("--out", help="write the cells to this .csv file (default: print them)")
+
     st = sub.add_parser("status", help="what of a sweep is complete, running, failed or missing (from storage)",
                         description="Each pack of a sweep: its state, last step, and configs (the fields that vary). "
                         "Given a storage root, from storage alone (every sweep there, or --sweep); given a sweep "
@@ -223,7 +237,7 @@ def _check_data(cfg) -> None:
 
     if isinstance(cfg, RunConfig):
         tasks = [cfg.task]
-    elif cfg.search.mode == "grid":
+    elif cfg.search.mode in ("grid", "boundary"):  # a boundary search's candidates are a grid
         tasks = [p.task for p in expand(cfg)]
     else:  # optuna samples its axes as it goes: the base config's task
         tasks = [parse_config(cfg.base).task]
@@ -265,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     if args.command in ("query", "plot", "report"):
         return _data_command(args)
+    if args.command == "predict":
+        return _predict(args)
     if args.command == "status" and not _is_config(args.config):
         return _stored_status(args)
     try:
@@ -324,6 +340,14 @@ def _sweep_command(args, cfg) -> int:
             packs = expand(cfg)
             n = sum(len(p.members) for p in packs)
             print(f"{args.config}: ok (grid sweep {cfg.sweep_id!r}: {n} configs in {len(packs)} packs)")
+        elif cfg.search.mode == "boundary":
+            from .sweep import boundary
+
+            cells = boundary.grid_cells(cfg)
+            n = sum(len(c.members) for c in cells)
+            print(f"{args.config}: ok (boundary sweep {cfg.sweep_id!r}: {len(cells)} cells, {n} networks; budget "
+                  f"{boundary.budget(cfg, cells)} networks, first design {boundary.design_size(cfg, len(cells))} cells, "
+                  f"then {cfg.search.per_round} per round)")
         else:
             print(f"{args.config}: ok (optuna sweep {cfg.sweep_id!r}: {cfg.search.trials} trials)")
         return 0
@@ -353,6 +377,10 @@ def _sweep_command(args, cfg) -> int:
     if reused:
         print(f"{reused} of those trial(s) found their pack complete (trained by another driver or trial): not trained again")
     print(f"records: {cfg.root}/sweep={cfg.sweep_id}/")
+    if result.boundary:
+        print(_boundary_line(result.boundary))
+        print(f"the whole map (measured and inferred cells): phasemap predict {cfg.root} --sweep {cfg.sweep_id} "
+              f"--out cells.csv")
     if result.trials:
         import ray
 
@@ -395,6 +423,11 @@ def _print_status(sweep_id: str, root: str, packs: list[dict]) -> None:
     counts = {s: sum(p["state"] == s for p in packs) for s in STATES}
     print(f"sweep {sweep_id!r} under {root}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
           + f" of {len(packs)} packs")
+    from .sweep.boundary import read_state
+
+    state = read_state(root, sweep_id)
+    if state is not None:
+        print(_boundary_line(state))
     members = member_counts(packs)
     if all(p["members"] is not None for p in packs):
         print("members (networks): " + ", ".join(f"{n} {state}" for state, n in members.items())
@@ -411,6 +444,63 @@ def _print_status(sweep_id: str, root: str, packs: list[dict]) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+
+
+def _boundary_line(state: dict) -> str:
+    where = "finished" if state["finished"] else f"round {state['round']} under way or interrupted"
+    return (f"boundary search ({where}): round {state['round']}, {state['used']} of a budget of {state['budget']} "
+            f"networks, {state['measured']} of {state['cells']} cells measured, {state['uncertain']} candidate "
+            f"cells still uncertain")
+
+
+def _predict(args) -> int:
+    """`phasemap predict ROOT --sweep NAME`: every cell's phase, measured or inferred."""
+    import dataclasses
+
+    from .analysis.aggregate import _majority, last_records, parse_layer, pick_layer, varying_axes
+    from .analysis.query import load
+    from .measure.phases import label_phases
+    from .sweep import boundary
+    from .sweep.status import stored_sweeps
+
+    found = stored_sweeps(args.root)
+    sweep = args.sweep or (found[0] if len(found) == 1 else None)
+    if sweep not in found:
+        print(f"error: --sweep: `a sweep under {args.root}` must hold, but got {args.sweep!r} (sweeps there: "
+              f"{', '.join(found) or 'none'})", file=sys.stderr)
+        return 2
+    try:
+        layer = parse_layer(args.layer)
+        state = boundary.read_state(args.root, sweep)
+        if state is not None:  # a boundary search: its grid's cells, measured or inferred
+            cfg = boundary.stored_config(args.root, state)
+            cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, layer=args.layer, tau=args.tau,
+                                                                      against=args.against))
+            table = boundary.read_records(args.root, sweep)
+            cells = boundary.predict(boundary.plan(cfg, table=table), table, args.tau, layer, args.against)
+        else:  # any other sweep: the cells its records hold, every one measured
+            table = load(args.root, filters={"sweep_id": sweep})
+            rows = pick_layer(last_records(table), layer).copy()
+            rows["phase"] = label_phases(rows, args.tau, args.against)
+            axes = [a for a in varying_axes(rows)]
+            if not axes:
+                raise ValueError(f"`an axis varies in sweep {sweep!r}` must hold to map it, but none does")
+            cells = _majority(rows, axes).rename(columns={"n": "measured", "share": "confidence"})
+            cells = cells[[*axes, "phase", "measured", "confidence"]]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    measured = int((cells["measured"] > 0).sum())
+    inferred = cells[cells["measured"] == 0]
+    print(f"sweep {sweep}: {len(cells)} cells, {measured} measured, {len(inferred)} inferred"
+          + (f" (confidence: mean {inferred['confidence'].mean():.2f}, min {inferred['confidence'].min():.2f})"
+             if len(inferred) else ""))
+    if args.out:
+        cells.to_csv(args.out, index=False)
+        print(f"{len(cells)} cells -> {args.out}")
+    else:
+        print(cells.to_string(index=False, max_rows=200))
+    return 0
 
 
 def _interrupted(args, cfg, incomplete: int | None) -> int:

@@ -29,6 +29,16 @@ def varying_axes(df: pd.DataFrame) -> list[str]:
     return [c for c in AXES if c in df and df[c].nunique(dropna=False) > 1]
 
 
+def log_spaced(values: Sequence) -> bool:
+    """Whether an axis's positive values grow by similar factors (> 1.5): drawn and modelled in log."""
+    v = np.array(sorted({float(x) for x in values if isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
+                         and x > 0}))
+    if len(v) < 3:
+        return False
+    ratios = v[1:] / v[:-1]
+    return bool(ratios.min() > 1.5 and ratios.max() / ratios.min() < 2.5)
+
+
 def last_records(df: pd.DataFrame) -> pd.DataFrame:
     """Each network's layer rows at its last step (its final probe, or where it diverged)."""
     df = layer_rows(df)

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from ..analysis.aggregate import log_spaced  # noqa: E402
 
 PHASE_COLORS = {
     "CRH": "#332288",
@@ -72,17 +73,9 @@ def _style() -> None:
                          "axes.spines.right": False})
 
 
-def _is_log_spaced(values: Sequence) -> bool:
-    v = np.array(sorted({float(x) for x in values if isinstance(x, (int, float, np.number)) and x > 0}))
-    if len(v) < 3:
-        return False
-    ratios = v[1:] / v[:-1]
-    return bool(ratios.min() > 1.5 and ratios.max() / ratios.min() < 2.5)
-
-
 def axis_label(name: str, values: Sequence | None = None) -> str:
     label = AXIS_LABELS.get(name, name.replace("_", " "))
-    if values is not None and _is_log_spaced(values):
+    if values is not None and log_spaced(values):
         label += " (log scale)"
     return label
 
@@ -136,13 +129,13 @@ def _cells(table: pd.DataFrame, x: str, y: str, facet: str | None, panels):
         for i, xv in enumerate(xs):
             for j, yv in enumerate(ys):
                 r = cells.get((xv, yv))
-                yield ax, i, j, (None if r is None or r["n"] == 0 else r)
+                yield ax, i, j, (None if r is None or (r["n"] == 0 and not r.get("inferred", False)) else r)
         _label_grid(ax, xs, ys, x, y, facet, value)
 
 
-def _cell(ax, i: int, j: int, color, empty: bool) -> None:
-    ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor=color, edgecolor="#888888", linewidth=0.5,
-                               hatch=NO_DATA_HATCH if empty else None))
+def _cell(ax, i: int, j: int, color, empty: bool, alpha: float = 1.0) -> None:
+    ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor=matplotlib.colors.to_rgba(color, alpha),
+                               edgecolor="#888888", linewidth=0.5, hatch=NO_DATA_HATCH if empty else None))
 
 
 def _label_grid(ax, xs, ys, x: str, y: str, facet: str | None, value) -> None:
@@ -160,25 +153,35 @@ def _label_grid(ax, xs, ys, x: str, y: str, facet: str | None, value) -> None:
 def phase_diagram(grid: pd.DataFrame, x: str, y: str, facet: str | None = None, title: str = "",
                   colors: dict | None = None, legend: str = "phase"):
     """A phase grid (from aggregate.phase_grid, or learning_phase_grid with LEARNING_COLORS) as
-    coloured cells with each majority's share (and a grokking cell's mean step)."""
+    coloured cells with each majority's share (and a grokking cell's mean step).
+
+    Cells of a boundary search that were inferred, not measured (`inferred` true, `share` the
+    model's confidence), are drawn lighter, the lighter the less sure, with "~" before it."""
     _style()
     colors = colors or PHASE_COLORS
     fig, panels = _facet_axes(grid, facet)
-    seen = set()
+    seen, any_inferred = set(), False
     for ax, i, j, r in _cells(grid, x, y, facet, panels):
         phase = None if r is None else r["phase"]
         known = phase in colors
-        _cell(ax, i, j, "#FFFFFF" if phase is None else colors[phase] if known else colors["other"], empty=r is None)
+        inferred = r is not None and bool(r.get("inferred", False))
+        any_inferred |= inferred
+        _cell(ax, i, j, "#FFFFFF" if phase is None else colors[phase] if known else colors["other"], empty=r is None,
+              alpha=0.15 + 0.45 * float(r["share"]) if inferred else 1.0)
         if r is not None:
             name = phase if known else "other"
             seen.add(name)
-            dark = phase in ("CRH", "backward-CRH", "6", "diverged", "1", "grokking", "confusion", "comprehension")
-            text = f"{name}\n{r['share']:.0%}"
+            dark = not inferred and phase in ("CRH", "backward-CRH", "6", "diverged", "1", "grokking", "confusion",
+                                              "comprehension")
+            text = f"{name}\n{'~' if inferred else ''}{r['share']:.0%}"
             if phase == "grokking" and not pd.isna(r.get("grok_step_mean")):
                 text += f"\nat {r['grok_step_mean']:.0f}"
             ax.text(i, j, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
     handles = [Patch(facecolor=colors[p], edgecolor="#888888", label=p) for p in colors if p in seen]
     handles.append(Patch(facecolor="white", edgecolor="#888888", hatch=NO_DATA_HATCH, label="no data"))
+    if any_inferred:
+        handles.append(Patch(facecolor=matplotlib.colors.to_rgba("#888888", 0.3), edgecolor="#888888",
+                             label="lighter, ~: inferred\n(model's confidence)"))
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=legend)
     if title:
         fig.suptitle(title)

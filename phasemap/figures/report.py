@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -87,6 +87,30 @@ def _sparse_probes(grid: pd.DataFrame, soon: float) -> str:
     return f" Warning: {warning}."
 
 
+def _boundary_grid(df: pd.DataFrame, root: str | None, opts: FigureOptions, keys: list[str]) -> pd.DataFrame | None:
+    """A boundary search's cells (measured and inferred) as a phase grid over `keys`; None for
+    any other sweep, or when its axes are not all among the keys (nothing to draw them on)."""
+    if root is None or df["sweep_id"].nunique() != 1:
+        return None
+    from ..sweep import boundary
+
+    sweep = df["sweep_id"].iloc[0]
+    state = boundary.read_state(root, sweep)
+    if state is None:
+        return None
+    cfg = boundary.stored_config(root, state)
+    cfg = replace(cfg, search=replace(cfg.search, layer=str(opts.layer), tau=opts.tau, against=opts.against))
+    table = boundary.read_records(root, sweep)
+    cells = boundary.predict(boundary.plan(cfg, table=table), table, opts.tau, opts.layer, opts.against)
+    axes = [c for c in cells.columns if c not in ("phase", "measured", "confidence")]
+    if not set(axes) <= set(keys):
+        log.info("sweep %s: a boundary search over %s drawn from its measured cells only", sweep, axes)
+        return None
+    cells = cells.rename(columns={"measured": "n", "confidence": "share"})
+    cells["inferred"] = cells["n"] == 0
+    return cells
+
+
 def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | None = None):
     """The figure of one kind from records; returns (figure, the table it draws, caption)."""
     if kind not in KINDS:
@@ -97,9 +121,15 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
     pooled = _pooled(df, (x, y, facet))
     facets = [facet] if facet else []
     if kind == "phase-diagram":
-        table = aggregate.phase_grid(df, x, y, layer=opts.layer, tau=opts.tau, facets=facets, against=opts.against)
+        table = _boundary_grid(df, root, opts, [*facets, y, x])
+        inferred = table is not None
+        if table is None:
+            table = aggregate.phase_grid(df, x, y, layer=opts.layer, tau=opts.tau, facets=facets, against=opts.against)
         caption = (f"Majority phase (paper Table 1) at layer {opts.layer!r}, τ = {opts.tau}{_judged(opts)}, over {y} × {x}; "
                    f"share of networks in it{pooled}.")
+        if inferred:
+            caption += (" A boundary search: cells where no network was trained are inferred from the Gaussian "
+                        "processes of the alignments, drawn lighter with the model's confidence in the label (~).")
         where = {"last": "the last hidden layer", "output": "the output layer", "each": "every layer"}.get(
             opts.layer, f"layer {opts.layer}")
         return plots.phase_diagram(table, x, y, facet, title=f"Phases at {where}, τ = {opts.tau}"), table, caption

@@ -30,7 +30,7 @@ from ..analysis.aggregate import last_records
 from ..measure.phases import n_hidden
 from ..config import parse_config
 from ..train import run_id_of, train_pack
-from .spec import SweepConfig, SweepStorage, _with
+from .spec import SweepConfig, SweepStorage, _with, pack_members
 from .status import FAILED, grid_plan
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def _trainable(config: dict, job: dict) -> None:
         data["storage"] = {"root": job["root"], "sweep_id": job["sweep_id"]}
         cfg = parse_config(data)
     root, sweep_id, run_id = job["root"], job["sweep_id"], run_id_of(cfg)
-    waiting = (lambda message: tune.report({"waiting": message})) if job["mode"] == "grid" else None
+    waiting = (lambda message: tune.report({"waiting": message})) if "pack" in config else None
     try:
         records.delete_file(root, sweep_id, run_id, FAILED)
         result = train_pack(cfg, root=root, trial_id=tune.get_context().get_trial_id(), resume=True,
@@ -127,6 +127,7 @@ class SweepResult:
     # members not complete in storage; optuna: trials that did not finish) are left for a rerun
     interrupted: bool = False
     incomplete: int = 0
+    boundary: dict | None = None  # a boundary search's state (boundary.write_state) when it stopped
 
 
 class SweepError(RuntimeError):
@@ -195,6 +196,8 @@ def run_sweep(
            "cpus": cfg.resources.cpus, "base": cfg.base, "axes": list(cfg.axes), "choices": {},
            "mode": cfg.search.mode}
     trained = 0
+    if cfg.search.mode == "boundary":
+        return _boundary_search(cfg, job, address, num_cpus, progress, overwrite, t0)
     if cfg.search.mode == "grid":
         plan = grid_plan(cfg)
         _remove_stale_temp(root, sweep_id, plan.temp)
@@ -217,7 +220,7 @@ def run_sweep(
         n_trials = len(packs)
     else:
         if resume:
-            raise SweepError("--resume applies to grid sweeps; an optuna sweep starts a new study")
+            raise SweepError("--resume applies to grid and boundary sweeps; an optuna sweep starts a new study")
         _remove_stale_temp(root, sweep_id, records.temp_files(root, sweep_id))
         from ray.tune.search.optuna import OptunaSearch
 
@@ -238,8 +241,29 @@ def run_sweep(
         skipped = 0
 
     start_ray(address, num_cpus)
+    fit = _fit(cfg, job, param_space, tune_config, n_trials, progress, t0)
+    incomplete = 0
+    if fit.interrupted:
+        incomplete = len(grid_plan(cfg).packs) if cfg.search.mode == "grid" else n_trials - fit.ended
+        log.info("sweep %s: interrupted, %d pack(s) not complete", sweep_id, incomplete)
+    return SweepResult(sweep_id, n_trials, fit.ended, skipped, fit.failed, time.time() - t0, fit.trials, trained,
+                       fit.interrupted, incomplete)
+
+
+@dataclass
+class _Fit:
+    ended: int  # trials that errored or sent their final report
+    failed: list[str]
+    trials: list[dict]
+    interrupted: bool
+
+
+def _fit(cfg: SweepConfig, job: dict, param_space: dict, tune_config, n_trials: int, progress: bool, t0: float,
+         desc: str = "sweep", suffix: str = "") -> _Fit:
+    """One Tuner.fit of the trainable over `param_space` (Ray already started)."""
+    root, sweep_id = cfg.root, cfg.sweep_id
     fs, base_path = records.filesystem(root)
-    callback = _Progress(n_trials, enabled=progress)
+    callback = _Progress(n_trials, enabled=progress, desc=desc)
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, job=job), {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus}
     )
@@ -249,7 +273,7 @@ def run_sweep(
         param_space=param_space,
         tune_config=tune_config,
         run_config=tune.RunConfig(
-            name=f"{sweep_id}-{int(t0)}",
+            name=f"{sweep_id}-{int(t0)}{suffix}",
             storage_path=f"{base_path}/_tune",
             storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
@@ -275,13 +299,51 @@ def run_sweep(
     # nothing: a trial ended when it errored or sent its final report (every finished one has "objective")
     ended = len(callback.finished) if grid is None else sum(
         1 for r in grid if r.error is not None or "objective" in (r.metrics or {}))
-    interrupted = interrupted or ended < n_trials
-    incomplete = 0
-    if interrupted:
-        incomplete = len(grid_plan(cfg).packs) if cfg.search.mode == "grid" else n_trials - ended
-        log.info("sweep %s: interrupted, %d pack(s) not complete", sweep_id, incomplete)
-    return SweepResult(sweep_id, n_trials, ended, skipped, failed, time.time() - t0, callback.finished, trained,
-                       interrupted, incomplete)
+    return _Fit(ended, failed, callback.finished, interrupted or ended < n_trials)
+
+
+def _boundary_search(cfg: SweepConfig, job: dict, address, num_cpus, progress: bool, overwrite: bool,
+                     t0: float) -> SweepResult:
+    """Rounds of packs on Tune until the budget is spent or no cell straddles (boundary.py)."""
+    from . import boundary
+
+    root, sweep_id = cfg.root, cfg.sweep_id
+    _remove_stale_temp(root, sweep_id, records.temp_files(root, sweep_id))
+    cells = boundary.grid_cells(cfg)
+    plan = boundary.plan(cfg, cells=cells)
+    if overwrite:
+        for run_id in set(plan.done.values()):
+            records.clear_run(root, sweep_id, run_id, keep_leases=False)
+        plan = boundary.plan(cfg, cells=cells, done={})
+    state = boundary.read_state(root, sweep_id)
+    round_ = state["round"] if state and state["config"]["axes"] == json.loads(json.dumps(cfg.axes)) else 0
+    skipped, trained, n_trials, ended, failed, trials, interrupted = plan.used, 0, 0, 0, [], [], False
+    log.info("sweep %s: boundary search over %d cells, budget %d networks, %d complete", sweep_id, len(cells),
+             plan.budget, plan.used)
+    while True:
+        chosen, uncertain = plan.next_cells()
+        if not chosen:
+            break
+        round_ += 1
+        singles = [m for i in chosen for m in cells[i].members if m.config_hash() not in plan.done]
+        packs = pack_members(cfg, singles)
+        boundary.write_state(cfg, plan, round_, uncertain, finished=False)
+        log.info("sweep %s: round %d: %d cells, %d networks in %d packs (%d of %d networks used, %d cells uncertain)",
+                 sweep_id, round_, len(chosen), len(singles), len(packs), plan.used, plan.budget, uncertain)
+        start_ray(address, num_cpus)
+        fit = _fit(cfg, job, {"pack": tune.grid_search([p.to_dict() for p in packs])},
+                   tune.TuneConfig(reuse_actors=True, trial_dirname_creator=_short_name), len(packs), progress, t0,
+                   desc=f"round {round_}", suffix=f"-r{round_}")
+        trained, n_trials, ended = trained + len(singles), n_trials + len(packs), ended + fit.ended
+        trials += fit.trials
+        failed += fit.failed
+        plan = boundary.plan(cfg, cells=cells)
+        if fit.failed or fit.interrupted:  # the same cells would be chosen again: stop here
+            interrupted = fit.interrupted
+            break
+    state = boundary.write_state(cfg, plan, round_, uncertain, finished=not (failed or interrupted))
+    return SweepResult(sweep_id, n_trials, ended, skipped, failed, time.time() - t0, trials, trained, interrupted,
+                       0, boundary=state)
 
 
 class _StopOnStorageFault(tune.Stopper):
@@ -307,8 +369,8 @@ def _short_name(trial) -> str:
 class _Progress(tune.Callback):
     """Trials done / running / failed and the time left, on a progress bar."""
 
-    def __init__(self, total: int, enabled: bool = True):
-        self.bar = tqdm(total=total, unit="trial", desc="sweep", disable=not enabled)
+    def __init__(self, total: int, enabled: bool = True, desc: str = "sweep"):
+        self.bar = tqdm(total=total, unit="trial", desc=desc, disable=not enabled)
         self.running: dict[str, float] = {}
         self.failed = self.retried = self.waiting = 0
         self.finished: list[dict] = []

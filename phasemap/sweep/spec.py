@@ -27,15 +27,30 @@ OBJECTIVES = ("train_loss", "probe_loss", "train_accuracy", "probe_accuracy",
               *(c for c in METRIC_COLUMNS if not c.startswith("n_") and not c.endswith("_n")))
 
 
+SEARCH_MODES = ("grid", "optuna", "boundary")
+
+
 @dataclass(frozen=True)
 class SearchSpec:
-    mode: str = field(default="grid", metadata=_check("mode in ('grid', 'optuna')", lambda v: v in ("grid", "optuna")))
+    mode: str = field(default="grid", metadata=_check(f"mode in {SEARCH_MODES}", lambda v: v in SEARCH_MODES))
     # optuna: the record column to optimise, averaged over members and hidden layers at the last step
     objective: str = "rga_b"
     direction: str = field(default="max", metadata=_check("direction in ('max', 'min')", lambda v: v in ("max", "min")))
     # optuna: how many trials
     trials: int = field(default=20, metadata=_check("trials >= 1", lambda v: v >= 1))
     seed: int = 0
+    # boundary: the grid of `axes` is the candidates (a range {low, high, log} becomes `resolution`
+    # values); networks are trained where a Gaussian process of each alignment cannot tell which
+    # side of tau the cell is on (see boundary.py)
+    # networks trained at most (0: a third of the grid's)
+    budget: int = field(default=0, metadata=_check("budget >= 0", lambda v: v >= 0))
+    per_round: int = field(default=8, metadata=_check("per_round >= 1", lambda v: v >= 1))  # cells started together
+    # cells of the first design: the corners, then a space-filling subset (0: max(2^axes, per_round))
+    initial: int = field(default=0, metadata=_check("initial == 0 or initial >= 2", lambda v: v == 0 or v >= 2))
+    layer: str = "last"  # the layer whose phase is mapped: an index, a fraction (0.5), last, output
+    tau: float = field(default=0.9, metadata=_check("0 < tau < 1", lambda v: 0 < v < 1))
+    against: str = field(default="raw", metadata=_check("against in ('raw', 'null')", lambda v: v in ("raw", "null")))
+    resolution: int = field(default=8, metadata=_check("resolution >= 2", lambda v: v >= 2))  # values of a range axis
 
 
 @dataclass(frozen=True)
@@ -110,7 +125,11 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
     name = data.get("name", "sweep")
     if not isinstance(name, str) or not name or "/" in name:
         problems.append(f"name: `name is a non-empty string with no '/'` must hold, but got {name!r}")
-    search = _build(SearchSpec, data.get("search"), "search", problems)
+    search_data = data.get("search")
+    if isinstance(search_data, dict) and isinstance(search_data.get("layer"), (int, float)) \
+            and not isinstance(search_data.get("layer"), bool):
+        search_data = {**search_data, "layer": str(search_data["layer"])}  # YAML reads `layer: 3` as a number
+    search = _build(SearchSpec, search_data, "search", problems)
     resources = _build(ResourcesSpec, data.get("resources"), "resources", problems)
     storage = _build(SweepStorage, data.get("storage"), "storage", problems)
     for key in ("pack_size", "max_failures"):
@@ -137,10 +156,20 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
         problems.append(f"axes: must be a non-empty mapping of field path -> values, but got {axes!r}")
         axes = {}
     mode = search.mode
-    for key, values in axes.items():
+    axes = dict(axes)
+    for key, values in list(axes.items()):
         where = f"axes.{key}"
-        if mode == "grid" and (not isinstance(values, list) or not values):
-            problems.append(f"{where}: a grid axis must be a non-empty list, but got {values!r}")
+        if mode == "boundary" and isinstance(values, dict):  # a range: `resolution` values over it
+            if not _axis_examples(values, where, problems):
+                continue
+            values = axes[key] = _range_values(values, search.resolution)
+        if mode != "optuna" and (not isinstance(values, list) or not values):
+            problems.append(f"{where}: a {mode} axis must be a non-empty list"
+                            f"{' or a range {low, high, log, type}' if mode == 'boundary' else ''}, but got {values!r}")
+            continue
+        if mode == "boundary" and key != SEED_AXIS and len({json.dumps(v, sort_keys=True) for v in values}) < 2:
+            problems.append(f"{where}: `a boundary axis has at least 2 values` must hold (a fixed value belongs "
+                            f"in base), but got {values!r}")
             continue
         examples = _axis_examples(values, where, problems) if mode == "optuna" else values
         found: dict[str, list[int]] = {}  # problem -> the values that have it; the base's are listed once, above
@@ -161,9 +190,11 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
                         f"{search.objective!r} ({hint}valid: {', '.join(OBJECTIVES)})")
     if name and "sweep_id" in base.get("storage", {}):
         problems.append("base.storage.sweep_id: set by the sweep's name; remove it")
+    if mode == "boundary":
+        _check_boundary(search, axes, problems)
     cfg = SweepConfig(name, base, axes, search, resources, storage, data.get("pack_size", "auto"),
                       data.get("max_failures", 2))
-    if not problems and mode == "grid":
+    if not problems and mode in ("grid", "boundary"):
         seen = set()
         for combo in grid_points(cfg):
             try:
@@ -173,9 +204,41 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
                     if p not in seen:
                         seen.add(p)
                         problems.append(f"axes combination {combo}: {p}")
+    if not problems and mode == "boundary":
+        from .boundary import check_design
+
+        check_design(cfg, problems)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)), source)
     return cfg
+
+
+SEED_AXIS = "train.seed"  # a boundary search's noise: a cell's networks are its seeds
+
+
+def _check_boundary(search: SearchSpec, axes: dict, problems: list[str]) -> None:
+    from ..analysis.aggregate import parse_layer
+
+    try:
+        layer = parse_layer(search.layer)
+        if layer == "each" or (isinstance(layer, int) and layer < 1) or (isinstance(layer, float) and not 0 < layer <= 1):
+            raise ValueError
+    except ValueError:
+        problems.append(f"search.layer: `layer is an index >= 1, a fraction in (0, 1], 'last' or 'output'` must "
+                        f"hold, but got {search.layer!r}")
+    if not [k for k in axes if k != SEED_AXIS]:
+        problems.append(f"axes: `a boundary search has an axis other than {SEED_AXIS}` must hold, but got {list(axes)}")
+
+
+def _range_values(spec: dict, n: int) -> list:
+    """`n` values spread over a range {low, high, log, type} (log: evenly in log), distinct for ints."""
+    import numpy as np
+
+    low, high = float(spec["low"]), float(spec["high"])
+    values = np.geomspace(low, high, n) if spec.get("log") else np.linspace(low, high, n)
+    if spec.get("type", "float") == "int":
+        return sorted({int(round(v)) for v in values})
+    return [float(f"{v:.6g}") for v in values]
 
 
 def _axis_examples(spec: Any, where: str, problems: list[str]) -> list:
@@ -234,10 +297,13 @@ def expand(cfg: SweepConfig, done: Collection[str] = ()) -> list[RunConfig]:
     The order is deterministic and a pack's id is the hash of its members, so the same missing
     members form the same packs (an interrupted pack resumes from its checkpoint).
     """
+    return pack_members(cfg, [m for m in members(cfg) if m.config_hash() not in done])
+
+
+def pack_members(cfg: SweepConfig, singles: list[RunConfig]) -> list[RunConfig]:
+    """One-member run configs as packs of at most `pack_size` members that share a shape."""
     groups: dict[str, list[RunConfig]] = {}
-    for single in members(cfg):
-        if single.config_hash() in done:
-            continue
+    for single in singles:
         shape = dict(single.to_dict())
         for path in MEMBER_FIELDS:
             section, key = path.split(".")
