@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 
 from invariants import assert_root_ok, check_root
 from servers import moto_server
-from phasemap import Recorder, load, parse_config, train_pack
+from phasemap import Recorder, load, parse_config, records, train_pack
 from phasemap.cli import main as cli
 from phasemap.config import replace
 from phasemap.data import make_task
@@ -374,6 +375,54 @@ def test_grid_and_optuna_sweeps_on_a_real_local_ray(tmp_path, data, local_ray):
         run = recs[(recs["run_id"] == t["run_id"]) & recs["head"].isna() & (recs["layer"] < recs["n_layers"])]
         last = run[run["step"] == run["step"].max()]
         assert t["objective"] == pytest.approx(last.groupby("member")["rga_b"].mean().mean())
+
+
+def test_a_boundary_search_on_a_real_local_ray_grows_its_budget_and_predicts(tmp_path, local_ray, capsys):
+    from phasemap.sweep import boundary, parse_sweep, run_sweep
+
+    raw = {"name": "edge", "storage": {"root": str(tmp_path)},
+           "base": {"task": {"name": "fc1", "input_dim": 8}, "model": {"depth": 2, "width": 8},
+                    "train": {"steps": 4, "batch_size": 8, "check_every": 2, "checkpoint_every": 2, "device": "cpu"},
+                    "probe": {"n_samples": 16, "steps": [0, 4], "null_samples": 0}},
+           "axes": {"optimizer.weight_decay": [0.0, 1e-3, 1e-2, 1e-1], "optimizer.lr": [0.01, 0.05, 0.2]},
+           "search": {"mode": "boundary", "budget": 4, "initial": 4, "per_round": 2, "tau": 0.5},
+           "resources": {"cpus": 1}}
+    first = run_sweep(parse_sweep(raw), progress=False)
+    assert first.failed == [] and first.skipped == 0 and first.trained == 4  # the first design: the budget
+    cfg = parse_sweep({**raw, "search": {**raw["search"], "budget": 6}})
+    cells = boundary.grid_cells(cfg)
+    second = run_sweep(cfg, progress=False)  # a new driver: the state comes from storage alone
+    # one more round of at most 2 cells (fewer where only one still straddles), none trained again
+    assert second.skipped == 4 and second.trained in (1, 2) and second.failed == []
+    done = records.complete_members(str(tmp_path), "edge")
+    assert len(done) == 4 + second.trained
+    assert_root_ok(str(tmp_path), sweep="edge", expected={h: m for c in cells for h, m in zip(c.hashes, c.members)
+                                                          if h in done})
+    state = boundary.read_state(str(tmp_path), "edge")
+    assert (state["round"], state["used"], state["budget"], state["cells"], state["measured"]) == \
+        (2, len(done), 6, 12, len(done))
+    assert state["finished"] and (state["uncertain"] == 0 or len(done) == 6)  # no cell straddles, or the budget is spent
+    design = {tuple(cells[i].point.values()) for i in boundary.initial_design(boundary.coordinates(cfg, cells), 4)}
+    assert design == {(0.0, 0.01), (0.1, 0.01), (0.0, 0.2), (0.1, 0.2)}  # the corners
+    out = tmp_path / "cells.csv"
+    assert cli(["predict", str(tmp_path), "--sweep", "edge", "--tau", "0.5", "--out", str(out)]) == 0
+    cells_out = pd.read_csv(out, dtype={"phase": str})
+    assert len(cells_out) == 12 and cells_out["measured"].sum() == len(done) == (cells_out["measured"] > 0).sum()
+    assert cells_out["phase"].notna().all() and cells_out["confidence"].between(0, 1).all()
+    recs = load(str(tmp_path), filters={"sweep_id": "edge"})
+    last = recs[(recs["step"] == 4) & (recs["layer"] == 2)]
+    from phasemap.measure.phases import label_phases
+
+    for _, cell in cells_out[cells_out["measured"] > 0].iterrows():  # a measured cell: its network's own label
+        net = last[(last["weight_decay"] == cell["weight_decay"]) & (last["lr"] == cell["lr"])]
+        assert label_phases(net, 0.5).tolist() == [cell["phase"]]
+    capsys.readouterr()
+    assert cli(["status", str(tmp_path), "--sweep", "edge"]) == 0
+    assert f"boundary search (finished): round 2, {len(done)} of a budget of 6 networks, {len(done)} of 12 cells " \
+        f"measured, {state['uncertain']} candidate cells still uncertain" in capsys.readouterr().out
+    assert cli(["plot", str(tmp_path), "phase-diagram", "--sweep", "edge", "--tau", "0.5",
+                "--out", str(tmp_path / "pd.png")]) == 0
+    assert "inferred from the Gaussian processes" in capsys.readouterr().out
 
 
 @pytest.fixture
