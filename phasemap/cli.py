@@ -457,9 +457,8 @@ def _predict(args) -> int:
     """`phasemap predict ROOT --sweep NAME`: every cell's phase, measured or inferred."""
     import dataclasses
 
-    from .analysis.aggregate import _majority, last_records, parse_layer, pick_layer, varying_axes
+    from .analysis.aggregate import parse_layer
     from .analysis.query import load
-    from .measure.phases import label_phases
     from .sweep import boundary
     from .sweep.status import stored_sweeps
 
@@ -479,14 +478,7 @@ def _predict(args) -> int:
             table = boundary.read_records(args.root, sweep)
             cells = boundary.predict(boundary.plan(cfg, table=table), table, args.tau, layer, args.against)
         else:  # any other sweep: the cells its records hold, every one measured
-            table = load(args.root, filters={"sweep_id": sweep})
-            rows = pick_layer(last_records(table), layer).copy()
-            rows["phase"] = label_phases(rows, args.tau, args.against)
-            axes = [a for a in varying_axes(rows)]
-            if not axes:
-                raise ValueError(f"`an axis varies in sweep {sweep!r}` must hold to map it, but none does")
-            cells = _majority(rows, axes).rename(columns={"n": "measured", "share": "confidence"})
-            cells = cells[[*axes, "phase", "measured", "confidence"]]
+            cells = boundary.measured_cells(load(args.root, filters={"sweep_id": sweep}), args.tau, layer, args.against)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

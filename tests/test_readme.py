@@ -241,6 +241,15 @@ def check_last_step_query(rc, out, err, ctx):
     assert len([k for k in got if k[0] == "quick"]) == 4
 
 
+def check_predict(rc, out, err, ctx):
+    _ok(rc, out, err, ctx)  # a grid sweep: every cell measured, each its networks' majority label
+    cells = pd.read_csv(ctx.work / "cells.csv", dtype={"phase": str})
+    nets = last_hidden(stored(ctx.root, sweep_id="quick"))
+    assert f"sweep quick: {len(cells)} cells, {len(cells)} measured, 0 inferred" in out
+    assert list(cells.columns[-3:]) == ["phase", "measured", "confidence"]
+    assert cells["measured"].sum() == len(nets) == 8 and cells["phase"].notna().all()
+
+
 def check_diverged_query(rc, out, err, ctx):
     _ok(rc, out, err, ctx)
     table = pd.read_csv(ctx.work / "diverged.csv")
@@ -302,6 +311,7 @@ CHECKS = {
     "phasemap run configs/default.yaml --out results": check_run("default", [0.0, 1e-4, 1e-3, 1e-2], 20),
     "phasemap run configs/fc1.yaml --steps 5000 --set optimizer.weight_decay=[0,1e-3]": check_run("paper", [0.0, 1e-3], 20),
     LAST_STEP_QUERY: check_last_step_query,
+    "phasemap predict results --sweep quick --out cells.csv": check_predict,
     "phasemap query results SELECT * FROM records WHERE status = 'diverged' --out diverged.csv": check_diverged_query,
     "phasemap plot results phase-diagram --layer last --tau 0.9 --out phases.pdf": figure("phases.pdf", "Majority phase", PDF),
     "phasemap plot results critical-depth --relation rga_b --facet optimizer --out lstar.png":
@@ -312,6 +322,17 @@ CHECKS = {
     # no spectra: the default network is the most aligned one of the whole root, here a CNN, which has none
     "phasemap report results --out report": report("report", FIGURES + ["learning-phase"]),
 }
+
+
+def test_the_boundary_search_block_is_a_valid_sweep():
+    from phasemap.sweep import boundary, parse_sweep
+
+    (block,) = [code for _, code in fenced(README, "yaml") if "mode: boundary" in code]
+    data = yaml.safe_load(block)
+    cfg = parse_sweep({"name": "b", "base": {"task": {"name": "fc1"}}, **data})
+    cells = boundary.grid_cells(cfg)
+    assert len(cells) == 6 * 8 and all(len(c.members) == 2 for c in cells)  # the seeds are a cell's networks
+    assert cfg.search.budget == 24 and boundary.design_size(cfg, len(cells)) == 4
 
 
 def test_every_command_is_handled():

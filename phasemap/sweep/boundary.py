@@ -381,6 +381,20 @@ def predict(p: Plan, table: pd.DataFrame | None, tau: float, layer, against: str
     return out.drop(columns="cell")
 
 
+def measured_cells(table: pd.DataFrame, tau: float, layer, against: str) -> pd.DataFrame:
+    """`predict`'s table for a sweep without a model (a grid): the cells of the config columns
+    that vary in the records, each with its networks' majority phase, every one measured."""
+    from ..analysis.aggregate import _majority, last_records, pick_layer, varying_axes
+
+    rows = pick_layer(last_records(table), layer).copy()
+    rows["phase"] = label_phases(rows, tau, against)
+    axes = varying_axes(rows)
+    if not axes:
+        raise ValueError("`a config column varies in the sweep` must hold to map it, but none does")
+    cells = _majority(rows, axes).rename(columns={"n": "measured", "share": "confidence"})
+    return cells[[*axes, "phase", "measured", "confidence"]]
+
+
 def write_state(cfg: SweepConfig, p: Plan, round_: int, uncertain: int, finished: bool) -> dict:
     """The search's config and progress, for `status` and `predict` (which have no config)."""
     from .. import records
