@@ -497,7 +497,7 @@ def _predict(args) -> int:
 
 def _interrupted(args, cfg, incomplete: int | None) -> int:
     """Ctrl-C: how much is left, and how to finish it. Exit 130 (128 + SIGINT), as a shell does."""
-    what = "packs" if cfg.search.mode == "grid" else "trials"
+    what = "trials" if cfg.search.mode == "optuna" else "packs"
     left = f"{incomplete} {what} not complete" if incomplete is not None else f"its {what} not complete"
     print(f"sweep {cfg.sweep_id}: interrupted: {left} (complete ones are kept under {cfg.root}/sweep={cfg.sweep_id}/)\n"
           f"rerun the same command (phasemap sweep {args.config} ...) to finish them: only what is not complete "

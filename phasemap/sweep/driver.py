@@ -341,9 +341,13 @@ def _boundary_search(cfg: SweepConfig, job: dict, address, num_cpus, progress: b
         if fit.failed or fit.interrupted:  # the same cells would be chosen again: stop here
             interrupted = fit.interrupted
             break
+    incomplete = 0
+    if interrupted:  # the round's packs not complete; a rerun trains them first
+        incomplete = len(pack_members(cfg, [m for i in chosen for m in cells[i].members
+                                            if m.config_hash() not in plan.done]))
     state = boundary.write_state(cfg, plan, round_, uncertain, finished=not (failed or interrupted))
     return SweepResult(sweep_id, n_trials, ended, skipped, failed, time.time() - t0, trials, trained, interrupted,
-                       0, boundary=state)
+                       incomplete, boundary=state)
 
 
 class _StopOnStorageFault(tune.Stopper):
