@@ -19,12 +19,13 @@ import math
 import pandas as pd
 import torch
 from torch import nn
+from torch.func import functional_call, vmap
 
 from . import attention
 from .columns import METRIC_COLUMNS
 from .layers import (
     NULL_SAMPLES, Stationarity, _layer_matrices, _layer_spectra, _spectral_metrics,
-    _stationarity, layer_metrics, output_gradient_grams,
+    _stationarity, layer_metrics, output_directions, output_gradient_grams,
 )
 from .maths import neural_collapse
 
@@ -78,7 +79,7 @@ def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str
     losses, parts = [], []
     for start in range(0, K, chunk):
         members = slice(start, start + chunk) if chunk < K else slice(None)
-        wd = None if weight_decay is None else torch.as_tensor(weight_decay, device=x.device)[members]
+        wd = None if weight_decay is None else torch.as_tensor(weight_decay, dtype=torch.float64, device=x.device)[members]
         loss, per_layer = _probe_matrices(model, task, x, y, covariance, members, wd)
         losses.append(loss)
         parts.append(per_layer)
@@ -304,11 +305,7 @@ def _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, we
         info = {"layer": index, "name": name, "kind": layer_kind(model, name, m), "dim_in": d_in, "dim_out": d_out,
                 "head": math.nan}
         if m not in seen:
-            owner = _owner(model, name)
-            why = _unmeasurable(m) or (
-                f"not measured: called functionally by its {type(owner).__name__} "
-                f"({attention.unsupported(owner) or 'its forward was replaced'})"
-                if owner is not None else "not measured: not called in this forward pass")
+            why = _not_measured(model, name, m)
             skipped.append(f"{name} ({why})")
             rows.append({**info, **{c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan)
                                     for c in METRIC_COLUMNS}, "nan_reason": why})
@@ -357,6 +354,221 @@ def _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, we
     table = pd.DataFrame(rows)
     table["probe_loss"] = losses.detach().float().mean().item()
     return table
+
+
+def probe_packed(base: nn.Module, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor, loss_fn,
+                 covariance: str = "centered", pah_floor: float = 1e-4, null_samples: int = NULL_SAMPLES,
+                 weight_decay=None, labels: torch.Tensor | None = None, stationarity: Stationarity | None = None,
+                 max_samples: int = MAX_SAMPLES, per_head: bool = False, n_classes: int | None = None,
+                 chunk: int | None = None):
+    """`measure` of every member of a pack at once: the same rows and values, captured for all
+    members in one `torch.func.vmap` and measured batched over them (as `probe_stacked` does).
+
+    `base`: one member's module (its structure: its own parameters may be on the meta device);
+    `params`, `buffers`: {name: (K, ...)} stacked, every name `functional_call` needs (tied
+    ones under each name). A hook adds a zero tensor to each measured layer's output; dl/dh_b
+    and the AGOP's vector-Jacobian products are gradients with respect to it (`torch.func.vjp`
+    inside the vmap), so nothing batched leaves the vmap but its outputs. Runs in eval mode. On
+    a CPU the members go through in chunks whose samples fit in the cache (`_cache_chunk`), on
+    a GPU all at once. `weight_decay` (K,); `stationarity`: one tracker batched over the K,
+    keyed by row name as `measure` keys it; the other options are `measure`'s.
+
+    Returns (probe loss (K,), [per row of `describe_layers(base, per_head)`: (metrics {column:
+    (K,)}, K NaN reasons)]). Raises what vmap raises on a module it cannot run (the caller falls
+    back to `measure`, member by member).
+    """
+    qkv, maps = _linear_maps(base)
+    if not maps:
+        raise ValueError(f"`model has at least one nn.Linear or nn.Conv2d` must hold, but got {type(base).__name__}")
+    n_classes = _classes(labels, n_classes)
+    K = next(iter(params.values())).shape[0]
+    modes = {m: m.training for m in base.modules()}
+    base.eval()
+    try:
+        with attention.decomposed(base, qkv):
+            layout = _Layout(base, maps, params, buffers, x, max_samples)
+            if chunk is None:
+                widest = max(max(_dims(m)) for m in layout.used)
+                itemsize = layout.dtype.itemsize
+                chunk = K if x.is_cuda else _cache_chunk(K, max(layout.kept.values()), widest, itemsize)
+            wd = None if weight_decay is None else torch.as_tensor(weight_decay, dtype=torch.float64, device=x.device)
+            losses, parts = [], []
+            for start in range(0, K, chunk):
+                members = slice(start, start + chunk)
+                loss, output, captured = _capture_vmapped(
+                    base, layout, {n: t[members].detach() for n, t in params.items()},
+                    {n: t[members] for n, t in buffers.items()}, x, y, loss_fn, keep_output=labels is not None)
+                losses.append(loss)
+                parts.append(_row_matrices(layout, captured, output, covariance, per_head,
+                                           None if wd is None else wd[members], labels, n_classes))
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    per_row = {key: _cat_layer([part[key] for part in parts]) for key in parts[0]}
+    for key, (out, mats) in per_row.items():
+        _stationarity(stationarity, key, out, mats)
+    spectra = _layer_spectra([mats for _, mats in per_row.values()], layout.dtype)  # as few eigen calls as widths
+    measured = {key: _spectral_metrics(out, mats, eigs, pah_floor, null_samples)
+                for (key, (out, mats)), eigs in zip(per_row.items(), spectra)}
+    rows, skipped = [], []
+    for name, m in maps:
+        if m not in layout.kept:
+            why = _not_measured(base, name, m)
+            skipped.append(f"{name} ({why})")
+            rows.append(({c: torch.full((K,), 0.0 if c.startswith("n_zero") or c.endswith("_n") else math.nan,
+                                        dtype=torch.float64) for c in METRIC_COLUMNS}, [why] * K))
+            continue
+        metrics, reasons = measured[name]
+        nc_reason = layout.nc_reason(m, labels, n_classes)
+        rows.append((metrics, ["; ".join(r for r in (reason, nc_reason) if r) for reason in reasons]))
+        rows += [measured[f"{name}.head{h + 1}"] for h in (_heads(m) if per_head else ())]
+    if skipped:
+        log.warning("measure: %d layer(s) not measured: %s", len(skipped), "; ".join(skipped))
+    return torch.cat(losses), rows
+
+
+class _Layout:
+    """What one member's forward pass on x looks like, from a pass on the meta device (or, where
+    the model cannot run there, member 0's under no_grad): the measured layers it calls
+    (`used`, in order), their output shapes, their sample counts (`rows`, and `kept`, after the
+    max_samples subset, whose indices are `keep`), the network output's shape and dtype."""
+
+    def __init__(self, base, maps, params, buffers, x, max_samples):
+        self.names = {m: name for name, m in maps}
+        measurable = [m for _, m in maps if not _unmeasurable(m)]
+        seen: dict = {}
+
+        def hook(module, inputs, output):
+            if module in seen:
+                raise RuntimeError(f"measure: a layer called twice in one forward is not supported "
+                                   f"({type(module).__name__})")
+            seen[module] = (output.shape, output.dtype)
+
+        handles = [m.register_forward_hook(hook) for m in measurable]
+        try:
+            with torch.no_grad():
+                try:
+                    output = base(x.to("meta"))
+                except (NotImplementedError, RuntimeError):  # an operation without a meta kernel
+                    seen.clear()
+                    output = functional_call(base, ({n: p[0] for n, p in params.items()},
+                                                    {n: b[0] for n, b in buffers.items()}), (x,), tie_weights=False)
+        finally:
+            for h in handles:
+                h.remove()
+        self.used = [m for m in measurable if m in seen]
+        self.shapes = {m: seen[m][0] for m in self.used}
+        self.dtypes = {m: seen[m][1] for m in self.used}
+        self.dtype = self.dtypes[self.used[0]] if self.used else output.dtype  # the activations' (x may be token ids)
+        self.output_shape, self.output_dtype = output.shape, output.dtype
+        self.rows = {m: math.prod(s) // s[1] if isinstance(m, nn.Conv2d) and len(s) == 4
+                     else math.prod(s) // s[-1] for m, s in self.shapes.items()}
+        self.kept = {m: min(n, max_samples) for m, n in self.rows.items()}
+        self.keep = {m: None if n <= max_samples else  # the same fixed subset as `measure` takes
+                     torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_samples].sort().values
+                     .to(x.device) for m, n in self.rows.items()}
+        self.directions = [u.to(output.dtype) for u in output_directions(output.shape, output.shape[-1], x.device)]
+
+    def nc_reason(self, m, labels, n_classes) -> str:
+        if labels is None or self.kept[m] != labels.numel() or not self.is_last(m) or self.classifier(m, labels, n_classes):
+            return ""
+        return (f"nc3, nc4: output width {self.output_shape[-1]} is not the {n_classes} classes of the "
+                f"labels (not a classifier over them; `measure(n_classes=)` says how many there are)")
+
+    def is_last(self, m) -> bool:
+        return m is self.used[-1]
+
+    def classifier(self, m, labels, n_classes) -> bool:
+        """Whether layer m's output is a classifier over the labels' classes (NC3 and NC4)."""
+        return self.is_last(m) and _dims(m)[1] == n_classes and self.output_shape[-1] == n_classes \
+            and math.prod(self.output_shape) == labels.numel() * n_classes
+
+
+def _capture_vmapped(base, layout: _Layout, params, buffers, x, y, loss_fn, keep_output: bool):
+    """Per member (vmapped over the leading dimension of params and buffers): the probe loss
+    (k,), the output (k, ...) if `keep_output` (else None), and per used layer (h_a, h_b, +dl/dh_b
+    rows (k, n, d), W (k, d_out, d_in), the AGOP w.r.t. h_b (k, d_out, d_out) float64)."""
+    used = layout.used
+    slot = {m: i for i, m in enumerate(used)}
+    state: dict = {}
+
+    def hook(module, inputs, output):
+        if module in state["seen"]:
+            raise RuntimeError(f"measure: a layer called twice in one forward is not supported "
+                               f"({type(module).__name__})")
+        state["seen"][module] = (inputs[0], output, module.weight)
+        return output + state["zs"][slot[module]]  # the zero whose gradient is dl/dh_b
+
+    def rows(m, h_a, h_b, W):
+        d_in, d_out = _dims(m)
+        h_a, h_b = _input_rows(m, h_a), _output_rows(m, h_b)
+        keep = layout.keep[m]
+        if keep is not None:
+            h_a, h_b = h_a[keep], h_b[keep]
+        return h_a, h_b, W.reshape(d_out, d_in)
+
+    def member(p, b):
+        def forward(zs):
+            state["seen"], state["zs"] = {}, zs
+            out = functional_call(base, (p, b), (x,), tie_weights=False)
+            return (out, loss_fn(out, y)), tuple(rows(m, *state["seen"][m]) for m in used)
+
+        zs = tuple(torch.zeros(layout.shapes[m], dtype=layout.dtypes[m], device=x.device) for m in used)
+        (out, losses), vjp_fn, acts = torch.func.vjp(forward, zs, has_aux=True)
+        no_out, no_loss = torch.zeros_like(out), torch.zeros_like(losses)
+        grads = vjp_fn((no_out, torch.ones_like(losses)))[0]  # the sum's gradient: each sample's own dl/dh_b
+        agops = [0.0] * len(used)
+        for u in layout.directions:  # as output_gradient_grams: over every sample, before the subset
+            for i, (m, j) in enumerate(zip(used, vjp_fn((u.expand_as(out), no_loss))[0])):
+                j = _output_rows(m, j)
+                agops[i] = agops[i] + (j.transpose(-1, -2) @ j).to(torch.float64)
+        captured = []
+        for m, (h_a, h_b, W), g, agop in zip(used, acts, grads, agops):
+            g = _output_rows(m, g)
+            g = g if layout.keep[m] is None else g[layout.keep[m]]
+            captured.append((h_a, h_b, g, W, agop / layout.rows[m]))
+        return (losses.float().flatten().mean(), tuple(captured)) + ((out,) if keep_output else ())
+
+    handles = [m.register_forward_hook(hook) for m in used]
+    try:
+        result = vmap(member, randomness="error")(params, buffers)
+    finally:
+        for h in handles:
+            h.remove()
+    loss, captured = result[:2]
+    return loss, (result[2] if keep_output else None), dict(zip(used, captured))
+
+
+def _row_matrices(layout: _Layout, captured: dict, output, covariance, per_head, weight_decay, labels, n_classes):
+    """{row name: _layer_matrices} of one chunk of members: each used layer (with its neural
+    collapse where its input has one row per label) and, with `per_head`, its heads."""
+    out = {}
+    for m, (h_a, h_b, g, W, agop) in captured.items():
+        name = layout.names[m]
+        metrics, mats = _layer_matrices(h_a, h_b, g, W, covariance, g_sign=-1.0, weight_decay=weight_decay,
+                                        agop_b=agop)
+        if labels is not None and layout.kept[m] == labels.numel():  # one feature row per label
+            classifier = layout.classifier(m, labels, n_classes)
+            metrics.update(neural_collapse(h_a, labels.reshape(-1), n_classes, W=W if classifier else None,
+                                           logits=output.reshape(output.shape[0], -1, n_classes)
+                                           if classifier else None))
+        out[name] = (metrics, mats)
+        d_out = W.shape[-2]
+        for h in _heads(m) if per_head else ():  # the head's columns of h_b and g_b, its rows of W
+            s = slice(h * (d_out // m.heads), (h + 1) * (d_out // m.heads))
+            out[f"{name}.head{h + 1}"] = _layer_matrices(h_a, h_b[..., s], g[..., s], W[:, s], covariance,
+                                                         g_sign=-1.0, weight_decay=weight_decay,
+                                                         agop_b=agop[:, s, s])
+    return out
+
+
+def _not_measured(model: nn.Module, name: str, m: nn.Module) -> str:
+    """Why a linear map of `model` got no measurements."""
+    owner = _owner(model, name)
+    return _unmeasurable(m) or (
+        f"not measured: called functionally by its {type(owner).__name__} "
+        f"({attention.unsupported(owner) or 'its forward was replaced'})"
+        if owner is not None else "not measured: not called in this forward pass")
 
 
 def _parameter(m: nn.Module) -> nn.Parameter:

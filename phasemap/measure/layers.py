@@ -173,6 +173,24 @@ class Stationarity:
     def state(self) -> dict:
         return {key: M.cpu() for key, M in self.previous.items()}
 
+    @classmethod
+    def stacked(cls, trackers: list["Stationarity"]) -> "Stationarity":
+        """One tracker batched over the members of `trackers` (one member each, as `measure`
+        keeps them): a matrix that some member lacks, or has in another shape, is left out
+        (its change is NaN, as at a first probe). `unstack` hands the update back."""
+        joined = cls()
+        for key, M in trackers[0].previous.items() if trackers else ():
+            ms = [t.previous.get(key) for t in trackers]
+            if all(m is not None and m.shape == M.shape and m.shape[0] == 1 for m in ms):
+                joined.previous[key] = torch.cat(ms)
+        return joined
+
+    def unstack(self, trackers: list["Stationarity"]) -> None:
+        """Each member's matrices back into its own tracker (the reverse of `stacked`)."""
+        for key, M in self.previous.items():
+            for t, m in zip(trackers, M.split(1)):
+                t.previous[key] = m
+
     def load(self, state: dict, device=None) -> None:
         self.previous = {key: M.to(device) for key, M in state.items()}
 

@@ -435,7 +435,11 @@ def neural_collapse(h: torch.Tensor, labels: torch.Tensor, n_classes: int, W: to
     sigma_w = within.transpose(-1, -2) @ within / h.shape[-2]
     sigma_b = M.transpose(-1, -2) @ M / C
     nan = torch.full(h.shape[:-2], torch.nan, dtype=torch.float64, device=h.device)
-    out = {"nc1": torch.diagonal(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True), dim1=-2, dim2=-1).sum(-1) / C}
+    try:
+        pinv = torch.linalg.pinv(sigma_b, hermitian=True)
+    except torch.linalg.LinAlgError:  # eigh failed to converge (rank C - 1 of d, few samples): the SVD's
+        pinv = torch.linalg.pinv(sigma_b)
+    out = {"nc1": torch.diagonal(sigma_w @ pinv, dim1=-2, dim2=-1).sum(-1) / C}
 
     def unit(A):
         return A / A.flatten(-2).norm(dim=-1)[..., None, None].clamp_min(torch.finfo(A.dtype).tiny)

@@ -86,6 +86,12 @@ class PackedModel(nn.Module):
                                                    {n: b[k] for n, b in buffers.items()}), (x,), tie_weights=False)
                             for k in range(self.K)])
 
+    def functional(self) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(one member's structure (on the meta device), stacked parameters, stacked buffers):
+        `functional_call(base, (params[k], buffers[k]), ...)` is member k (tied parameters under
+        each of their names, `tie_weights=False`)."""
+        return self._base[0], self._member_params(), self._member_buffers()
+
     def member(self, k: int) -> nn.Module:
         """Member k as a plain module holding copies of its parameters and buffers."""
         device = next(iter(self.stacked.values())).device

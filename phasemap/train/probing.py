@@ -1,19 +1,25 @@
 """Probing a pack: every layer's metrics for every member, as plain per-member values.
 
-Two paths, one result: the stacked MLP is probed in one pass for all K members
-(`probe_stacked`); a packed model of any architecture member by member (`measure` on
-`model.member(k)`, in eval mode, so BatchNorm uses that member's running statistics).
+Three paths, one result: the stacked MLP is probed in one pass for all K members
+(`probe_stacked`); a packed model of any other architecture in one vmapped pass too
+(`probe_packed`, in eval mode, so BatchNorm uses each member's running statistics), or,
+where vmap cannot run the module (a factory's), member by member (`measure` on
+`model.member(k)`), which gives the same values.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
 
 from ..measure import METRIC_COLUMNS, Stationarity, describe_layers, measure, probe_stacked
+from ..measure.capture import probe_packed
 from ..models import StackedMLP
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,9 +59,19 @@ class Prober:
         else:
             self.layers = [LayerInfo(*row) for row in describe_layers(model.member(0), probe_spec.per_head)]
         self.n_layers = sum(info.head is None for info in self.layers)  # head rows are not layers
+        self.batched = not self.stacked  # False once vmap has failed on this model: member by member
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Probe:
-        return self._stacked(x, y) if self.stacked else self._by_member(x, y)
+        if self.stacked:
+            return self._stacked(x, y)
+        if self.batched:
+            try:
+                return self._packed(x, y)
+            except Exception as e:  # noqa: BLE001 - whatever vmap cannot run: the member loop can
+                self.batched = False
+                log.warning("probes of this %s pack run member by member: the batched probe failed (%s: %s)",
+                            type(self.model.functional()[0]).__name__, type(e).__name__, e)
+        return self._by_member(x, y)
 
     def _stacked(self, x, y) -> Probe:
         s = self.spec
@@ -65,6 +81,35 @@ class Prober:
         # one host transfer per layer and column, not one per member (each is a sync on a GPU)
         values = [{c: metrics[c].tolist() for c in METRIC_COLUMNS} for metrics, _ in layers]
         return Probe(loss.tolist(), self.layers, values, [reasons for _, reasons in layers], [m for m, _ in layers])
+
+    def _packed(self, x, y) -> Probe:
+        s, K = self.spec, len(self.weight_decays)
+        base, params, buffers = self.model.functional()
+        finite = [k for k in range(K) if all(bool(torch.isfinite(p[k]).all()) for p in params.values())]
+        nan_row = {c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan) for c in METRIC_COLUMNS}
+        values = [{c: [nan_row[c]] * K for c in METRIC_COLUMNS} for _ in self.layers]
+        reasons = [[""] * K for _ in self.layers]
+        loss = [math.nan] * K  # a diverged member's rows are the divergence rows
+        if finite:
+            index = torch.tensor(finite, device=next(iter(params.values())).device)
+            tracker = Stationarity.stacked([self.trackers[k] for k in finite])
+            classification = self.task.classification
+            losses, rows = probe_packed(
+                base, {n: p.index_select(0, index) for n, p in params.items()},
+                {n: b.index_select(0, index) for n, b in buffers.items()}, self.prepare(x), y, self.task.loss,
+                s.covariance, s.pah_floor, s.null_samples, [self.weight_decays[k] for k in finite],
+                labels=y if classification else None, stationarity=tracker, max_samples=s.max_samples,
+                per_head=s.per_head, n_classes=self.task.output_dim if classification else None)
+            tracker.unstack([self.trackers[k] for k in finite])
+            for l, (metrics, why) in enumerate(rows):
+                for c in METRIC_COLUMNS:  # one host transfer per layer and column
+                    for k, v in zip(finite, metrics[c].tolist()):
+                        values[l][c][k] = v
+                for k, r in zip(finite, why):
+                    reasons[l][k] = r
+            for k, v in zip(finite, losses.tolist()):
+                loss[k] = v
+        return Probe(loss, self.layers, values, reasons, None)
 
     def _by_member(self, x, y) -> Probe:
         s, K = self.spec, len(self.weight_decays)
