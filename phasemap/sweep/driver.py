@@ -13,6 +13,7 @@ one `StorageError` line naming the root.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -150,12 +151,42 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    # "Started a local Ray instance." is an INFO line of the "ray" logger, which `import ray` sets to INFO
+    level = logging.INFO if _ray_speaks() else logging.WARNING
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=level)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only Ray
         # address="local": a new Ray of our own, never one that `ray start` left on this machine
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=level)
+
+
+def _ray_speaks() -> bool:
+    """Whether Ray's own chatter is shown: its start-up banner, Tune's configuration box and its
+    "View detailed results here" line. Only when phasemap logs at INFO (the CLI's -v, or a
+    library user's logging.basicConfig(level=logging.INFO)); the progress bar and phasemap's
+    summary say what a sweep did."""
+    return log.isEnabledFor(logging.INFO)
+
+
+@contextlib.contextmanager
+def _tune_output():
+    """Tune's terminal output while a Tuner is built and fits: its default ("new") engine prints
+    the configuration box and the results folder even at `verbose=0`; its legacy engine, chosen
+    by RAY_AIR_NEW_OUTPUT=0 (read at each call), prints nothing at `verbose=0`. Restored after."""
+    if _ray_speaks():
+        yield
+        return
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
 
 def _storage_check(root: str) -> None:
@@ -268,30 +299,31 @@ def _fit(cfg: SweepConfig, job: dict, param_space: dict, tune_config, n_trials: 
         tune.with_parameters(_trainable, job=job), {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus}
     )
     stopper = _StopOnStorageFault()
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune_config,
-        run_config=tune.RunConfig(
-            name=f"{sweep_id}-{int(t0)}{suffix}",
-            storage_path=f"{base_path}/_tune",
-            storage_filesystem=fs,
-            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            verbose=0,
-            callbacks=[callback, JsonLoggerCallback()],
-            stop=stopper,
-        ),
-    )
     interrupted = False
-    try:
-        grid = tuner.fit()
-    except KeyboardInterrupt:  # a second Ctrl-C: Tune's own handler takes only the first
-        grid, interrupted = None, True
-    except Exception:
-        _storage_check(root)  # Tune's own files live under the root: name a storage fault as such
-        raise
-    finally:
-        callback.close()
+    with _tune_output():  # no configuration box, no results folder line (unless -v)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune_config,
+            run_config=tune.RunConfig(
+                name=f"{sweep_id}-{int(t0)}{suffix}",
+                storage_path=f"{base_path}/_tune",
+                storage_filesystem=fs,
+                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                verbose=0,
+                callbacks=[callback, JsonLoggerCallback()],
+                stop=stopper,
+            ),
+        )
+        try:
+            grid = tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: Tune's own handler takes only the first
+            grid, interrupted = None, True
+        except Exception:
+            _storage_check(root)  # Tune's own files live under the root: name a storage fault as such
+            raise
+        finally:
+            callback.close()
     if stopper.fault:
         raise StorageError(stopper.fault)
     failed = [str(r.error) for r in grid if r.error is not None] if grid is not None else []
