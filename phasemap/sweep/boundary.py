@@ -148,52 +148,63 @@ def network_values(table: pd.DataFrame, layer, against: str) -> pd.DataFrame:
     return out
 
 
+# The GPs' priors, in the units of an alignment (about 0 to 1): a prior standard deviation of at
+# least 0.2 and length scales of at most half the space, so the model stays unsure away from its
+# data instead of extending a flat fit over cells it has not seen; seed noise up to 0.22.
+AMPLITUDE = (0.2**2, 1.0)
+LENGTH = (0.05, 0.5)
+NOISE = (1e-6, 0.05)
+
+
 class Surrogate:
-    """One Gaussian process per modelled quantity over the cells' coordinates (scikit-learn)."""
+    """One Gaussian process per modelled quantity over the cells' coordinates (scikit-learn),
+    around the mean of its observations."""
 
     def __init__(self, X: np.ndarray, y: dict[str, np.ndarray]):
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
-        self.models = {}
+        self.models, self.means = {}, {}
         d = X.shape[1]
-        fitted: dict[bytes, GaussianProcessRegressor] = {}  # relations with the same values share one fit
+        fitted: dict[bytes, tuple] = {}  # relations with the same values share one fit
         for name, values in y.items():
             keep = ~np.isnan(values)
             if keep.sum() < 2:
                 continue
-            if values.tobytes() in fitted:
-                self.models[name] = fitted[values.tobytes()]
-                continue
-            kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(np.full(d, 0.3), (0.05, 5.0), nu=2.5) \
-                + WhiteKernel(1e-2, (1e-6, 1.0))
-            gp = GaussianProcessRegressor(kernel, normalize_y=True, random_state=0)
-            with np.errstate(all="ignore"):
-                import warnings
-
-                from sklearn.exceptions import ConvergenceWarning
-
+            if values.tobytes() not in fitted:
+                kernel = ConstantKernel(0.1, AMPLITUDE) * Matern(np.full(d, 0.3), LENGTH, nu=2.5) \
+                    + WhiteKernel(1e-3, NOISE)
+                gp = GaussianProcessRegressor(kernel, random_state=0)
+                mean = float(values[keep].mean())
                 with warnings.catch_warnings():  # a bound reached is an answer here (a flat or rough relation)
                     warnings.simplefilter("ignore", ConvergenceWarning)
-                    gp.fit(X[keep], values[keep])
-            self.models[name] = fitted[values.tobytes()] = gp
+                    gp.fit(X[keep], values[keep] - mean)
+                fitted[values.tobytes()] = (gp, mean)
+            self.models[name], self.means[name] = fitted[values.tobytes()]
 
     def predict(self, X: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        return {name: gp.predict(X, return_std=True) for name, gp in self.models.items()}
+        out = {}
+        for name, gp in self.models.items():
+            mu, sigma = gp.predict(X, return_std=True)
+            out[name] = (mu + self.means[name], sigma)
+        return out
 
     def believe(self, X: np.ndarray, picks: np.ndarray, copies: int) -> Surrogate:
         """The same GPs (kernels fixed) with `copies` pseudo-observations at each pick's prediction."""
         from sklearn.gaussian_process import GaussianProcessRegressor
 
         out = object.__new__(Surrogate)
-        out.models = {}
+        out.models, out.means = {}, dict(self.means)
         refitted: dict[int, GaussianProcessRegressor] = {}
         for name, gp in self.models.items():
             if id(gp) not in refitted:
                 extra = np.repeat(X[picks], copies, axis=0)
-                fixed = GaussianProcessRegressor(gp.kernel_, normalize_y=True, optimizer=None)
-                y = gp.y_train_ * gp._y_train_std + gp._y_train_mean
-                refitted[id(gp)] = fixed.fit(np.vstack([gp.X_train_, extra]), np.concatenate([y, gp.predict(extra)]))
+                fixed = GaussianProcessRegressor(gp.kernel_, optimizer=None)
+                refitted[id(gp)] = fixed.fit(np.vstack([gp.X_train_, extra]),
+                                             np.concatenate([gp.y_train_, gp.predict(extra)]))
             out.models[name] = refitted[id(gp)]
         return out
 
