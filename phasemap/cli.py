@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                        'rows at its last step), all_records (every stored row)\nexample:\n  phasemap query results "SELECT '
                        'weight_decay, layer, avg(rga_b) FROM last_records GROUP BY ALL ORDER BY ALL"',
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("root", help="storage root (folder or s3:// URI)")
+    q.add_argument("root", nargs="+", help="storage root (folder or s3:// URI); several: the union of their records")
     q.add_argument("sql", help="a SQL query over the view `records`")
     q.add_argument("--out", help="write the result to a .csv or .parquet file instead of printing it")
     q.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
@@ -91,13 +91,15 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="draw one figure from the records", description="Draw one figure kind from "
                         "the records under ROOT. Axes default to the sweep's varying columns (x: weight decay, "
                         "y: depth, a third varying column as panels).")
-    pl.add_argument("root", help="storage root")
+    pl.add_argument("root", nargs="+", help="storage root; several: the union of their records (sweeps side by side)")
     pl.add_argument("kind", choices=KINDS)
     pl.add_argument("--out", required=True, help="figure file: .png, .svg or .pdf")
     _figure_options(pl)
 
-    rp = sub.add_parser("report", help="every figure of a sweep plus an index.html")
-    rp.add_argument("root", help="storage root")
+    rp = sub.add_parser("report", help="every figure of a sweep plus an index.html",
+                        description="Every figure kind of one sweep (--sweep NAME) or of every sweep under the "
+                        "roots side by side (--all: a panel per sweep), as PNG and PDF, and an index.html.")
+    rp.add_argument("root", nargs="+", help="storage root; several: the union of their records")
     rp.add_argument("--out", default="report", help="output folder (default: report)")
     _figure_options(rp)
 
@@ -134,6 +136,8 @@ def _version() -> str:
 
 def _figure_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", help="only this sweep id")
+    p.add_argument("--all", action="store_true", help="every sweep under the roots, a panel per sweep (a report of "
+                   "several sweeps needs --sweep or --all)")
     p.add_argument("--where", help="SQL condition on records, e.g. \"optimizer = 'sgd' AND width = 64\"")
     p.add_argument("--x", help="column on the x axis (default: weight_decay if it varies)")
     p.add_argument("--y", help="column on the y axis (default: depth if it varies)")
@@ -157,10 +161,19 @@ def _figure_options(p: argparse.ArgumentParser) -> None:
 def _records_for_figures(args):
     from .analysis.query import load, sql
 
+    if args.sweep and args.all:
+        raise ValueError(f"`--sweep or --all, not both` must hold, but got --sweep {args.sweep} --all")
     if args.where:
         sweep = f" AND sweep_id = '{args.sweep}'" if args.sweep else ""
-        return sql(args.root, f"SELECT * FROM records WHERE ({args.where}){sweep}", strict=args.strict)
-    return load(args.root, filters={"sweep_id": args.sweep} if args.sweep else None, strict=args.strict)
+        df = sql(args.root, f"SELECT * FROM records WHERE ({args.where}){sweep}", strict=args.strict)
+    else:
+        df = load(args.root, filters={"sweep_id": args.sweep} if args.sweep else None, strict=args.strict)
+    sweeps = sorted(df["sweep_id"].unique())
+    if args.command == "report" and len(sweeps) > 1 and not args.all:
+        raise ValueError(f"`one sweep, --sweep NAME or --all` must hold, but the records hold {len(sweeps)} sweeps "
+                         f"({', '.join(sweeps)}): --sweep NAME reports one, --all reports them side by side "
+                         f"(a panel per sweep)")
+    return df
 
 
 def _data_command(args) -> int:
@@ -174,7 +187,7 @@ def _data_command(args) -> int:
 
     try:
         if args.command == "query":
-            table = sql(args.root, args.sql, strict=args.strict)
+            table = sql(args.root[0] if len(args.root) == 1 else args.root, args.sql, strict=args.strict)
             if args.out:
                 if args.out.endswith(".parquet"):
                     table.to_parquet(args.out, index=False)
@@ -189,11 +202,12 @@ def _data_command(args) -> int:
         opts = FigureOptions(x=args.x, y=args.y, facet=args.facet, layer=parse_layer(args.layer), tau=args.tau,
                              against=args.against, relation=args.relation, run_id=args.run, member=args.member,
                              threshold=args.threshold, soon=args.soon)
+        root = args.root[0] if len(args.root) == 1 else args.root  # several: spectra looks in each
         if args.command == "plot":
-            fig, _, caption = make_figure(df, args.kind, opts, args.root)
+            fig, _, caption = make_figure(df, args.kind, opts, root)
             print(f"{save(fig, args.out)}: {caption}")
         else:
-            print(f"report: {write_report(df, args.root, args.out, opts)}")
+            print(f"report: {write_report(df, root, args.out, opts)}")
         return 0
     except (DatasetError, ValueError, duckdb.Error) as e:  # DuckDB's errors (bad SQL) name the problem
         print(f"error: {e}", file=sys.stderr)

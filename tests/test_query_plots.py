@@ -132,13 +132,16 @@ def test_spectra_are_written_and_match_the_recorded_exponents(tmp_path, capsys):
     assert out.stat().st_size > 1000
 
 
-def test_report_writes_every_figure_and_an_index(root, tmp_path):
+def test_report_writes_every_figure_and_an_index(root, tmp_path, caplog):
     out = tmp_path / "report"
     assert main(["report", str(root), "--sweep", "syn", "--out", str(out)]) == 0
     index = (out / "index.html").read_text()
     for kind in ("phase-diagram", "critical-depth", "layers", "evolution"):
         assert (out / f"{kind}.png").exists() and (out / f"{kind}.pdf").exists() and f"{kind}.png" in index
-    assert "spectra" in index  # no spectra for synthetic records: said so, not a crash
+    # figures these records cannot have are said to be so, with no warning
+    assert "<p>not applicable: no classification task (learning phases need train and held-out accuracy)</p>" in index
+    assert "<p>not applicable: no spectra under the root" in index  # synthetic records have no spectra files
+    assert [r for r in caplog.records if r.levelno >= 30] == []
 
 
 def test_a_missing_root_is_an_error_not_an_empty_table(tmp_path, capsys):
@@ -146,3 +149,106 @@ def test_a_missing_root_is_an_error_not_an_empty_table(tmp_path, capsys):
         load(str(tmp_path / "nope"))
     assert main(["query", str(tmp_path / "nope"), "SELECT count(*) FROM records"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- figures a reader need not decode
+
+
+def _texts(fig):
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def _legend_texts(fig):
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def test_the_phase_legend_names_every_phase_by_its_relations():
+    phases = ["CRH", "backward-CRH", "forward-CRH", *map(str, range(1, 10)), "none", "diverged", "a:RGA+GWA|b:-"]
+    grid = pd.DataFrame({"weight_decay": [float(i) for i in range(len(phases))], "depth": 2, "phase": phases,
+                         "n": 3, "share": 1.0})
+    fig = phase_diagram(grid, "weight_decay", "depth")
+    assert _legend_texts(fig) == [
+        "CRH: all three relations, both sides", "backward-CRH: all three relations on a",
+        "forward-CRH: all three relations on b",
+        "1: RGA, both sides", "2: RWA, both sides", "3: GWA, both sides", "4: RGA on a, RWA on b",
+        "5: RWA on a, RGA on b", "6: RGA on a, GWA on b", "7: GWA on a, RGA on b", "8: RWA on a, GWA on b",
+        "9: GWA on a, RWA on b", "none: no relation holds", "diverged: training diverged",
+        "a:RGA+GWA|b:- (RGA and GWA on a, none on b)", "no data"]
+    assert fig.legends[0].get_title().get_text() == "phase (a: backward, b: forward)"
+    assert "a:RGA+GWA\nb:-\n3 of 3" in _texts(fig)  # the label outside Table 1 is written in its cell
+
+
+def test_cells_give_their_count_and_say_no_majority_where_none_holds_more_than_half():
+    # shares 3/4, 2/4 (a tie), 2/5 (a plurality), 1/1; and a boundary search's inferred cell (n = 0)
+    grid = pd.DataFrame({"weight_decay": [0.0, 1e-3, 1e-2, 1e-1, 1.0], "depth": 2,
+                         "phase": ["3", "1", "4", "CRH", "6"], "n": [4, 4, 5, 1, 0],
+                         "share": [0.75, 0.5, 0.4, 1.0, 0.73], "inferred": [False, False, False, False, True]})
+    fig = phase_diagram(grid, "weight_decay", "depth")
+    assert _texts(fig) == ["3\n3 of 4", "no majority\n1: 2 of 4", "no majority\n4: 2 of 5", "CRH\n1 of 1", "6\n~73%"]
+    ax = fig.axes[0]
+    dotted = [p for p in ax.patches if p.get_hatch() == "..."]
+    assert len(dotted) == 2 and all(matplotlib.colors.to_hex(p.get_facecolor()) == "#ffffff" for p in dotted)
+    legend = _legend_texts(fig)
+    assert "no majority: no phase holds\nmore than half the networks" in legend
+    assert "1: RGA, both sides" not in legend and "4: RGA on a, RWA on b" not in legend  # no cell is coloured 1 or 4
+
+
+def test_alignment_axes_span_the_data_and_say_what_the_bars_are_over():
+    from phasemap.figures.plots import evolution_figure, layers_figure
+
+    cols = ["rga_a", "rwa_a", "gwa_a", "rga_b", "rwa_b", "gwa_b"]
+    profile = pd.DataFrame({"layer": [1, 2, 3], **{f"{c}_mean": [0.2, 0.5, 0.9] for c in cols},
+                            **{f"{c}_std": [0.1, 0.1, 0.0] for c in cols}})
+    fig = layers_figure(profile, [], spread="mean ± std over 3 seeds")
+    assert fig.axes[0].get_ylim() == pytest.approx((-0.05, 1.05))  # all positive: 0 to 1
+    assert "mean ± std over 3 seeds" in [t.get_text() for t in fig.legends[0].get_texts()]
+    profile.loc[0, "gwa_b_mean"] = -0.3  # one negative mean, less its std: -0.4
+    fig = layers_figure(profile, [])
+    assert all(ax.get_ylim() == pytest.approx((-0.45, 1.05)) for ax in fig.axes)
+    evo = pd.DataFrame({"step": [10, 100, 1000], "rga_b_mean": [-0.2, 0.4, 0.8], "rga_b_std": [0.05, 0.0, 0.3]})
+    fig = evolution_figure(evo, "rga_b", [], spread="mean ± std over the pooled depth (one seed)")
+    assert fig.axes[0].get_ylim() == pytest.approx((-0.3, 1.15))  # -0.2 - 0.05 and 0.8 + 0.3, each less/plus 0.05
+    assert "band: mean ± std over the pooled depth (one seed)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_captions_say_what_the_spread_is_over():
+    from phasemap.figures.report import _spread
+
+    df = synthetic_records(depths=(2,), weight_decays=(0.0, 1e-3), seeds=(0, 1, 2))
+    assert _spread(df, ["weight_decay"]) == "mean ± std over 3 seeds"
+    assert _spread(df, []) == "mean ± std over 3 seeds and the pooled weight_decay"
+    one = df[df["seed"] == 0]
+    assert _spread(one, []) == "mean ± std over the pooled weight_decay (one seed)"
+    assert _spread(one, ["weight_decay"]) == "one network per line: no spread"
+
+
+def test_a_report_of_several_sweeps_asks_for_sweep_or_all(root, tmp_path, capsys):
+    from phasemap.figures.report import FigureOptions, make_figure
+
+    assert main(["report", str(root), "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: `one sweep, --sweep NAME or --all` must hold, but the records hold 2 sweeps (other, syn): --sweep NAME "
+        "reports one, --all reports them side by side (a panel per sweep)")
+    assert not (tmp_path / "r").exists()
+    fig, table, caption = make_figure(load(str(root)), "phase-diagram", FigureOptions())  # what --all draws
+    assert [ax.get_title() for ax in fig.axes] == ["sweep = other", "sweep = syn"]
+    assert set(table["sweep_id"]) == {"other", "syn"}
+
+
+def test_query_and_plot_read_several_roots_as_one(root, tmp_path, capsys):
+    second = tmp_path / "second"
+    write_dataset(second, synthetic_records(depths=(4,), weight_decays=(1e-2,), seeds=(0,)).assign(sweep_id="third",
+                                                                                               run_id="t1"))
+    assert main(["query", str(root), str(second), "SELECT sweep_id, count(*) AS n FROM records GROUP BY ALL ORDER BY ALL",
+                 "--out", str(tmp_path / "n.csv")]) == 0
+    got = pd.read_csv(tmp_path / "n.csv")
+    expected = pd.concat([load(str(root)), load(str(second))]).groupby("sweep_id").size()
+    assert dict(zip(got["sweep_id"], got["n"])) == expected.to_dict() and set(got["sweep_id"]) == {"syn", "other", "third"}
+    both = load([str(root), str(second)], filters={"layer": 1})
+    # layer-1 rows: networks x 3 steps; syn 11 cells x 3 seeds, other 1 x 3, third 1 x 1
+    assert both.groupby("sweep_id").size().to_dict() == {"other": 9, "syn": 99, "third": 3}
+    # a sweep id under both roots would make two networks one: refused, named
+    write_dataset(tmp_path / "copy", synthetic_records(depths=(2,), weight_decays=(0.0,)).assign(sweep_id="other"))
+    capsys.readouterr()
+    assert main(["query", str(root), str(tmp_path / "copy"), "SELECT 1"]) == 2
+    assert f"but got sweep 'other' under {root} and {tmp_path / 'copy'}" in capsys.readouterr().err

@@ -16,7 +16,8 @@ the larger run id. Folders holding a compacted `records.parquet` are read from i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,17 +192,48 @@ def losing_runs(table: pa.Table, runs: dict[tuple[str, str], tuple[int, float]])
     return keys[keys.duplicated(["sweep_id", "config_hash"])][RUN_KEYS]
 
 
+def _roots(root: str | Sequence[str]) -> list[str]:
+    """One root or several, as a list; several must be distinct."""
+    roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
+    roots = [os.fspath(r) for r in roots]
+    if not roots or len(set(roots)) < len(roots):
+        raise DatasetError(f"`one or more distinct storage roots` must hold, but got {roots!r}")
+    return roots
+
+
+def _check_disjoint(scans: list[Scan]) -> None:
+    """Several roots are read as the union of their records: a sweep id under two roots would
+    make two different networks one (a network is its sweep, run and member)."""
+    where: dict[str, list[str]] = {}
+    for found in scans:
+        for sweep in sorted({s for s, _ in found.runs}):
+            where.setdefault(sweep, []).append(found.root)
+    shared = {s: rs for s, rs in where.items() if len(rs) > 1}
+    if shared:
+        named = "; ".join(f"sweep {s!r} under {' and '.join(rs)}" for s, rs in shared.items())
+        raise DatasetError(f"`each sweep id under one root only` must hold to read several roots together, but got "
+                           f"{named} (compare sweeps of different names, or read one root)")
+
+
 def load(
-    root: str,
+    root: str | Sequence[str],
     filters: dict[str, Any] | None = None,
     columns: Iterable[str] | None = None,
     strict: bool = False,
 ) -> pd.DataFrame:
     """Records under `root` as a DataFrame, reading only the columns and partitions needed.
 
-    `filters`: {column: value or list}, e.g. {"sweep_id": "quick", "layer": [1, 2]}.
-    One network per config and sweep (see the module docstring).
+    `root`: a storage root, or several (a list): the union of their records, each sweep id
+    under one of them only. `filters`: {column: value or list}, e.g. {"sweep_id": "quick",
+    "layer": [1, 2]}. One network per config and sweep (see the module docstring).
     """
+    roots = _roots(root)
+    if len(roots) > 1:
+        sweep = filters.get("sweep_id") if filters and isinstance(filters.get("sweep_id"), str) else None
+        _check_disjoint([scan(r, strict, sweep_id=sweep) for r in roots])  # footers only: cheap
+        columns = list(columns) if columns is not None else None
+        return pd.concat([load(r, filters, columns, strict) for r in roots], ignore_index=True)
+    root = roots[0]
     sweep = filters.get("sweep_id") if filters and isinstance(filters.get("sweep_id"), str) else None
     found = scan(root, strict, sweep_id=sweep)
     cols = list(columns) if columns is not None else SCHEMA.names
@@ -240,8 +272,9 @@ def _upgrade_sql(missing: frozenset) -> str:
     return ", ".join(filled)
 
 
-def sql(root: str, query: str, strict: bool = False) -> pd.DataFrame:
-    """Run DuckDB SQL over the view `records` (every record under `root`, plus hive columns).
+def sql(root: str | Sequence[str], query: str, strict: bool = False) -> pd.DataFrame:
+    """Run DuckDB SQL over the view `records` (every record under `root`, plus hive columns;
+    several roots, a list: the union of their records, each sweep id under one of them only).
 
     The view holds one network per config and sweep, and older files' missing columns filled
     in (see the module docstring); `last_records` is its whole-layer rows (no per-head rows) at
@@ -250,20 +283,32 @@ def sql(root: str, query: str, strict: bool = False) -> pd.DataFrame:
     """
     import duckdb
 
-    found = scan(root, strict)
+    scans = [scan(r, strict) for r in _roots(root)]
+    _check_disjoint(scans)
     con = duckdb.connect()
     try:
-        dataset = found.dataset() if found.files else DATASET_SCHEMA.empty_table()
-        con.register("all_records", dataset)
-        keys = dataset.to_table(columns=RUN_KEYS) if found.files else dataset.select(RUN_KEYS)
-        con.register("_lost", losing_runs(keys, found.runs))
-        parts = []
-        for i, (missing, files) in enumerate(found.groups().items() if found.files else [(frozenset(), None)]):
-            con.register(f"_files{i}", found.dataset(files) if files is not None else dataset)
-            parts.append(f"SELECT a.* REPLACE ({_upgrade_sql(missing)}) FROM _files{i} a "
-                         f"ANTI JOIN _lost l ON a.sweep_id = l.sweep_id AND a.run_id = l.run_id "
-                         f"AND a.config_hash = l.config_hash")
-        con.execute("CREATE TEMP VIEW records AS " + " UNION ALL ".join(parts))
+        stored, parts, lost = [], [], []
+        for r, found in enumerate(scans):
+            if not found.files:
+                continue
+            dataset = found.dataset()
+            con.register(f"_all{r}", dataset)
+            stored.append(f"SELECT * FROM _all{r}")
+            lost.append(losing_runs(dataset.to_table(columns=RUN_KEYS), found.runs))
+            for i, (missing, files) in enumerate(found.groups().items()):
+                con.register(f"_files{r}_{i}", found.dataset(files))
+                parts.append((f"_files{r}_{i}", missing))
+        if not stored:  # no records anywhere: empty views of the right columns
+            con.register("_all0", DATASET_SCHEMA.empty_table())
+            stored.append("SELECT * FROM _all0")
+            parts.append(("_all0", frozenset()))
+        con.execute("CREATE TEMP VIEW all_records AS " + " UNION ALL ".join(stored))
+        con.register("_lost", pd.concat(lost, ignore_index=True) if lost else
+                     DATASET_SCHEMA.empty_table().select(RUN_KEYS).to_pandas())
+        con.execute("CREATE TEMP VIEW records AS " + " UNION ALL ".join(
+            f"SELECT a.* REPLACE ({_upgrade_sql(missing)}) FROM {name} a "
+            f"ANTI JOIN _lost l ON a.sweep_id = l.sweep_id AND a.run_id = l.run_id AND a.config_hash = l.config_hash"
+            for name, missing in parts))
         # each network's whole-layer rows at its last step (final probe, or where it diverged):
         # `aggregate.last_records` in SQL, for queries of "the end of training"
         con.execute("CREATE TEMP VIEW last_records AS FROM records WHERE head IS NULL "

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from ..analysis.aggregate import log_spaced  # noqa: E402
+from ..measure.phases import NUMBERED_PHASES, RELATIONS  # noqa: E402
 
 PHASE_COLORS = {
     "CRH": "#332288",
@@ -36,6 +37,26 @@ PHASE_COLORS = {
     "diverged": "#000000",
 }
 NO_DATA_HATCH = "////"
+NO_MAJORITY_HATCH = "..."  # no phase holds more than half of the cell's networks
+# the two sides as `phases.phase_of` names them
+SIDES = "a: backward, b: forward"
+_NUMBERED = {number: pair for pair, number in NUMBERED_PHASES.items()}
+PHASE_MEANINGS = {
+    "CRH": "all three relations, both sides",
+    "backward-CRH": "all three relations on a",
+    "forward-CRH": "all three relations on b",
+    **{n: f"{a}, both sides" if a == b else f"{a} on a, {b} on b" for n, (a, b) in _NUMBERED.items()},
+    "none": "no relation holds",
+    "diverged": "training diverged",
+}
+LEARNING_MEANINGS = {
+    "comprehension": "train and held-out accuracy together",
+    "grokking": "held-out much later (mean step written in)",
+    "unresolved": "probes too sparse to tell",
+    "memorisation": "train only, never held-out",
+    "confusion": "neither",
+    "other": "another outcome",
+}
 # one colour per line, colour-blind safe (Tol bright)
 LINE_COLORS = ["#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#BBBBBB", "#000000"]
 RELATION_NAMES = {"rga": "RGA (H~G)", "rwa": "RWA (H~Z)", "gwa": "GWA (G~Z)"}
@@ -50,6 +71,7 @@ AXIS_LABELS = {
     "activation": "activation",
     "step": "training step",
     "layer": "layer l",
+    "sweep_id": "sweep",
 }
 FORMATS = (".png", ".svg", ".pdf")
 SPECTRUM_FLOOR = 1e-8
@@ -59,6 +81,26 @@ SPECTRUM_FLOOR = 1e-8
 # unresolved (probes too sparse to tell grokking from comprehension) in a pale grey, not a phase colour
 LEARNING_COLORS = {"comprehension": "#117733", "grokking": "#332288", "unresolved": "#DDDDDD",
                    "memorisation": "#DDCC77", "confusion": "#882255", "other": "#BBBBBB"}
+
+
+def phase_meaning(phase: str) -> str:
+    """A phase's legend entry: its name and the relations that hold ("3: GWA, both sides",
+    "4: RGA on a, RWA on b"); a label outside Table 1 ("a:RGA+GWA|b:-") spelt out."""
+    if phase in PHASE_MEANINGS:
+        return f"{phase}: {PHASE_MEANINGS[phase]}"
+    if isinstance(phase, str) and phase.startswith("a:") and "|b:" in phase:  # phases.phase_of's a:RGA+RWA|b:-
+        a, b = (" and ".join(r for r in part.split(":", 1)[1].split("+") if r in RELATIONS) or "none"
+                for part in phase.split("|"))
+        return f"{phase} ({a} on a, {b} on b)"
+    return str(phase)
+
+
+def _legend_label(phase, colors: dict) -> str:
+    if colors is PHASE_COLORS:
+        return phase_meaning(phase)
+    if colors is LEARNING_COLORS and phase in LEARNING_MEANINGS:
+        return f"{phase}: {LEARNING_MEANINGS[phase]}"
+    return str(phase)
 
 
 def phase_color(phase) -> str:
@@ -133,9 +175,9 @@ def _cells(table: pd.DataFrame, x: str, y: str, facet: str | None, panels):
         _label_grid(ax, xs, ys, x, y, facet, value)
 
 
-def _cell(ax, i: int, j: int, color, empty: bool, alpha: float = 1.0) -> None:
+def _cell(ax, i: int, j: int, color, empty: bool, alpha: float = 1.0, hatch: str | None = None) -> None:
     ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor=matplotlib.colors.to_rgba(color, alpha),
-                               edgecolor="#888888", linewidth=0.5, hatch=NO_DATA_HATCH if empty else None))
+                               edgecolor="#888888", linewidth=0.5, hatch=NO_DATA_HATCH if empty else hatch))
 
 
 def _label_grid(ax, xs, ys, x: str, y: str, facet: str | None, value) -> None:
@@ -150,39 +192,74 @@ def _label_grid(ax, xs, ys, x: str, y: str, facet: str | None, value) -> None:
         ax.set_title(f"{axis_label(facet)} = {_tick(value)}")
 
 
+def cell_text(r, colors: dict) -> str:
+    """What a cell of a phase grid says: its phase over how many of its networks are in it
+    ("2 of 3"); "no majority" when no phase holds more than half of them (a tie included),
+    with the largest phase's count ("1: 2 of 4"; ties: the name first in sort order); a
+    boundary search's inferred cell (no network measured) its label and the model's
+    confidence ("~73%"). A label outside `colors` (a:...|b:...) is written out on two lines."""
+    phase = r["phase"]
+    name = phase if phase in colors else str(phase).replace("|", "\n")
+    if bool(r.get("inferred", False)):
+        return f"{name}\n~{r['share']:.0%}"
+    n = int(r["n"])
+    k = int(round(float(r["share"]) * n))
+    if not has_majority(r):
+        return f"no majority\n{name}: {k} of {n}"
+    text = f"{name}\n{k} of {n}"
+    if phase == "grokking" and not pd.isna(r.get("grok_step_mean")):
+        text += f"\nat {r['grok_step_mean']:.0f}"
+    return text
+
+
+def has_majority(r) -> bool:
+    """A measured cell's phase is its majority when it holds more than half of the networks;
+    a tie (2 of 4) or a plurality (2 of 5) is no majority."""
+    return float(r["share"]) > 0.5
+
+
 def phase_diagram(grid: pd.DataFrame, x: str, y: str, facet: str | None = None, title: str = "",
                   colors: dict | None = None, legend: str = "phase"):
     """A phase grid (from aggregate.phase_grid, or learning_phase_grid with LEARNING_COLORS) as
-    coloured cells with each majority's share (and a grokking cell's mean step).
+    coloured cells, each with its phase and count ("2 of 3", `cell_text`); a cell where no phase
+    holds more than half of the networks is white, dotted, and says "no majority". The legend
+    names every phase drawn by the relations that hold (`phase_meaning`).
 
     Cells of a boundary search that were inferred, not measured (`inferred` true, `share` the
     model's confidence), are drawn lighter, the lighter the less sure, with "~" before it."""
     _style()
     colors = colors or PHASE_COLORS
     fig, panels = _facet_axes(grid, facet)
-    seen, any_inferred = set(), False
+    seen, any_inferred, any_split = set(), False, False
     for ax, i, j, r in _cells(grid, x, y, facet, panels):
         phase = None if r is None else r["phase"]
         known = phase in colors
         inferred = r is not None and bool(r.get("inferred", False))
+        split = r is not None and not inferred and not has_majority(r)
         any_inferred |= inferred
-        _cell(ax, i, j, "#FFFFFF" if phase is None else colors[phase] if known else colors["other"], empty=r is None,
-              alpha=0.15 + 0.45 * float(r["share"]) if inferred else 1.0)
+        any_split |= split
+        color = "#FFFFFF" if phase is None or split else colors[phase] if known else colors["other"]
+        _cell(ax, i, j, color, empty=r is None, alpha=0.15 + 0.45 * float(r["share"]) if inferred else 1.0,
+              hatch=NO_MAJORITY_HATCH if split else None)
         if r is not None:
-            name = phase if known else "other"
-            seen.add(name)
-            dark = not inferred and phase in ("CRH", "backward-CRH", "6", "diverged", "1", "grokking", "confusion",
-                                              "comprehension")
-            text = f"{name}\n{'~' if inferred else ''}{r['share']:.0%}"
-            if phase == "grokking" and not pd.isna(r.get("grok_step_mean")):
-                text += f"\nat {r['grok_step_mean']:.0f}"
-            ax.text(i, j, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
-    handles = [Patch(facecolor=colors[p], edgecolor="#888888", label=p) for p in colors if p in seen]
+            if not split:
+                seen.add(phase)
+            dark = not inferred and not split and phase in (
+                "CRH", "backward-CRH", "6", "diverged", "1", "grokking", "confusion", "comprehension")
+            ax.text(i, j, cell_text(r, colors), ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")
+    drawn = [p for p in colors if p in seen] + sorted(str(p) for p in seen if p not in colors)  # then a:..|b:..
+    handles = [Patch(facecolor=colors.get(p, colors["other"]), edgecolor="#888888", label=_legend_label(p, colors))
+               for p in drawn]
+    if any_split:
+        handles.append(Patch(facecolor="white", edgecolor="#888888", hatch=NO_MAJORITY_HATCH,
+                             label="no majority: no phase holds\nmore than half the networks"))
     handles.append(Patch(facecolor="white", edgecolor="#888888", hatch=NO_DATA_HATCH, label="no data"))
     if any_inferred:
         handles.append(Patch(facecolor=matplotlib.colors.to_rgba("#888888", 0.3), edgecolor="#888888",
                              label="lighter, ~: inferred\n(model's confidence)"))
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=legend)
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+               title=f"{legend} ({SIDES})" if colors is PHASE_COLORS else legend)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -214,19 +291,31 @@ def critical_depth_figure(cd: pd.DataFrame, x: str, y: str, facet: str | None = 
     return fig
 
 
-SYMBOLS = {"weight_decay": "γ", "lr": "η", "batch_size": "B", "depth": "D", "width": "d"}
+SYMBOLS = {"weight_decay": "γ", "lr": "η", "batch_size": "B", "depth": "D", "width": "d", "sweep_id": "sweep"}
 
 
 def _series_label(row: pd.Series, keys: Sequence[str]) -> str:
     return ", ".join(f"{SYMBOLS.get(k, k)} = {_tick(row[k])}" for k in keys) or "all"
 
 
-def layers_figure(profile: pd.DataFrame, keys: Sequence[str], title: str = ""):
+def alignment_limits(values) -> tuple[float, float]:
+    """y limits of an alignment axis: 0 to 1, reaching below 0 only for a drawn value (a mean
+    less its spread, a null band) that is negative and above 1 only for one beyond it; a margin
+    of 0.05 each side."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    low, high = (min(0.0, v.min()), max(1.0, v.max())) if v.size else (0.0, 1.0)
+    return low - 0.05, high + 0.05
+
+
+def layers_figure(profile: pd.DataFrame, keys: Sequence[str], title: str = "", spread: str = "mean ± std over seeds"):
     """Alignment by layer (aggregate.layer_profile): six panels, one line per config, each
-    with its null (dotted, a band of ± one std over seeds) where the records have one."""
+    with its null (dotted, a band of ± one std) where the records have one. `spread` says what
+    the error bars are over (a legend entry); the y axis spans the data (`alignment_limits`)."""
     _style()
     fig, axes = plt.subplots(2, 3, figsize=(10, 5.6), sharex=True, sharey=True)
     groups = list(profile.groupby(list(keys), sort=True)) if keys else [((), profile)]
+    drawn = []  # every value drawn, for the y limits
     for (gi, (name, sub)) in enumerate(groups[: len(LINE_COLORS) * 2]):
         row = sub.iloc[0]
         for si, side in enumerate("ba"):
@@ -234,19 +323,23 @@ def layers_figure(profile: pd.DataFrame, keys: Sequence[str], title: str = ""):
                 ax = axes[si, ri]
                 col = f"{rel}_{side}"
                 color = LINE_COLORS[gi % len(LINE_COLORS)]
-                ax.errorbar(sub["layer"], sub[f"{col}_mean"], yerr=sub[f"{col}_std"].fillna(0),
-                            color=color, linestyle="-" if gi < len(LINE_COLORS) else "--",
+                mean, std = sub[f"{col}_mean"], sub[f"{col}_std"].fillna(0)
+                ax.errorbar(sub["layer"], mean, yerr=std, color=color, linestyle="-" if gi < len(LINE_COLORS) else "--",
                             marker="o", markersize=3, capsize=2, label=_series_label(row, keys) if (si, ri) == (0, 0) else None)
+                drawn += [mean - std, mean + std]
                 if f"{col}_null_mean" in sub and sub[f"{col}_null_mean"].notna().any():
                     # the chance level: alignment of the same spectra with unrelated eigenvectors
-                    null, spread = sub[f"{col}_null_mean"], sub[f"{col}_null_std"].fillna(0)
+                    null, band = sub[f"{col}_null_mean"], sub[f"{col}_null_std"].fillna(0)
                     ax.plot(sub["layer"], null, color=color, linestyle=":", linewidth=1)
                     if (gi, si, ri) == (0, 0, 0):  # one legend entry, in grey: it stands for every colour
                         ax.plot([], [], color="#666666", linestyle=":", linewidth=1, label="null (chance level)")
-                    ax.fill_between(sub["layer"], null - spread, null + spread, color=color, alpha=0.12, linewidth=0)
+                    ax.fill_between(sub["layer"], null - band, null + band, color=color, alpha=0.12, linewidth=0)
+                    drawn += [null - band, null + band]
                 ax.set_title(f"{RELATION_NAMES[rel]}, {'forward (b)' if side == 'b' else 'backward (a)'}")
-                ax.set_ylim(-1.05, 1.05)
-                ax.axhline(0, color="#CCCCCC", linewidth=0.5)
+    axes[0, 0].set_ylim(*alignment_limits(np.concatenate([np.asarray(d, dtype=float) for d in drawn]) if drawn else []))
+    if axes[0, 0].get_ylim()[0] < -0.05:  # a negative value: mark zero
+        for ax in axes.ravel():
+            ax.axhline(0, color="#CCCCCC", linewidth=0.5)
     named = profile.drop_duplicates("layer").sort_values("layer") if "layer_name" in profile else None
     for ax in axes[1]:
         ax.set_xlabel("layer l (last = output)")
@@ -255,6 +348,7 @@ def layers_figure(profile: pd.DataFrame, keys: Sequence[str], title: str = ""):
             ax.set_xticks(named["layer"], named["layer_name"], rotation=45, ha="right")  # the model's names
     for ax in axes[:, 0]:
         ax.set_ylabel("alignment α")
+    axes[0, 0].errorbar([], [], yerr=[], color="#666666", marker="o", markersize=3, capsize=2, label=spread)
     fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     if title:
         fig.suptitle(title)
@@ -262,11 +356,15 @@ def layers_figure(profile: pd.DataFrame, keys: Sequence[str], title: str = ""):
     return fig
 
 
-def evolution_figure(evo: pd.DataFrame, column: str, keys: Sequence[str], title: str = ""):
-    """One alignment column over training steps (aggregate.evolution), one line per config."""
+def evolution_figure(evo: pd.DataFrame, column: str, keys: Sequence[str], title: str = "",
+                     spread: str = "mean ± std over seeds"):
+    """One alignment column over training steps (aggregate.evolution), one line per config,
+    with a band of ± one std; `spread` says what it is over (a legend entry); the y axis spans
+    the data (`alignment_limits`)."""
     _style()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     groups = list(evo.groupby(list(keys), sort=True)) if keys else [((), evo)]
+    drawn = []
     for gi, (_, sub) in enumerate(groups[: len(LINE_COLORS) * 2]):
         sub = sub[sub["step"] > 0] if (evo["step"] > 0).any() else sub
         color = LINE_COLORS[gi % len(LINE_COLORS)]
@@ -274,10 +372,14 @@ def evolution_figure(evo: pd.DataFrame, column: str, keys: Sequence[str], title:
         ax.plot(sub["step"], mean, color=color, marker="o", markersize=3,
                 linestyle="-" if gi < len(LINE_COLORS) else "--", label=_series_label(sub.iloc[0], keys))
         ax.fill_between(sub["step"], mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+        drawn += [mean - std, mean + std]
     ax.set_xscale("log")
     ax.set_xlabel("training step (log scale)")
     ax.set_ylabel(f"alignment α ({column})")
-    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylim(*alignment_limits(np.concatenate([np.asarray(d, dtype=float) for d in drawn]) if drawn else []))
+    if ax.get_ylim()[0] < -0.05:
+        ax.axhline(0, color="#CCCCCC", linewidth=0.5)
+    ax.fill_between([], [], [], color="#666666", alpha=0.15, linewidth=0, label=f"band: {spread}")
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     if title:
         ax.set_title(title)

@@ -19,6 +19,11 @@ from . import KINDS, plots
 
 log = logging.getLogger(__name__)
 
+
+class NotApplicable(ValueError):
+    """A figure kind that these records cannot have (learning phases without a classification
+    task, spectra of a family that writes none): the report says so, with no warning."""
+
 PREFERRED_X = ("weight_decay", "lr", "batch_size", "width", "momentum", "depth", "optimizer")
 PREFERRED_Y = ("depth", "train_fraction", "batch_size", "width", "optimizer", "lr", "weight_decay", "momentum")
 
@@ -48,7 +53,8 @@ def choose_axes(df: pd.DataFrame, opts: FigureOptions) -> tuple[str, str, str | 
         y = "depth" if x != "depth" else "weight_decay"
     if x == y:
         raise ValueError(f"`x != y` must hold, but got x={x!r}, y={y!r}")
-    facet = opts.facet or next((a for a in varying if a not in (x, y)), None)
+    several = "sweep_id" in df and df["sweep_id"].nunique() > 1  # several sweeps: a panel each, never pooled
+    facet = opts.facet or ("sweep_id" if several else next((a for a in varying if a not in (x, y)), None))
     for name in (x, y, facet):
         if name is not None and name not in df:
             raise ValueError(f"`axis is a record column` must hold, but got {name!r}")
@@ -68,8 +74,27 @@ def _judged(opts: FigureOptions) -> str:
 
 def _pooled(df: pd.DataFrame, kept) -> str:
     """The caption's note of every varying config column a figure does not show: it pools over them."""
-    others = [a for a in aggregate.varying_axes(df) if a not in kept]
+    others = [a for a in _varying(df) if a not in kept]
     return f"; pooled over {', '.join(others)}" if others else ""
+
+
+def _varying(df: pd.DataFrame) -> list[str]:
+    """The config columns that vary, and the sweep id where the records hold several sweeps."""
+    several = "sweep_id" in df and df["sweep_id"].nunique() > 1
+    return aggregate.varying_axes(df) + (["sweep_id"] if several else [])
+
+
+def _spread(df: pd.DataFrame, kept) -> str:
+    """What a figure's error bars are over: the networks of each line, that is its seeds and
+    every varying config column the figure does not show (pooled)."""
+    seeds = [c for c in aggregate.SEEDS if c in df]
+    n_seeds = max(1, len(df[seeds].drop_duplicates().dropna(how="all"))) if seeds else 1
+    pooled = ", ".join(a for a in _varying(df) if a not in kept)
+    if n_seeds > 1:
+        return f"mean ± std over {n_seeds} seeds" + (f" and the pooled {pooled}" if pooled else "")
+    if pooled:
+        return f"mean ± std over the pooled {pooled} (one seed)"
+    return "one network per line: no spread"
 
 
 def _sparse_probes(grid: pd.DataFrame, soon: float) -> str:
@@ -87,7 +112,16 @@ def _sparse_probes(grid: pd.DataFrame, soon: float) -> str:
     return f" Warning: {warning}."
 
 
-def _boundary_grid(df: pd.DataFrame, root: str | None, opts: FigureOptions, keys: list[str]) -> pd.DataFrame | None:
+def _roots(root: str | list[str]) -> list[str]:
+    return [root] if isinstance(root, str) else list(root)
+
+
+def _spectra(root: str | list[str], run_id: str | None = None) -> pd.DataFrame:
+    """The spectra files under the root (or roots) of every run, or of one."""
+    return pd.concat([records.read_spectra(r, run_id) for r in _roots(root)], ignore_index=True)
+
+
+def _boundary_grid(df: pd.DataFrame, root: str | list[str] | None, opts: FigureOptions, keys: list[str]) -> pd.DataFrame | None:
     """A boundary search's cells (measured and inferred) as a phase grid over `keys`; None for
     any other sweep, or when its axes are not all among the keys (nothing to draw them on)."""
     if root is None or df["sweep_id"].nunique() != 1:
@@ -95,8 +129,11 @@ def _boundary_grid(df: pd.DataFrame, root: str | None, opts: FigureOptions, keys
     from ..sweep import boundary
 
     sweep = df["sweep_id"].iloc[0]
-    state = boundary.read_state(root, sweep)
-    if state is None:
+    for root in _roots(root):  # the root that holds the sweep (one only: query._check_disjoint)
+        state = boundary.read_state(root, sweep)
+        if state is not None:
+            break
+    else:
         return None
     cfg = boundary.stored_config(root, state)
     cfg = replace(cfg, search=replace(cfg.search, layer=str(opts.layer), tau=opts.tau, against=opts.against))
@@ -111,7 +148,7 @@ def _boundary_grid(df: pd.DataFrame, root: str | None, opts: FigureOptions, keys
     return cells
 
 
-def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | None = None):
+def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | list[str] | None = None):
     """The figure of one kind from records; returns (figure, the table it draws, caption)."""
     if kind not in KINDS:
         raise ValueError(f"`kind in {KINDS}` must hold, but got {kind!r}")
@@ -126,7 +163,8 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
         if table is None:
             table = aggregate.phase_grid(df, x, y, layer=opts.layer, tau=opts.tau, facets=facets, against=opts.against)
         caption = (f"Majority phase (paper Table 1) at layer {opts.layer!r}, τ = {opts.tau}{_judged(opts)}, over {y} × {x}; "
-                   f"share of networks in it{pooled}.")
+                   f"each cell: its phase and how many of its networks are in it; \"no majority\" (white, dotted) "
+                   f"where no phase holds more than half of them, a tie included{pooled}.")
         if inferred:
             caption += (" A boundary search: cells where no network was trained are inferred from the Gaussian "
                         "processes of the alignments, drawn lighter with the model's confidence in the label (~).")
@@ -141,6 +179,8 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
         fig = plots.critical_depth_figure(table, x, y, facet, title=f"Critical depth ({opts.relation} ≥ {opts.tau})")
         return fig, table, caption
     if kind == "learning-phase":
+        if "train_accuracy" not in df or df["train_accuracy"].isna().all():
+            raise NotApplicable("no classification task (learning phases need train and held-out accuracy)")
         table = aggregate.learning_phase_grid(df, x, y, facets=facets, threshold=opts.threshold, soon=opts.soon)
         caption = (f"Majority learning outcome over {y} × {x}: train and held-out accuracy reach {opts.threshold} "
                    f"together (comprehension, held-out within {opts.soon:g}x the train step), much later "
@@ -153,33 +193,40 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
         sub, which = _one_depth(df)
         keys = [k for k in (x, facet) if k and k != "depth" and sub[k].nunique() > 1]
         table = aggregate.layer_profile(sub, by=keys)
-        caption = (f"Alignment by layer at the last step, {which}; mean ± std over seeds{_pooled(sub, keys)}. "
+        spread = _spread(sub, keys)
+        caption = (f"Alignment by layer at the last step, {which}; {spread}. "
                    f"Dotted: the null, the alignment expected by chance for the same spectra.")
-        return plots.layers_figure(table, keys, title=f"Alignment by layer ({which})"), table, caption
+        fig = plots.layers_figure(table, keys, title=f"Alignment by layer ({which})", spread=spread)
+        return fig, table, caption
     if kind == "evolution":
         keys = [k for k in (x, facet) if k and df[k].nunique() > 1]
         table = aggregate.evolution(df, opts.relation, layer=opts.layer, by=keys)
-        caption = (f"{opts.relation} at layer {opts.layer!r} over training; mean ± std over seeds and "
-                   f"{', '.join(a for a in aggregate.varying_axes(df) if a not in keys) or 'nothing else'}.")
-        return plots.evolution_figure(table, opts.relation, keys, title=f"{opts.relation} over training"), table, caption
+        spread = _spread(df, keys)
+        caption = f"{opts.relation} at layer {opts.layer!r} over training; {spread}."
+        fig = plots.evolution_figure(table, opts.relation, keys, title=f"{opts.relation} over training", spread=spread)
+        return fig, table, caption
     # spectra: one network's eigenvalues at its last probe
     if root is None:
         raise ValueError("spectra need the storage root")
     run_id, member = opts.run_id, opts.member
     if run_id is None:  # the most aligned network with spectra (MLPs write them): the ones worth a look
-        written = set(records.read_spectra(root)[["run_id", "member"]].itertuples(index=False, name=None))
+        written = set(_spectra(root)[["run_id", "member"]].itertuples(index=False, name=None))
+        if not written:  # no network here has them: mlp runs write them at their last probe, Recorder runs never
+            families = sorted(set(df["family"].dropna())) if "family" in df else []
+            raise NotApplicable(f"no spectra under the root (written at the last probe of an mlp sweep or run; "
+                                f"families here: {', '.join(families) or 'unknown'})")
         scores = aggregate.last_hidden(df).groupby(["run_id", "member"])[opts.relation].mean()
         with_spectra = scores[[key in written for key in scores.index]]
         scores = with_spectra if len(with_spectra) else scores  # none: the error below says why
         best = scores.idxmax()
         run_id, member = best[0], int(best[1])
-    spectra = records.read_spectra(root, run_id)
+    spectra = _spectra(root, run_id)
     spectra = spectra[spectra["member"] == member]
     if spectra.empty:
         families = set(df.loc[df["run_id"] == run_id, "family"].dropna()) if "family" in df else set()
         if families and "mlp" not in families:
-            raise ValueError(f"spectra are written for the mlp family only, but run {run_id!r} is "
-                             f"{', '.join(sorted(families))}")
+            raise NotApplicable(f"no spectra: they are written for the mlp family only, and run {run_id!r} is "
+                                f"{', '.join(sorted(families))}")
         raise ValueError(f"`run {run_id!r} member {member} has spectra` must hold (they are written at the "
                          f"last probe of a finished run), but none were found under {root}")
     net = df[(df["run_id"] == run_id) & (df["member"] == member)]
@@ -192,13 +239,17 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | No
     return plots.spectra_figure(spectra, net, side=side, title=title), spectra, caption
 
 
-def write_report(df: pd.DataFrame, root: str, out_dir: str, opts: FigureOptions) -> str:
+def write_report(df: pd.DataFrame, root: str | list[str], out_dir: str, opts: FigureOptions) -> str:
     """Every figure kind as PNG and PDF plus an index.html; returns the index's path."""
     os.makedirs(out_dir, exist_ok=True)
     entries = []
     for kind in KINDS:
         try:
             fig, _, caption = make_figure(df, kind, opts, root)
+        except NotApplicable as e:  # not a fault: these records cannot have this figure
+            log.info("report: no %s figure: not applicable: %s", kind, e)
+            entries.append((kind, None, f"not applicable: {e}"))
+            continue
         except ValueError as e:
             log.warning("report: no %s figure: %s", kind, e)
             entries.append((kind, None, f"not drawn: {e}"))
