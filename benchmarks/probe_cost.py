@@ -6,6 +6,12 @@ and clusters (10 classes: exact AGOP in 10 passes, neural collapse). Compare com
 running it on each.
 
     python benchmarks/probe_cost.py [--k 8] [--width 100] [--depth 4] [--n 1000] [--repeat 3]
+
+`--family cnn`: a packed CNN instead (the digits task, 8x8 images, BatchNorm; `--width` channels,
+`--depth` conv layers, `--n` probe images), probed both ways: batched (`probe_packed`, one
+vmapped capture for all K) and member by member (`measure` on each member, the fallback).
+
+    python benchmarks/probe_cost.py --family cnn [--k 8] [--width 16] [--depth 4] [--n 297]
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import argparse
 
 import torch
 
+from phasemap import parse_config
 from phasemap.config import TaskSpec
-from phasemap.models import StackedMLP
+from phasemap.models import StackedMLP, build_model
+from phasemap.train.probing import Prober
 from phasemap.measure import Stationarity, probe_stacked
-from phasemap.data import Task
+from phasemap.data import Task, make_task
 from timing import seconds_per_call
 
 
@@ -29,7 +37,13 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="probe samples")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--family", choices=("mlp", "cnn"), default="mlp")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.family == "cnn":
+        return cnn_both_ways(args)
     d = args.width
     for name, spec in (("fc1", TaskSpec(name="fc1", input_dim=d)),
                        ("fc2", TaskSpec(name="fc2", input_dim=d, output_dim=100)),
@@ -44,6 +58,28 @@ def main() -> None:
         seconds = seconds_per_call(probe, args.repeat, args.device)  # warm-up: the stationarity's first matrices
         print(f"{name:9s} K={args.k} dims={dims} N={args.n}: {seconds:.3f} s per probe, "
               f"{seconds / args.k * 1e3:.1f} ms per member", flush=True)
+
+
+def cnn_both_ways(args) -> None:
+    """Seconds per probe of a packed CNN, batched and member by member (the same values)."""
+    cfg = parse_config({"task": {"name": "digits"}, "model": {"family": "cnn", "depth": args.depth,
+                                                               "width": args.width, "norm": "batch"},
+                        "optimizer": {"weight_decay": [1e-3] * args.k}, "train": {"seed": list(range(args.k))},
+                        "probe": {"n_samples": args.n}})
+    task = make_task(cfg.task, args.device)
+    model, prepare = build_model(cfg.model, task.input_shape, task.output_dim, list(range(args.k)))
+    model = model.to(args.device)
+    x, y = task.probe_set(args.n, torch.Generator(device=args.device).manual_seed(0))
+    batched = Prober(model, task, prepare, cfg.probe, [1e-3] * args.k)
+    looped = Prober(model, task, prepare, cfg.probe, [1e-3] * args.k)
+    looped.batched = False
+    times = {}
+    for name, prober in (("batched", batched), ("member by member", looped)):
+        times[name] = seconds_per_call(lambda: prober(x, y), args.repeat, args.device)  # noqa: B023
+    assert batched.batched, "the batched probe fell back to the member loop"
+    print(f"cnn K={args.k} depth={args.depth} width={args.width} digits N={len(x)} on {args.device}, "
+          f"threads {torch.get_num_threads()}: " + ", ".join(f"{n} {s:.3f} s per probe" for n, s in times.items())
+          + f" ({times['member by member'] / times['batched']:.2f}x)", flush=True)
 
 
 if __name__ == "__main__":

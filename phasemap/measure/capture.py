@@ -531,7 +531,11 @@ def _capture_vmapped(base, layout: _Layout, params, buffers, x, y, loss_fn, keep
 
     handles = [m.register_forward_hook(hook) for m in used]
     try:
-        result = vmap(member, randomness="error")(params, buffers)
+        if next(iter(params.values())).shape[0] == 1:  # one member: itself, without vmap's overhead
+            loss, captured, *out = member({n: p[0] for n, p in params.items()}, {n: b[0] for n, b in buffers.items()})
+            result = (loss[None], tuple(tuple(t.unsqueeze(0) for t in c) for c in captured), *(o[None] for o in out))
+        else:
+            result = vmap(member, randomness="error")(params, buffers)
     finally:
         for h in handles:
             h.remove()

@@ -70,10 +70,11 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=
         out["nfa"], out["nfa_cos"] = nfa(W, W.transpose(-1, -2) @ agop_b.to(torch.float64) @ W)
     mats = {}
     for side, h, g, Z in (("a", h_a, g_a, W.transpose(1, 2) @ W), ("b", h_b, g_b, W @ W.transpose(1, 2))):
-        out[f"r_h_{side}"], out[f"r_g_{side}"] = trace_ratio(h), trace_ratio(g)
+        norms_g = g.norm(dim=-1, keepdim=True)  # (K, N, 1), for the trace ratio and the covariance
+        H, u_h, zero_h, out[f"r_h_{side}"] = _shared_second_moment(h, covariance)
+        out[f"r_g_{side}"] = trace_ratio(g, norms_g)
         # sample-sized maths in the activations' dtype; the (d, d) matrices in float64
-        H, u_h, zero_h = _shared_second_moment(h, covariance)
-        G, u_g, zero_g = second_moment(g, covariance)
+        G, u_g, zero_g = second_moment(g, covariance, norms_g)
         out[f"degenerate_h_{side}"] = degenerate(H, h.shape[-2] - zero_h, covariance)
         out[f"degenerate_g_{side}"] = degenerate(G, g.shape[-2] - zero_g, covariance)
         # a degenerate matrix has no meaningful alignment, spectrum or rank: NaN throughout
@@ -196,15 +197,21 @@ class Stationarity:
 
 
 def _shared_second_moment(h: torch.Tensor, covariance: str):
-    """second_moment of h (K, N, d); computed once when h is one input broadcast to all K.
+    """second_moment of h (K, N, d) and its trace_ratio; computed once when h is one input
+    broadcast to all K.
 
     The first layer's input is the probe set itself, the same for every member of a pack.
     """
-    if h.shape[0] > 1 and h.stride(0) == 0:
-        C, u, zero = second_moment(h[:1], covariance)
-        K = h.shape[0]
-        return C.expand(K, -1, -1), u.expand(K, -1, -1), zero.expand(K)
-    return second_moment(h, covariance)
+    K = h.shape[0]
+    shared = K > 1 and h.stride(0) == 0
+    if shared:
+        h = h[:1]
+    norms = h.norm(dim=-1, keepdim=True)
+    C, u, zero = second_moment(h, covariance, norms)
+    ratio = trace_ratio(h, norms)
+    if shared:
+        return C.expand(K, -1, -1), u.expand(K, -1, -1), zero.expand(K), ratio.expand(K)
+    return C, u, zero, ratio
 
 
 def _layer_spectra(layers: list[dict], dtype: torch.dtype) -> list[dict]:

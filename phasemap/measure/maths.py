@@ -46,16 +46,17 @@ def zero_rows(v: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tenso
     return ~(norms > (ZERO_EPS * zero_eps(v.dtype)) * largest)
 
 
-def second_moment(v: torch.Tensor, kind: str = "centered") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def second_moment(v: torch.Tensor, kind: str = "centered",
+                  norms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Covariance of the rows of v (..., N, d).
 
     centered: every row scaled to unit norm, then the mean subtracted (the paper's default);
     raw: E[v v^T] of the raw rows. Rows that are zero have no direction: they are left out,
     rows at the rounding level of the largest included (`zero_rows`; normalised, rounding noise
     would be a random unit vector). Returns (C (..., d, d), the centred rows used (..., N, d),
-    rows left out (...,)).
+    rows left out (...,)). `norms`: v's row norms (..., N, 1), when already computed.
     """
-    norms = v.norm(dim=-1, keepdim=True)  # (..., N, 1)
+    norms = v.norm(dim=-1, keepdim=True) if norms is None else norms  # (..., N, 1)
     keep = ~zero_rows(v, norms)
     n = keep.sum(-2, keepdim=True).clamp_min(1)  # (..., 1, 1)
     if kind == "centered":
@@ -143,9 +144,9 @@ def _nulls(unit_a: tuple[torch.Tensor, torch.Tensor], spectra: list[torch.Tensor
     """alignment_null of A, given as `_unit_entries(A)`, against several spectra (..., d): [(mean, se)].
 
     With B' = P diag(b) P^T (P Haar): <A - mean(A), B'> = sum_i b_i p_i^T (A - mean(A)) p_i
-    and the mean of B''s entries is sum_i b_i (1^T p_i)^2 / d^2, so each rotation costs one
-    (d, d) product with A, shared by every spectrum (in float32: the estimate's standard
-    error is far above its rounding).
+    and the mean of B''s entries is sum_i b_i (1^T p_i)^2 / d^2, so the rotations cost one
+    (d, d) by (d, samples * d) product with A, shared by every spectrum (in float32: the
+    estimate's standard error is far above its rounding).
     """
     ua, ok_a = unit_a  # (A - mean) / |A - mean|, flattened (..., d * d); where that is defined
     d = spectra[0].shape[-1]
@@ -159,16 +160,16 @@ def _nulls(unit_a: tuple[torch.Tensor, torch.Tensor], spectra: list[torch.Tensor
         ok = ok_a & torch.isfinite(b).all(-1) & (b.abs().amax(-1) > 0)
         bs.append(torch.where(ok[..., None], b, 0.0))
         oks.append(ok)
-    values = [[] for _ in spectra]
-    for P in haar_rotations(d, samples, seed, torch.float32, ua.device):
-        diag = (P * (Abar @ P)).sum(-2).to(torch.float64)  # (..., d): p_i^T Abar p_i
-        ones_sq = P.sum(-2).to(torch.float64) ** 2  # (d,): (1^T p_i)^2
-        for b, out in zip(bs, values):
-            centred_sq = (b * b).sum(-1) - (ones_sq * b).sum(-1) ** 2 / d**2  # |B' - mean(B')|^2
-            out.append((diag * b).sum(-1) / centred_sq.clamp_min(torch.finfo(torch.float64).tiny).sqrt())
+    P = haar_rotations(d, samples, seed, torch.float32, ua.device)  # (samples, d, d)
+    # every rotation in one product: Abar [P_1 ... P_s], (..., d, samples * d)
+    Ps = P.transpose(0, 1).reshape(d, samples * d)
+    diag = (Ps * (Abar @ Ps)).sum(-2).unflatten(-1, (samples, d)).to(torch.float64)  # (..., samples, d): p_i^T Abar p_i
+    ones_sq = P.sum(-2).to(torch.float64) ** 2  # (samples, d): (1^T p_i)^2
     result = []
-    for v, ok in zip(values, oks):
-        v = torch.stack(v, -1).clamp(-1.0, 1.0)  # (..., samples)
+    for b, ok in zip(bs, oks):
+        b = b.unsqueeze(-2)  # (..., 1, d)
+        centred_sq = (b * b).sum(-1) - (ones_sq * b).sum(-1) ** 2 / d**2  # (..., samples): |B' - mean(B')|^2
+        v = ((diag * b).sum(-1) / centred_sq.clamp_min(torch.finfo(torch.float64).tiny).sqrt()).clamp(-1.0, 1.0)
         result.append((torch.where(ok, v.mean(-1), torch.nan), torch.where(ok, v.std(-1) / samples**0.5, torch.nan)))
     return result
 
@@ -386,12 +387,14 @@ def _log_fit(a: torch.Tensor, b: torch.Tensor, floor: float, paired: bool):
     return k, r2, n, use
 
 
-def trace_ratio(v: torch.Tensor) -> torch.Tensor:
+def trace_ratio(v: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
     """Tr[E[v] E[v]^T] / Tr[E[v v^T]] = |mean v|^2 / mean |v|^2 of raw rows v (..., N, d), in
-    [0, 1]: 1 when every sample is the same vector, near 0 for centred ones; NaN for all-zero v."""
+    [0, 1]: 1 when every sample is the same vector, near 0 for centred ones; NaN for all-zero v.
+    `norms`: v's row norms (..., N, 1), when already computed (one pass over v fewer)."""
     mean = v.mean(-2)
     num = (mean * mean).sum(-1).to(torch.float64)
-    den = (v * v).sum(-1).mean(-1).to(torch.float64)
+    squares = (v * v).sum(-1) if norms is None else norms.squeeze(-1).square()
+    den = squares.mean(-1).to(torch.float64)
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float64).tiny), torch.nan)
 
 
