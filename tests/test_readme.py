@@ -5,7 +5,8 @@ it printed or wrote is checked by value, so an example cannot rot (STYLE.md, ite
 The root (`<tmp>/results`, the README's `results`: tests run in `<tmp>`) holds the sweeps the
 README names, trained with `phasemap.train_pack` on tiny copies of their configs (same names,
 sweep ids and axes, seconds of work): `quick` (8 configs, 4 packs), `cnn-quick` (4 CNNs on
-digits, 2 packs), a pack with a diverged member (`blowup`) and a `Recorder` run (`mine`).
+digits, 2 packs), a pack with a diverged member (`blowup`) and a `Recorder` run (`mine`);
+`<tmp>/results-old`, the README's second root, one more `Recorder` run (sweep `old`).
 Commands run in-process through `phasemap.cli.main`, their config paths mapped to the tiny
 copies (`TINY`) and `--steps 5000` to `--steps 20`; `phasemap validate` checks the real file.
 The sweep commands find their tiny grid complete, so they start no Ray (the "second time" of
@@ -174,6 +175,9 @@ def built(tmp_path_factory) -> Root:
     with phasemap.Recorder(str(root), sweep_id="mine", run_id="fixture", config={"weight_decay": 0.0}) as rec:
         for step in (0, 7):
             rec.probe(net, x, y, lambda out, t: ((out - t) ** 2).sum(1), step)
+    with phasemap.Recorder(str(work / "results-old"), sweep_id="old", run_id="fixture",  # a second root
+                           config={"weight_decay": 1e-3}) as rec:
+        rec.probe(net, x, y, lambda out, t: ((out - t) ** 2).sum(1), 5)
     return Root(work, root, tiny, sorted(quick_runs))
 
 
@@ -250,6 +254,19 @@ def check_predict(rc, out, err, ctx):
     assert cells["measured"].sum() == len(nets) == 8 and cells["phase"].notna().all()
 
 
+def check_two_roots(rc, out, err, ctx):
+    _ok(rc, out, err, ctx)  # the union of both roots' records: every sweep of each, counted as by hand
+    header, *rows = [line.split() for line in out.strip().splitlines()]
+    assert header == ["sweep_id", "n"]
+    expected = {}
+    for folder in (ctx.root, ctx.work / "results-old"):
+        rows_here = stored(folder)
+        rows_here = rows_here[rows_here["head"].isna()]
+        last = rows_here[rows_here["step"] == rows_here.groupby(NETWORK)["step"].transform("max")]
+        expected.update(last.groupby("sweep_id").size().to_dict())
+    assert {s: int(n) for s, n in rows} == expected and "old" in expected and "quick" in expected
+
+
 def check_diverged_query(rc, out, err, ctx):
     _ok(rc, out, err, ctx)
     table = pd.read_csv(ctx.work / "diverged.csv")
@@ -319,8 +336,10 @@ CHECKS = {
     "phasemap plot results layers --where optimizer = 'sgd' --out layers.svg": figure("layers.svg", "Alignment by layer", SVG),
     "phasemap plot results evolution --relation rga_b --out evolution.png": figure("evolution.png", "rga_b at layer", PNG),
     "phasemap plot results spectra --run <run_id> --member 0 --out spectra.png": figure("spectra.png", "Eigenvalues", PNG),
-    # no spectra: the default network is the most aligned one of the whole root, here a CNN, which has none
-    "phasemap report results --out report": report("report", FIGURES + ["learning-phase"]),
+    "phasemap report results --sweep quick --out report": report("report", FIGURES + ["spectra"], sweep="quick"),
+    "phasemap report results --all --out report-all": report("report-all", FIGURES + ["learning-phase"]),
+    "phasemap query results results-old SELECT sweep_id, count(*) AS n FROM last_records GROUP BY ALL ORDER BY ALL":
+        check_two_roots,
 }
 
 
