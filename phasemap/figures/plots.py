@@ -37,7 +37,7 @@ PHASE_COLORS = {
     "diverged": "#000000",
 }
 NO_DATA_HATCH = "////"
-NO_MAJORITY_HATCH = "..."  # no phase holds more than half of the cell's networks
+NO_MAJORITY_HATCH = ".."  # no phase holds more than half of the cell's networks
 # the two sides as `phases.phase_of` names them
 SIDES = "a: backward, b: forward"
 _NUMBERED = {number: pair for pair, number in NUMBERED_PHASES.items()}
@@ -242,12 +242,12 @@ def phase_diagram(grid: pd.DataFrame, x: str, y: str, facet: str | None = None, 
         _cell(ax, i, j, color, empty=r is None, alpha=0.15 + 0.45 * float(r["share"]) if inferred else 1.0,
               hatch=NO_MAJORITY_HATCH if split else None)
         if r is not None:
-            if not split:
-                seen.add(phase)
+            seen.add(phase)  # named in its cell, coloured or not: the legend decodes it
             dark = not inferred and not split and phase in (
                 "CRH", "backward-CRH", "6", "diverged", "1", "grokking", "confusion", "comprehension")
             ax.text(i, j, cell_text(r, colors), ha="center", va="center", fontsize=7,
-                    color="white" if dark else "black")
+                    color="white" if dark else "black",
+                    bbox=dict(facecolor="white", edgecolor="none", pad=1.0) if split else None)
     drawn = [p for p in colors if p in seen] + sorted(str(p) for p in seen if p not in colors)  # then a:..|b:..
     handles = [Patch(facecolor=colors.get(p, colors["other"]), edgecolor="#888888", label=_legend_label(p, colors))
                for p in drawn]
