@@ -24,6 +24,7 @@ class NotApplicable(ValueError):
     """A figure kind that these records cannot have (learning phases without a classification
     task, spectra of a family that writes none): the report says so, with no warning."""
 
+
 PREFERRED_X = ("weight_decay", "lr", "batch_size", "width", "momentum", "depth", "optimizer")
 PREFERRED_Y = ("depth", "train_fraction", "batch_size", "width", "optimizer", "lr", "weight_decay", "momentum")
 
