@@ -254,6 +254,11 @@ def check_predict(rc, out, err, ctx):
     assert cells["measured"].sum() == len(nets) == 8 and cells["phase"].notna().all()
 
 
+def check_all_sweeps(rc, out, err, ctx):
+    figure("sweeps.png", "Majority phase", PNG)(rc, out, err, ctx)
+    assert out.rstrip().endswith("; a panel per sweep."), out  # the root's sweeps side by side, not pooled
+
+
 def check_two_roots(rc, out, err, ctx):
     _ok(rc, out, err, ctx)  # the union of both roots' records: every sweep of each, counted as by hand
     header, *rows = [line.split() for line in out.strip().splitlines()]
@@ -337,7 +342,7 @@ CHECKS = {
     "phasemap plot results evolution --relation rga_b --out evolution.png": figure("evolution.png", "rga_b at layer", PNG),
     "phasemap plot results spectra --run <run_id> --member 0 --out spectra.png": figure("spectra.png", "Eigenvalues", PNG),
     "phasemap report results --sweep quick --out report": report("report", FIGURES + ["spectra"], sweep="quick"),
-    "phasemap report results --all --out report-all": report("report-all", FIGURES + ["learning-phase"]),
+    "phasemap plot results phase-diagram --all --out sweeps.png": check_all_sweeps,
     "phasemap query results results-old SELECT sweep_id, count(*) AS n FROM last_records GROUP BY ALL ORDER BY ALL":
         check_two_roots,
 }

@@ -156,7 +156,7 @@ def make_figure(df: pd.DataFrame, kind: str, opts: FigureOptions, root: str | li
     if df.empty:
         raise ValueError("no records to draw (check the root and --where)")
     x, y, facet = choose_axes(df, opts)
-    pooled = _pooled(df, (x, y, facet))
+    pooled = _pooled(df, (x, y, facet)) + (f"; a panel per {plots.axis_label(facet)}" if facet else "")
     facets = [facet] if facet else []
     if kind == "phase-diagram":
         table = _boundary_grid(df, root, opts, [*facets, y, x])
