@@ -29,7 +29,8 @@ EPILOG = """examples:
   phasemap query results "SELECT depth, weight_decay, avg(rga_b) FROM last_records
     WHERE layer = n_layers - 1 GROUP BY ALL"     # each network's last step, last hidden layer
   phasemap plot results phase-diagram --out phases.png
-  phasemap report results --out report
+  phasemap report results --sweep quick --out report   # several sweeps: --sweep NAME or --all
+  phasemap query results results-old "SELECT sweep_id, count(*) FROM records GROUP BY ALL"   # two roots
 
 A run config describes one pack: members are the product of the lists given for
 optimizer.lr, optimizer.momentum, optimizer.weight_decay and train.seed; they train as one

@@ -230,6 +230,8 @@ def test_a_report_of_several_sweeps_asks_for_sweep_or_all(root, tmp_path, capsys
         "error: `one sweep, --sweep NAME or --all` must hold, but the records hold 2 sweeps (other, syn): --sweep NAME "
         "reports one, --all reports them side by side (a panel per sweep)")
     assert not (tmp_path / "r").exists()
+    assert main(["report", str(root), "--sweep", "syn", "--all", "--out", str(tmp_path / "r")]) == 2
+    assert "`--sweep or --all, not both` must hold, but got --sweep syn --all" in capsys.readouterr().err
     fig, table, caption = make_figure(load(str(root)), "phase-diagram", FigureOptions())  # what --all draws
     assert [ax.get_title() for ax in fig.axes] == ["sweep = other", "sweep = syn"]
     assert set(table["sweep_id"]) == {"other", "syn"}
