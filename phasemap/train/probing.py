@@ -85,18 +85,21 @@ class Prober:
     def _packed(self, x, y) -> Probe:
         s, K = self.spec, len(self.weight_decays)
         base, params, buffers = self.model.functional()
-        finite = [k for k in range(K) if all(bool(torch.isfinite(p[k]).all()) for p in params.values())]
+        finite = torch.stack([torch.isfinite(p.flatten(1)).all(1) for p in params.values()]).all(0)  # one sync
+        finite = finite.nonzero().flatten().tolist()
         nan_row = {c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan) for c in METRIC_COLUMNS}
         values = [{c: [nan_row[c]] * K for c in METRIC_COLUMNS} for _ in self.layers]
         reasons = [[""] * K for _ in self.layers]
         loss = [math.nan] * K  # a diverged member's rows are the divergence rows
-        if finite:
+        if len(finite) < K:  # the diverged members stay out (their NaN would reach no row anyway)
             index = torch.tensor(finite, device=next(iter(params.values())).device)
+            params = {n: p.index_select(0, index) for n, p in params.items()}
+            buffers = {n: b.index_select(0, index) for n, b in buffers.items()}
+        if finite:
             tracker = Stationarity.stacked([self.trackers[k] for k in finite])
             classification = self.task.classification
             losses, rows = probe_packed(
-                base, {n: p.index_select(0, index) for n, p in params.items()},
-                {n: b.index_select(0, index) for n, b in buffers.items()}, self.prepare(x), y, self.task.loss,
+                base, params, buffers, self.prepare(x), y, self.task.loss,
                 s.covariance, s.pah_floor, s.null_samples, [self.weight_decays[k] for k in finite],
                 labels=y if classification else None, stationarity=tracker, max_samples=s.max_samples,
                 per_head=s.per_head, n_classes=self.task.output_dim if classification else None)
