@@ -9,7 +9,7 @@ grid's records instead, revealing only the cells it asks for: the same numbers, 
 training is a function of its config, at no extra compute).
 
     python benchmarks/adaptive.py [--space 2 3] [--steps 2000] [--width 50] [--seeds 1]
-                                  [--budget-share 0.33] [--replay] [--out DIR]
+                                  [--budget-share 0.33 0.5] [--replay] [--out DIR]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def space(n_axes: int, args, mode: str, root: str) -> dict:
     cells = int(np.prod([len(v) for v in axes.values()]))
     search = {"mode": mode}
     if mode == "boundary":
-        search.update(budget=int(cells * args.seeds * args.budget_share), per_round=8, tau=args.tau)
+        search.update(budget=int(cells * args.seeds * args.share), per_round=8, tau=args.tau)
     return {"name": f"adaptive{n_axes}-{mode}", "storage": {"root": root},
             "base": {"task": {"name": "fc1", "input_dim": 100},
                      "model": {"depth": 4, "width": args.width, "activation": "relu"},
@@ -78,7 +78,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=50)
     p.add_argument("--seeds", type=int, default=1, help="networks per cell")
     p.add_argument("--tau", type=float, default=0.9)
-    p.add_argument("--budget-share", type=float, default=0.33, help="the search's budget: this share of the grid's networks")
+    p.add_argument("--budget-share", type=float, nargs="+", default=[0.33],
+                   help="the search's budget: this share of the grid's networks (several: one search each)")
     p.add_argument("--replay", action="store_true", help="replay the search on the full grid's records (no training)")
     p.add_argument("--out", help="storage root (default: a temporary folder)")
     args = p.parse_args()
@@ -92,27 +93,32 @@ def main() -> None:
         full_seconds = time.time() - t0
         full_table = load(root, filters={"sweep_id": full_cfg.sweep_id})
         full_cells = boundary.measured_cells(full_table, args.tau, "last", "raw")
-        cfg = parse_sweep(space(n_axes, args, "boundary", root))
-        t0 = time.time()
-        if args.replay:
-            done, rounds = replay(cfg, full_table.assign(sweep_id=cfg.sweep_id))
-            table = full_table[full_table["config_hash"].isin(list(done))].assign(sweep_id=cfg.sweep_id)
-        else:
-            result = run_sweep(cfg, progress=True)
-            rounds = result.boundary["round"]
-            table = boundary.read_records(root, cfg.sweep_id)
-        search_seconds = time.time() - t0
-        plan = boundary.plan(cfg, done={h: "r" for h in table["config_hash"].unique()}, table=table)
-        cells = boundary.predict(plan, table, args.tau, "last", "raw")
         phases = full_cells["phase"].value_counts()
         print(f"\n{n_axes} axes: {len(full_cells)} cells; full grid phases: "
               + ", ".join(f"{k} {v}" for k, v in phases.items()))
         rows.append((f"{n_axes} axes, full grid", full_table["config_hash"].nunique(), member_steps(full_table), 1.0,
                      "-", full_seconds))
-        rows.append((f"{n_axes} axes, boundary{' (replay)' if args.replay else ''}", table["config_hash"].nunique(),
-                     member_steps(table), compare(full_cells, cells), rounds, search_seconds))
+        for share in args.budget_share:
+            args.share = share
+            data = space(n_axes, args, "boundary", root)
+            data["name"] += f"-{share:g}"
+            cfg = parse_sweep(data)
+            t0 = time.time()
+            if args.replay:
+                done, rounds = replay(cfg, full_table.assign(sweep_id=cfg.sweep_id))
+                table = full_table[full_table["config_hash"].isin(list(done))].assign(sweep_id=cfg.sweep_id)
+            else:
+                result = run_sweep(cfg, progress=True)
+                rounds = result.boundary["round"]
+                table = boundary.read_records(root, cfg.sweep_id)
+            search_seconds = time.time() - t0
+            plan = boundary.plan(cfg, done={h: "r" for h in table["config_hash"].unique()}, table=table)
+            cells = boundary.predict(plan, table, args.tau, "last", "raw")
+            rows.append((f"{n_axes} axes, boundary {share:.0%}{' (replay)' if args.replay else ''}",
+                         table["config_hash"].nunique(), member_steps(table), compare(full_cells, cells), rounds,
+                         search_seconds))
     print(f"\nfc1 depth 4 (or the depth axis), width {args.width}, {args.steps} steps, {args.seeds} seed(s) per cell, "
-          f"tau {args.tau}, last hidden layer; budget {args.budget_share:.0%} of the grid's networks")
+          f"tau {args.tau}, last hidden layer; a search's budget: its share of the grid's networks")
     print(f"{'space':32s} {'networks':>9s} {'member-steps':>13s} {'agreement':>10s} {'rounds':>7s} {'seconds':>8s}")
     for name, nets, steps, agree, rounds, seconds in rows:
         print(f"{name:32s} {nets:9d} {steps:13d} {agree:10.1%} {str(rounds):>7s} {seconds:8.0f}")

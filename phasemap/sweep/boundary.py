@@ -186,10 +186,13 @@ class Surrogate:
             self.models[name], self.means[name] = fitted[values.tobytes()]
 
     def predict(self, X: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per quantity: the mean and the standard deviation of the cell's value (the seeds'
+        noise left out: a cell measured near tau is known, not uncertain)."""
         out = {}
         for name, gp in self.models.items():
             mu, sigma = gp.predict(X, return_std=True)
-            out[name] = (mu + self.means[name], sigma)
+            noise = gp.kernel_.k2.noise_level
+            out[name] = (mu + self.means[name], np.sqrt(np.maximum(sigma**2 - noise, 0.0)))
         return out
 
     def believe(self, X: np.ndarray, picks: np.ndarray, copies: int) -> Surrogate:
