@@ -77,9 +77,9 @@ def test_batched_probe_equals_measure_member_by_member(family, K, probes):
     batched = Stationarity()
     for probe in range(probes):  # a second probe has stationarity values to compare
         base, params, buffers = model.functional()
-        # the second probe in chunks of one member (run without vmap, as on a CPU for large layers)
+        # the first probe under vmap (as on a GPU), the second member after member (as on a CPU)
         loss, rows = probe_packed(base, params, buffers, x, y, loss_fn, weight_decay=DECAYS[:K], stationarity=batched,
-                                  chunk=None if probe == 0 else 1, **options)
+                                  vectorize=probe == 0, **options)
         for k in range(K):
             table = measure(model.member(k), x, y, loss_fn, weight_decay=DECAYS[k], stationarity=trackers[k], **options)
             assert len(table) == len(rows)
@@ -121,6 +121,7 @@ def test_prober_falls_back_to_members_where_vmap_fails_and_says_so_once(caplog):
     x = torch.randn(16, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     y = torch.arange(16) % 3
     model, prober = _prober(_Opaque)
+    prober.vectorize = True  # as on a GPU (on a CPU the capture runs member after member)
     with caplog.at_level(logging.WARNING, logger="phasemap.train.probing"):
         first, second = prober(x, y), prober(x, y)
     assert not prober.batched
@@ -144,6 +145,7 @@ def test_prober_batched_equals_member_loop_with_a_diverged_member():
         return cnn((3, 6, 6), 3, 2, 4, norm="batch")
 
     model, batched = _prober(make)
+    batched.vectorize = True  # as on a GPU
     _, looped = _prober(make)
     looped.batched = False
     with torch.no_grad():

@@ -360,7 +360,7 @@ def probe_packed(base: nn.Module, params: dict, buffers: dict, x: torch.Tensor, 
                  covariance: str = "centered", pah_floor: float = 1e-4, null_samples: int = NULL_SAMPLES,
                  weight_decay=None, labels: torch.Tensor | None = None, stationarity: Stationarity | None = None,
                  max_samples: int = MAX_SAMPLES, per_head: bool = False, n_classes: int | None = None,
-                 chunk: int | None = None):
+                 chunk: int | None = None, vectorize: bool | None = None):
     """`measure` of every member of a pack at once: the same rows and values, captured for all
     members in one `torch.func.vmap` and measured batched over them (as `probe_stacked` does).
 
@@ -368,10 +368,14 @@ def probe_packed(base: nn.Module, params: dict, buffers: dict, x: torch.Tensor, 
     `params`, `buffers`: {name: (K, ...)} stacked, every name `functional_call` needs (tied
     ones under each name). A hook adds a zero tensor to each measured layer's output; dl/dh_b
     and the AGOP's vector-Jacobian products are gradients with respect to it (`torch.func.vjp`
-    inside the vmap), so nothing batched leaves the vmap but its outputs. Runs in eval mode. On
-    a CPU the members go through in chunks whose samples fit in the cache (`_cache_chunk`), on
-    a GPU all at once. `weight_decay` (K,); `stationarity`: one tracker batched over the K,
-    keyed by row name as `measure` keys it; the other options are `measure`'s.
+    inside the vmap), so nothing batched leaves the vmap but its outputs. Runs in eval mode.
+    `vectorize` (default: on a GPU): capture under vmap, else member after member through the
+    same function, as `PackedModel.forward` does on a CPU (faster there, and each member's
+    activations rounded as when it is probed alone: a pack records what its members alone
+    do). On a CPU the members are measured in chunks whose samples fit in the cache
+    (`_cache_chunk`), on a GPU all at once. `weight_decay` (K,); `stationarity`: one tracker
+    batched over the K, keyed by row name as `measure` keys it; the other options are
+    `measure`'s.
 
     Returns (probe loss (K,), [per row of `describe_layers(base, per_head)`: (metrics {column:
     (K,)}, K NaN reasons)]). Raises what vmap raises on a module it cannot run (the caller falls
@@ -397,7 +401,8 @@ def probe_packed(base: nn.Module, params: dict, buffers: dict, x: torch.Tensor, 
                 members = slice(start, start + chunk)
                 loss, output, captured = _capture_vmapped(
                     base, layout, {n: t[members].detach() for n, t in params.items()},
-                    {n: t[members] for n, t in buffers.items()}, x, y, loss_fn, keep_output=labels is not None)
+                    {n: t[members] for n, t in buffers.items()}, x, y, loss_fn, keep_output=labels is not None,
+                    vectorize=x.is_cuda if vectorize is None else vectorize)
                 losses.append(loss)
                 parts.append(_row_matrices(layout, captured, output, covariance, per_head,
                                            None if wd is None else wd[members], labels, n_classes))
@@ -484,10 +489,11 @@ class _Layout:
             and math.prod(self.output_shape) == labels.numel() * n_classes
 
 
-def _capture_vmapped(base, layout: _Layout, params, buffers, x, y, loss_fn, keep_output: bool):
-    """Per member (vmapped over the leading dimension of params and buffers): the probe loss
-    (k,), the output (k, ...) if `keep_output` (else None), and per used layer (h_a, h_b, +dl/dh_b
-    rows (k, n, d), W (k, d_out, d_in), the AGOP w.r.t. h_b (k, d_out, d_out) float64)."""
+def _capture_vmapped(base, layout: _Layout, params, buffers, x, y, loss_fn, keep_output: bool, vectorize: bool):
+    """Per member (vmapped over the leading dimension of params and buffers, or one after the
+    other without `vectorize`): the probe loss (k,), the output (k, ...) if `keep_output` (else
+    None), and per used layer (h_a, h_b, +dl/dh_b rows (k, n, d), W (k, d_out, d_in), the AGOP
+    w.r.t. h_b (k, d_out, d_out) float64)."""
     used = layout.used
     slot = {m: i for i, m in enumerate(used)}
     state: dict = {}
@@ -531,11 +537,14 @@ def _capture_vmapped(base, layout: _Layout, params, buffers, x, y, loss_fn, keep
 
     handles = [m.register_forward_hook(hook) for m in used]
     try:
-        if next(iter(params.values())).shape[0] == 1:  # one member: itself, without vmap's overhead
-            loss, captured, *out = member({n: p[0] for n, p in params.items()}, {n: b[0] for n, b in buffers.items()})
-            result = (loss[None], tuple(tuple(t.unsqueeze(0) for t in c) for c in captured), *(o[None] for o in out))
-        else:
+        if vectorize:
             result = vmap(member, randomness="error")(params, buffers)
+        else:
+            each = [member({n: p[k] for n, p in params.items()}, {n: b[k] for n, b in buffers.items()})
+                    for k in range(next(iter(params.values())).shape[0])]
+            loss, captured, *out = zip(*each)
+            result = (torch.stack(loss), tuple(tuple(torch.stack(t) for t in zip(*layer)) for layer in zip(*captured)),
+                      *(torch.stack(o) for o in out))
     finally:
         for h in handles:
             h.remove()

@@ -60,6 +60,7 @@ class Prober:
             self.layers = [LayerInfo(*row) for row in describe_layers(model.member(0), probe_spec.per_head)]
         self.n_layers = sum(info.head is None for info in self.layers)  # head rows are not layers
         self.batched = not self.stacked  # False once vmap has failed on this model: member by member
+        self.vectorize: bool | None = None  # the batched capture under vmap (None: on a GPU)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Probe:
         if self.stacked:
@@ -102,7 +103,8 @@ class Prober:
                 base, params, buffers, self.prepare(x), y, self.task.loss,
                 s.covariance, s.pah_floor, s.null_samples, [self.weight_decays[k] for k in finite],
                 labels=y if classification else None, stationarity=tracker, max_samples=s.max_samples,
-                per_head=s.per_head, n_classes=self.task.output_dim if classification else None)
+                per_head=s.per_head, n_classes=self.task.output_dim if classification else None,
+                vectorize=self.vectorize)
             tracker.unstack([self.trackers[k] for k in finite])
             for l, (metrics, why) in enumerate(rows):
                 for c in METRIC_COLUMNS:  # one host transfer per layer and column
