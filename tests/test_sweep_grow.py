@@ -215,6 +215,11 @@ def test_an_unreachable_s3_endpoint_ends_the_sweep_with_one_line_and_resume_fini
         env={**ENV, **env}, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{2 * len(done)} configs already complete" in again.stdout
+    # what `make demo` shows too: nothing of Ray's own (start-up banner, Tune's configuration box,
+    # its results folder: those stay under -v) and no WARNING
+    ray_lines = ("Started a local Ray instance", "Configuration for experiment", "View detailed results here",
+                 "Search algorithm", "WARNING")
+    assert [line for line in (again.stdout + again.stderr).splitlines() if any(s in line for s in ray_lines)] == []
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="phasemap", Prefix="sweeps/").get("Contents", [])]
     assert not [k for k in keys if "/_tmp-" in k]
     assert len([k for k in keys if k.endswith("/records.parquet")]) == 3  # one data file per finished run
