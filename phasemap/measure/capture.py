@@ -2,6 +2,9 @@
 
 - `probe_stacked` for the stacked MLP (one forward, one backward for all K members, or for
   chunks of members that fit in a CPU's cache),
+- `probe_packed` for a pack of any other architecture (`PackedModel.functional()`): the same
+  rows and values as `measure` on each member, captured for all members under
+  `torch.func.vmap` on a GPU (member after member on a CPU) and measured batched over them,
 - `measure` for any `torch.nn.Module`, by hooks on its `nn.Linear` layers and on the q, k, v
   and output projections of `nn.MultiheadAttention` (run step by step: `attention`).
 
