@@ -61,7 +61,10 @@ def second_moment(v: torch.Tensor, kind: str = "centered",
     n = keep.sum(-2, keepdim=True).clamp_min(1)  # (..., 1, 1)
     if kind == "centered":
         inv = keep / norms.clamp_min(torch.finfo(v.dtype).tiny)  # 0 for zero rows: they stay zero
-        mean = (inv.transpose(-1, -2) @ v) / n  # (..., 1, d): the mean unit row, without a copy
+        # (..., 1, d): the mean unit row, summed in float64: a float32 sum of N equal rows on one
+        # thread drifts by ~N eps, which would leave a constant layer a spread above rounding
+        wide = torch.float64 if v.dtype != torch.float64 and v.device.type != "mps" else v.dtype
+        mean = ((inv.to(wide).transpose(-1, -2) @ v.to(wide)) / n).to(v.dtype)
         u = torch.addcmul(-mean, v, inv)
         if not bool(keep.all()):  # rare: a zero row must stay zero, not become -mean
             u.mul_(keep)
