@@ -94,6 +94,11 @@ def test_batched_probe_equals_measure_member_by_member(family, K, probes):
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(5), dtype=p.dtype))
     if family == "transformer":
         assert any(".head" in str(n) for n in table["name"])
+        # the heads' outputs (out_proj's input) with their baselines, compared above column by column
+        outs = table[table["kind"] == "attention.head_out"]
+        assert outs["name"].tolist() == ["block1.attn.head1.out", "block1.attn.head2.out"]
+        assert outs["rga_b"].notna().all() and outs["rga_a"].isna().all() and outs["heads_h_b"].notna().all()
+        assert (outs["init_h_b"] < 1).all()  # the second probe: against the first probe's H_b
     if family == "cnn":  # the first convolution's 768 samples: a subset of 500, as measure takes
         assert table["rga_a"].iloc[:2].notna().all()
 

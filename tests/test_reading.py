@@ -118,3 +118,15 @@ def test_recorder_runs_measured_differently_are_different_networks(tmp_path):
     assert hashes["centered"] != hashes["raw"]
     got = load(str(tmp_path))
     assert sorted(got["covariance"].unique()) == ["centered", "raw"]  # both kept, not one per "config"
+
+
+def test_files_before_the_head_baselines_read_them_as_nan(tmp_path):
+    _cnn_recorder_run(tmp_path / "new")
+    table = pq.read_table(next((tmp_path / "new").rglob("records.parquet")))
+    folder = tmp_path / "old" / "sweep=mine" / "run=old"
+    folder.mkdir(parents=True)
+    old = table.drop_columns(["heads_h_b", "init_h_b"])
+    pq.write_table(old.replace_schema_metadata({"phasemap_schema_version": "3"}), folder / "records.parquet")
+    for got in (load(str(tmp_path / "old")), sql(str(tmp_path / "old"), "SELECT * FROM records")):
+        assert len(got) == len(table) and got["rga_b"].notna().any()
+        assert got["heads_h_b"].isna().all() and got["init_h_b"].isna().all()

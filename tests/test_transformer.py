@@ -12,7 +12,7 @@ from packs import assert_members_equal_alone
 from phasemap import ConfigError, parse_config, train_pack
 from phasemap.analysis.aggregate import learning_phase_grid, learning_phases
 from phasemap.data.modular import modular_table
-from phasemap.measure import METRIC_COLUMNS
+from phasemap.measure import BASELINE_COLUMNS, METRIC_COLUMNS
 from phasemap.measure.phases import learning_outcome
 
 
@@ -203,7 +203,8 @@ def test_per_head_rows_are_the_heads_slices_of_the_projection():
     loss = lambda o, t: 0.5 * ((o - t) ** 2).sum(-1)  # noqa: E731
     table = measure(net, x, y, loss, covariance="raw", per_head=True)
     assert table["name"].tolist()[:4] == ["attn.q_proj", "attn.q_proj.head1", "attn.q_proj.head2", "attn.k_proj"]
-    assert table["layer"].tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 5] and table["head"].isna().sum() == 5
+    assert table["layer"].tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5] and table["head"].isna().sum() == 5
+    assert table["name"].tolist()[10:12] == ["attn.head1.out", "attn.head2.out"]  # out_proj's heads' outputs
     heads = table.iloc[1:3]
     assert heads["kind"].tolist() == ["attention.q.head"] * 2 and heads["dim_out"].tolist() == [4, 4]
     # directly: q's inputs, outputs and output gradients, sliced by head (W: the head's rows)
@@ -220,8 +221,8 @@ def test_per_head_rows_are_the_heads_slices_of_the_projection():
         s = slice(4 * h, 4 * h + 4)
         direct, _ = layer_metrics(h_a[None], h_b[None, :, s], g_b[None, :, s], W[None, s], covariance="raw")
         for c in METRIC_COLUMNS:
-            if c.startswith(("nfa", "stat", "nc", "balance")) or c.endswith("_null_se"):
-                continue  # need the rest of the network, earlier probes, labels or weight decay
+            if c.startswith(("nfa", "stat", "nc", "balance")) or c.endswith("_null_se") or c in BASELINE_COLUMNS:
+                continue  # need the rest of the network, earlier probes, labels, weight decay or the other heads
             want, got = direct[c].item(), heads[c].iloc[h]
             assert (math.isnan(want) and math.isnan(got)) or got == pytest.approx(want, rel=1e-4, abs=1e-6), c
 
@@ -234,8 +235,9 @@ def test_per_head_rows_in_a_packed_run_stay_out_of_the_layer_figures(tmp_path):
     recs = load(str(tmp_path))
     heads = recs[recs["head"].notna()]
     assert len(heads) == len(recs[recs["head"].isna() & recs["layer_kind"].isin(["attention.q", "attention.k",
-                                                                                   "attention.v"])]) * 2
-    assert set(heads["layer_kind"]) == {"attention.q.head", "attention.k.head", "attention.v.head"}
+                                                                                   "attention.v", "attention.out"])]) * 2
+    assert set(heads["layer_kind"]) == {"attention.q.head", "attention.k.head", "attention.v.head",
+                                        "attention.head_out"}
     assert (recs["n_layers"] == 7).all() and not recs.duplicated(["config_hash", "step", "layer", "head"]).any()
     assert pick_layer(last_records(recs), "last")["layer_name"].unique().tolist() == ["block1.mlp_out"]
     assert last_records(recs)["head"].isna().all()

@@ -9,7 +9,7 @@ import importlib
 # `import phasemap` (which binds `phasemap.measure` to the function below) stays light, and
 # `phasemap.measure.phases` and the column names import without torch.
 _EXPORTS = {
-    **dict.fromkeys(["METRIC_COLUMNS", "NC_COLUMNS", "PAH_PAIRS", "RELATIONS"], ".columns"),
+    **dict.fromkeys(["BASELINE_COLUMNS", "METRIC_COLUMNS", "NC_COLUMNS", "PAH_PAIRS", "RELATIONS"], ".columns"),
     **dict.fromkeys(["critical_depth", "label_phases"], ".phases"),
     **dict.fromkeys(["describe_layers", "probe_stacked"], ".capture"),
     **dict.fromkeys(["NFA_EXACT", "NFA_PROJECTIONS", "NULL_SAMPLES", "Stationarity", "layer_metrics",
@@ -43,7 +43,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "CUDA_LOCKSTEP_EIG_BATCH", "DEGENERATE", "METRIC_COLUMNS", "NC_COLUMNS", "NFA_EXACT", "NFA_PROJECTIONS",
+    "BASELINE_COLUMNS", "CUDA_LOCKSTEP_EIG_BATCH", "DEGENERATE", "METRIC_COLUMNS", "NC_COLUMNS", "NFA_EXACT", "NFA_PROJECTIONS",
     "NULL_SAMPLES", "PAH_PAIRS", "PowerLaw", "RELATIONS", "Stationarity", "alignment", "alignment_null",
     "alignment_reason", "balance", "batched_eigvalsh", "critical_depth", "degenerate", "describe_layers", "descending_eigh",
     "descending_eigvals", "effective_rank", "excess", "haar_rotations", "label_phases", "layer_metrics", "measure",

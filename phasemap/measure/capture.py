@@ -27,7 +27,7 @@ from torch.func import functional_call, vmap
 from . import attention
 from .columns import METRIC_COLUMNS
 from .layers import (
-    NULL_SAMPLES, Stationarity, _layer_matrices, _layer_spectra, _spectral_metrics,
+    NULL_SAMPLES, Stationarity, _layer_matrices, head_baselines, _layer_spectra, _spectral_metrics,
     _stationarity, layer_metrics, output_directions, output_gradient_grams,
 )
 from .maths import neural_collapse
@@ -58,12 +58,57 @@ def describe_layers(model: nn.Module, per_head: bool = False) -> list[tuple[str,
         rows.append((name, kind, d_in, d_out, index, None))
         for h in _heads(m) if per_head else ():
             rows.append((f"{name}.head{h + 1}", f"{kind}.head", d_in, d_out // m.heads, index, h + 1))
+        heads = _out_heads(model, name, m) if per_head else 0
+        for h in range(heads):
+            rows.append((_head_out_name(name, h), HEAD_OUT, d_in, d_in // heads, index, h + 1))
     return rows
+
+
+HEAD_OUT = "attention.head_out"
+# A head's output o_h (its d_h columns of out_proj's input) has no weight of its own: its row
+# takes W = W_o[:, head's columns]^T, so that Z_b = W_o[:, s]^T W_o[:, s] is the Gram of the
+# weights that read o_h, and records only the b side (h_b = o_h, g_b = -dl/do_h = W_o[:, s]^T
+# times out_proj's g_b); the a side has no input: NaN, with this reason.
+NO_INPUT = "attention.head_out has no input side (a head's output mixes tokens; no weight of its own)"
 
 
 def _heads(m: nn.Module) -> range:
     """The heads of an attention q, k or v projection (none for other layers or one head)."""
     return range(m.heads) if isinstance(m, attention.Projection) and m.heads > 1 else range(0)
+
+
+def _out_heads(model: nn.Module, name: str, m: nn.Module) -> int:
+    """How many heads' outputs an attention's out_proj reads (0: not an out_proj, or one head)."""
+    owner = _owner(model, name) if isinstance(m, nn.Linear) else None
+    if owner is None or attention.unsupported(owner) or owner.num_heads < 2:
+        return 0
+    return owner.num_heads
+
+
+def _head_out_name(name: str, h: int) -> str:
+    """`<attn>.head<h>.out` for out_proj `<attn>.out_proj` (h 0-based)."""
+    return f"{name.rsplit('.', 1)[0]}.head{h + 1}.out"
+
+
+def _head_matrices(m: nn.Module, heads_out: int, h_a, h_b, g_b, W, agop, covariance, g_sign, weight_decay):
+    """{row suffix: _layer_matrices} of one layer's head rows, with their baselines between
+    heads: q, k, v heads (the head's columns of h_b and g_b, its rows of W; the layer's h_a)
+    or, for an out_proj reading `heads_out` heads, each head's output (HEAD_OUT). Batched over
+    a leading K: h_a, h_b, g_b (K, N, d), W (K, d_out, d_in), agop (K, d_out, d_out)."""
+    group = {}
+    d_out = W.shape[-2]
+    for h in _heads(m):
+        s = slice(h * (d_out // m.heads), (h + 1) * (d_out // m.heads))
+        group[h] = _layer_matrices(h_a, h_b[..., s], g_b[..., s], W[:, s], covariance, g_sign=g_sign,
+                                   weight_decay=weight_decay, agop_b=agop[:, s, s])
+    d_in = W.shape[-1]
+    for h in range(heads_out):
+        s = slice(h * (d_in // heads_out), (h + 1) * (d_in // heads_out))
+        W_s = W[..., s]  # (K, d_out, d_h): reads head h's output
+        group[h] = _layer_matrices(None, h_a[..., s], g_b @ W_s, W_s.transpose(-1, -2), covariance,
+                                   g_sign=g_sign, no_a=NO_INPUT)
+    head_baselines(list(group.values()))
+    return group
 
 
 def probe_stacked(model, task, x: torch.Tensor, y: torch.Tensor, covariance: str, pah_floor: float,
@@ -141,7 +186,8 @@ def _cat_layer(chunks):
         return chunks[0]
     out = {c: torch.cat([o[c] for o, _ in chunks]) for c in chunks[0][0]}
     mats = {side: tuple(torch.cat(ms) for ms in zip(*(m[side] for _, m in chunks))) for side in "ab"}
-    mats["W"], mats["kind"] = torch.cat([m["W"] for _, m in chunks]), chunks[0][1]["kind"]
+    mats["W"] = torch.cat([m["W"] for _, m in chunks])
+    mats.update({key: chunks[0][1][key] for key in ("kind", "no_a", "head")})
     return out, mats
 
 
@@ -341,15 +387,20 @@ def _measure(model, maps, x, y, loss_fn, covariance, pah_floor, null_samples, we
         row.update({c: metrics[c][0].item() for c in METRIC_COLUMNS})
         row["nan_reason"] = "; ".join(r for r in (reasons[0], nc_reason) if r)
         rows.append(row)
-        for h in _heads(m) if per_head else ():  # the head's columns of h_b and g_b, its rows of W
-            s = slice(h * (d_out // m.heads), (h + 1) * (d_out // m.heads))
-            metrics, reasons = layer_metrics(
-                h_a.unsqueeze(0), h_b[:, s].unsqueeze(0), g_b[:, s].unsqueeze(0), W[s].unsqueeze(0), covariance,
-                pah_floor, null_samples, weight_decay, agop_b=agop_of[m][s, s].unsqueeze(0), stationarity=stationarity,
-                key=f"{name}.head{h + 1}",
-            )
-            row = dict(info, name=f"{name}.head{h + 1}", kind=info["kind"] + ".head", dim_out=s.stop - s.start,
-                       head=h + 1, nan_reason=reasons[0])
+        heads_out = _out_heads(model, name, m) if per_head else 0
+        if not (per_head and (_heads(m) or heads_out)):
+            continue
+        group = _head_matrices(m, heads_out, h_a.unsqueeze(0), h_b.unsqueeze(0), g_b.unsqueeze(0),
+                               W.unsqueeze(0), agop_of[m].unsqueeze(0), covariance, 1.0, weight_decay)
+        keys = {h: _head_out_name(name, h) if heads_out else f"{name}.head{h + 1}" for h in group}
+        for h, (out, mats) in group.items():
+            _stationarity(stationarity, keys[h], out, mats)
+        spectra = _layer_spectra([mats for _, mats in group.values()], h_b.dtype)
+        for (h, (out, mats)), eigs in zip(group.items(), spectra):
+            metrics, reasons = _spectral_metrics(out, mats, eigs, pah_floor, null_samples)
+            width = W.shape[-1] // heads_out if heads_out else W.shape[-2] // m.heads
+            row = dict(info, name=keys[h], kind=HEAD_OUT if heads_out else info["kind"] + ".head",
+                       dim_out=width, head=h + 1, nan_reason=reasons[0])
             row.update({c: metrics[c][0].item() for c in METRIC_COLUMNS})
             rows.append(row)
     if skipped:
@@ -430,6 +481,7 @@ def probe_packed(base: nn.Module, params: dict, buffers: dict, x: torch.Tensor, 
         nc_reason = layout.nc_reason(m, labels, n_classes)
         rows.append((metrics, ["; ".join(r for r in (reason, nc_reason) if r) for reason in reasons]))
         rows += [measured[f"{name}.head{h + 1}"] for h in (_heads(m) if per_head else ())]
+        rows += [measured[_head_out_name(name, h)] for h in range(layout.heads_out[m] if per_head else 0)]
     if skipped:
         log.warning("measure: %d layer(s) not measured: %s", len(skipped), "; ".join(skipped))
     return torch.cat(losses), rows
@@ -443,6 +495,7 @@ class _Layout:
 
     def __init__(self, base, maps, params, buffers, x, max_samples):
         self.names = {m: name for name, m in maps}
+        self.heads_out = {m: _out_heads(base, name, m) for name, m in maps}
         measurable = [m for _, m in maps if not _unmeasurable(m)]
         seen: dict = {}
 
@@ -569,12 +622,11 @@ def _row_matrices(layout: _Layout, captured: dict, output, covariance, per_head,
                                            logits=output.reshape(output.shape[0], -1, n_classes)
                                            if classifier else None))
         out[name] = (metrics, mats)
-        d_out = W.shape[-2]
-        for h in _heads(m) if per_head else ():  # the head's columns of h_b and g_b, its rows of W
-            s = slice(h * (d_out // m.heads), (h + 1) * (d_out // m.heads))
-            out[f"{name}.head{h + 1}"] = _layer_matrices(h_a, h_b[..., s], g[..., s], W[:, s], covariance,
-                                                         g_sign=-1.0, weight_decay=weight_decay,
-                                                         agop_b=agop[:, s, s])
+        heads_out = layout.heads_out[m] if per_head else 0
+        if per_head and (_heads(m) or heads_out):
+            group = _head_matrices(m, heads_out, h_a, h_b, g, W, agop, covariance, -1.0, weight_decay)
+            out.update({_head_out_name(name, h) if heads_out else f"{name}.head{h + 1}": v
+                        for h, v in group.items()})
     return out
 
 

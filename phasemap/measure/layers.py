@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .columns import NC_COLUMNS, PAH_PAIRS, RELATIONS
+from .columns import BASELINE_COLUMNS, NC_COLUMNS, PAH_PAIRS, RELATIONS
 from .maths import (
     DEGENERATE, _aligned, _log_fit, _max_abs, _nulls, _unit_entries, alignment_reason, balance,
     degenerate, descending_eigh, descending_eigvals, effective_rank, nfa, paired_values, power_law_fit,
@@ -51,25 +51,48 @@ def layer_metrics(
 
 
 def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=None, weight_decay=None,
-                    agop_b=None):
+                    agop_b=None, no_a: str = ""):
     """Alignments, zero counts, trace ratios, balance and NFA of one layer, and its float64
     (H, G, Z) per side.
 
     g_b (and g_a, computed as W^T g_b per sample when not given) may come as +dl/dh with
     g_sign = -1 (no negated copy of the samples): every matrix but the cross term and the
     balance is the same for g and -g. `weight_decay` (K,): each member's gamma, for balance.
+    `no_a`: why the row has no input side (an attention head's output: `h_a` is ignored, may
+    be None): every a-side matrix and column, balance and NFA are NaN, n_zero_*_a 0, and the
+    NaN reasons say `no_a`.
     """
-    h_a, h_b, g_b, W = (t.detach() for t in (h_a, h_b, g_b, W))
-    g_a = g_b @ W if g_a is None else g_a.detach()  # (K, N, d_in)
-    out: dict[str, torch.Tensor] = {"balance": balance(h_a, g_sign * g_b, W, weight_decay)}
-    out.update({c: torch.full(W.shape[:-2], torch.nan, dtype=torch.float64, device=W.device) for c in NC_COLUMNS})
+    h_b, g_b, W = (t.detach() for t in (h_b, g_b, W))
+    nan = lambda: torch.full(W.shape[:-2], torch.nan, dtype=torch.float64, device=W.device)  # noqa: E731
+    out: dict[str, torch.Tensor] = {c: nan() for c in NC_COLUMNS + BASELINE_COLUMNS}
+    if no_a:
+        h_a = g_a = None
+        out["balance"] = nan()
+    else:
+        h_a = h_a.detach()
+        g_a = g_b @ W if g_a is None else g_a.detach()  # (K, N, d_in)
+        out["balance"] = balance(h_a, g_sign * g_b, W, weight_decay)
     W = W.to(torch.float64)
-    if agop_b is None:
-        out["nfa"] = out["nfa_cos"] = torch.full(W.shape[:-2], torch.nan, dtype=torch.float64, device=W.device)
+    if agop_b is None or no_a:
+        out["nfa"], out["nfa_cos"] = nan(), nan()
     else:  # d f / d h_a = (d f / d h_b) W, so the AGOP w.r.t. h_a is W^T AGOP_b W
         out["nfa"], out["nfa_cos"] = nfa(W, W.transpose(-1, -2) @ agop_b.to(torch.float64) @ W)
     mats = {}
-    for side, h, g, Z in (("a", h_a, g_a, W.transpose(1, 2) @ W), ("b", h_b, g_b, W @ W.transpose(1, 2))):
+    if no_a:  # NaN matrices: NaN alignments, spectra and fits, as for a degenerate side
+        d_in = W.shape[-1]
+        H = torch.full((*W.shape[:-2], d_in, d_in), torch.nan, dtype=torch.float64, device=W.device)
+        mats["a"] = (H, H.clone(), H.clone())
+        for c in ("r_h_a", "r_g_a", "rga_a", "rwa_a", "gwa_a"):
+            out[c] = nan()
+        for c in ("n_zero_h_a", "n_zero_g_a", "degenerate_h_a", "degenerate_g_a"):
+            out[c] = torch.zeros(W.shape[:-2], dtype=torch.long, device=W.device)
+        unit = (H.flatten(-2), torch.zeros(W.shape[:-2], dtype=torch.bool, device=W.device))
+        out["_unit_h_a"], out["_unit_h_a_ok"] = unit
+        out["_unit_g_a"], out["_unit_g_a_ok"] = unit
+    sides = [("b", h_b, g_b, W @ W.transpose(1, 2))]
+    if not no_a:
+        sides.insert(0, ("a", h_a, g_a, W.transpose(1, 2) @ W))
+    for side, h, g, Z in sides:
         norms_g = g.norm(dim=-1, keepdim=True)  # (K, N, 1), for the trace ratio and the covariance
         H, u_h, zero_h, out[f"r_h_{side}"] = _shared_second_moment(h, covariance)
         out[f"r_g_{side}"] = trace_ratio(g, norms_g)
@@ -93,8 +116,19 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=
             cross = torch.where(torch.isnan(H[:, :1, :1]) | torch.isnan(G[:, :1, :1]), torch.nan, cross)
             out["cross_b"] = _aligned(_unit_entries(cross + cross.transpose(1, 2)), uZ)
         mats[side] = (H, G, Z)
-    mats["W"], mats["kind"] = W, covariance
+    mats["W"], mats["kind"], mats["no_a"], mats["head"] = W, covariance, no_a, False
     return out, mats
+
+
+def head_baselines(group: list[tuple[dict, dict]]) -> None:
+    """The paper's Fig. 5 baseline between heads: for each head row of one layer (its
+    _layer_matrices), `heads_h_b` = the mean alignment of its H_b with each other head's H_b
+    (NaN where none is defined). Marks the rows as head rows (`init_h_b` is kept for them)."""
+    units = [(out["_unit_h_b"], out["_unit_h_b_ok"]) for out, _ in group]
+    for i, (out, mats) in enumerate(group):
+        mats["head"] = True
+        others = [_aligned(units[i], u) for j, u in enumerate(units) if j != i]
+        out["heads_h_b"] = torch.stack(others).nanmean(0) if others else out["heads_h_b"]
 
 
 def output_directions(shape: torch.Size, per_sample_outputs: int, device=None, seed: int = 0):
@@ -142,7 +176,9 @@ def output_gradient_grams(output: torch.Tensor, h_bs: list[torch.Tensor], shape:
 
 class Stationarity:
     """The H and G matrices of each layer at the previous probe, for the relative change
-    |M_t - M_t'| / |M_t| (Frobenius) since then: the `stat_*` columns (paper Fig. 21).
+    |M_t - M_t'| / |M_t| (Frobenius) since then: the `stat_*` columns (paper Fig. 21); and of
+    each head row (per_head) its H_b at the first probe, float64, for `init_h_b`: the alignment
+    of H_b with it (paper Fig. 5's baseline; 1 at the first probe, NaN where either is undefined).
 
     Keeps K * 4 * d^2 float32 values per layer (fc1, K = 8: 6.4 MB); `state()`/`load()` carry
     them through a checkpoint so that a resumed run records what an uninterrupted one does.
@@ -155,6 +191,9 @@ class Stationarity:
         """Set out["stat_{h,g}_{a,b}"] (K,) from this probe's matrices; remember them."""
         for side in "ab":
             for name, M in zip("hg", mats[side][:2]):
+                if side == "a" and mats.get("no_a"):  # nothing to keep
+                    out[f"stat_{name}_a"] = torch.full(M.shape[:-2], torch.nan, dtype=torch.float64, device=M.device)
+                    continue
                 key = (layer, f"{name}_{side}")
                 before = self.previous.get(key)
                 now = M.to(torch.float32)
@@ -170,6 +209,12 @@ class Stationarity:
                                          torch.nan, change)
                 out[f"stat_{name}_{side}"] = change
                 self.previous[key] = now
+        if mats.get("head"):  # the paper's Fig. 5 baseline: H_b against its first probe's
+            H = mats["b"][0]
+            first = self.previous.get((layer, "h_b_first"))
+            if first is None or first.shape != H.shape:
+                first = self.previous[(layer, "h_b_first")] = H.clone()
+            out["init_h_b"] = _aligned(_unit_entries(H), _unit_entries(first.to(H.device, H.dtype)))
 
     def state(self) -> dict:
         return {key: M.cpu() for key, M in self.previous.items()}
@@ -307,7 +352,9 @@ def _batched(decompose, stacks: list[torch.Tensor]) -> list:
 
 def _nan_reasons(out: dict, mats: dict, k: int) -> str:
     notes = []
-    for side in "ab":
+    if mats.get("no_a"):
+        notes.append(f"rga_a, rwa_a, gwa_a: {mats['no_a']}")
+    for side in "b" if mats.get("no_a") else "ab":
         H, G, Z = mats[side]
         bad = {name: DEGENERATE.get(int(out[f"degenerate_{name.lower()}_{side}"][k]), "")
                for name in ("H", "G") if f"degenerate_{name.lower()}_{side}" in out}

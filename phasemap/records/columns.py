@@ -24,5 +24,10 @@ METRIC_COLUMNS = (
     + ["stat_h_a", "stat_g_a", "stat_h_b", "stat_g_b"]
     # the null of each relation (alignment_null) and its Monte Carlo standard error
     + [f"{r}_{s}_null{suffix}" for s in "ab" for r in RELATIONS for suffix in ("", "_se")]
+    # per-head rows only (probe.per_head; NaN elsewhere), the paper's Fig. 5 baselines: the mean
+    # alignment of this head's H_b with the other heads' H_b of its layer, and of H_b with its
+    # H_b at the run's first probe
+    + ["heads_h_b", "init_h_b"]
 )
+BASELINE_COLUMNS = ("heads_h_b", "init_h_b")
 NC_COLUMNS = ("nc1", "nc2", "nc2_norms", "nc3", "nc4")
