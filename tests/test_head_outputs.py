@@ -112,3 +112,24 @@ def test_head_output_rows_are_the_heads_slices_taken_by_hand():
             for p in model.parameters():
                 p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     print(f"largest difference from the hand slices: {worst:.2e}")
+
+
+def test_the_first_probes_head_matrices_go_through_a_checkpoint():
+    """init_h_b after a resume: the first probe's H_b comes back with the tracker's state."""
+    torch.manual_seed(0)
+    model = Transformer(11, T, 1, E, HEADS).double().eval()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 11, (8, T), generator=g), torch.randint(0, 11, (8, T), generator=g)
+    tracker = Stationarity()
+    measure(model, x, y, _loss, per_head=True, stationarity=tracker)
+    resumed = Stationarity()
+    resumed.load(tracker.state())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    heads = lambda t: t.loc[t["head"].notna(), "init_h_b"].to_numpy()  # noqa: E731
+    went_on = heads(measure(model, x, y, _loss, per_head=True, stationarity=tracker))
+    after = heads(measure(model, x, y, _loss, per_head=True, stationarity=resumed))
+    fresh = heads(measure(model, x, y, _loss, per_head=True, stationarity=Stationarity()))
+    assert len(went_on) == 4 * HEADS and (went_on < 1 - 1e-6).all()  # q, k, v and output heads
+    assert (after == went_on).all() and (abs(fresh - 1) < 1e-12).all()
