@@ -374,4 +374,4 @@ def test_a_failed_job_exits_non_zero(tmp_path, two_node_cluster):
     run = _submit("fail.yaml", two_node_cluster, "--quiet", "--", "--resume", cwd=tmp_path)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "FAILED" in run.stdout
-    assert "--resume applies to grid sweeps" in run.stderr  # the tail of the job's logs
+    assert "--resume applies to grid and boundary sweeps" in run.stderr  # the tail of the job's logs
