@@ -27,7 +27,7 @@ from torch.func import functional_call, vmap
 from . import attention
 from .columns import METRIC_COLUMNS
 from .layers import (
-    NULL_SAMPLES, Stationarity, _layer_matrices, head_baselines, _layer_spectra, _spectral_metrics,
+    NULL_SAMPLES, Stationarity, _layer_matrices, _layer_spectra, _spectral_metrics, head_baselines,
     _stationarity, layer_metrics, output_directions, output_gradient_grams,
 )
 from .maths import neural_collapse
@@ -237,7 +237,19 @@ def measure(
     convolution), gets a row that says why, with NaN metrics, and a warning names it.
     `per_head`: after each attention q, k and v row, one row per head (`<name>.head<h>`, kind
     `attention.q.head`, ..., `head` = h, the projection's `layer`): the head's slice of h_b, g_b
-    and W's rows, with the same h_a (the paper's per-head spectra). Other rows have head NaN.
+    and W's rows, with the same h_a (the paper's per-head spectra); and after each attention's
+    out_proj row, one row per head for the head's output (`<attention>.head<h>.out`, kind
+    `attention.head_out`, the out_proj's `layer`; the paper's llm measurements, its Fig. 3, 5,
+    15): h_b = o_h, the head's d_h columns of out_proj's input (softmax(q k^T / sqrt(d_h)) v of
+    that head), g_b = -dl/do_h (W_s^T times out_proj's g_b: o_h feeds nothing else), and W =
+    W_s^T with W_s = out_proj.weight[:, head's columns], the only weight acting on o_h, so Z_b
+    = W_s^T W_s (d_h x d_h) and RWA, GWA, the cross term and their PAH fits are defined on the
+    b side. A head's output has no weight of its own producing it (it mixes tokens through the
+    attention weights): every a-side column, balance and NFA are NaN, with that reason.
+    Every head row also gets the paper's Fig. 5 baselines: `heads_h_b`, the mean alignment of
+    its H_b with the other heads' H_b of the same layer, and `init_h_b`, the alignment of its
+    H_b with its H_b at the first probe `stationarity` saw (1 there; NaN without it). Other
+    rows have head, heads_h_b and init_h_b NaN.
     """
     qkv, maps = _linear_maps(model)
     if not maps:

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class LayerInfo:
     name: str
-    kind: str  # linear | conv | attention.q | attention.k | attention.v | attention.out (+ ".head")
+    kind: str  # linear | conv | attention.q | attention.k | attention.v | attention.out (+ ".head"),
+    # attention.head_out (a head's output: out_proj's input columns)
     dim_in: int
     dim_out: int
     layer: int  # 1-based position among the measured layers (a head row: its projection's)
