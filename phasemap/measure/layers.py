@@ -78,9 +78,8 @@ def _layer_matrices(h_a, h_b, g_b, W, covariance: str, g_sign: float = 1.0, g_a=
     else:  # d f / d h_a = (d f / d h_b) W, so the AGOP w.r.t. h_a is W^T AGOP_b W
         out["nfa"], out["nfa_cos"] = nfa(W, W.transpose(-1, -2) @ agop_b.to(torch.float64) @ W)
     mats = {}
-    if no_a:  # NaN matrices: NaN alignments, spectra and fits, as for a degenerate side
-        d_in = W.shape[-1]
-        H = torch.full((*W.shape[:-2], d_in, d_in), torch.nan, dtype=torch.float64, device=W.device)
+    if no_a:  # 1x1 NaN matrices (no d_in x d_in work): NaN alignments, spectra and fits
+        H = torch.full((*W.shape[:-2], 1, 1), torch.nan, dtype=torch.float64, device=W.device)
         mats["a"] = (H, H.clone(), H.clone())
         for c in ("r_h_a", "r_g_a", "rga_a", "rwa_a", "gwa_a"):
             out[c] = nan()
@@ -272,7 +271,7 @@ def _layer_spectra(layers: list[dict], dtype: torch.dtype) -> list[dict]:
     values, vectors, z_scales = [], [], []
     for mats in layers:
         (H_a, G_a, Z_a), (H_b, G_b, Z_b) = mats["a"], mats["b"]
-        Z = Z_a if Z_a.shape[-1] <= Z_b.shape[-1] else Z_b
+        Z = Z_a if Z_a.shape[-1] <= Z_b.shape[-1] and not mats.get("no_a") else Z_b
         # H and G were summed in `dtype`; Z = W^T W was formed in float64 and overflows
         # float32 for a member about to diverge (|W| ~ 1e19): it goes scaled to max |entry| 1
         z_scale = _max_abs(Z).clamp_min(torch.finfo(Z.dtype).tiny)
@@ -289,12 +288,19 @@ def _layer_spectra(layers: list[dict], dtype: torch.dtype) -> list[dict]:
         (e_ga, v_ga), (e_gb, v_gb), (e_z, v_z) = next(e_vecs), next(e_vecs), next(e_vecs)
         e_z = e_z * z_scale
         W = mats["W"]
-        small = "a" if mats["a"][2].shape[-1] <= mats["b"][2].shape[-1] else "b"
-        other = W @ v_z if small == "a" else W.transpose(1, 2) @ v_z  # (K, d_other, r)
-        other = other / other.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-        z_vectors = {small: v_z, "b" if small == "a" else "a": other}
         sides = {}
+        if mats.get("no_a"):  # no input side: its 1x1 NaN matrices' spectra, Z's from Z_b
+            z_vectors = {"b": v_z, "a": torch.full_like(v_ga, torch.nan)}
+            sides["a"] = {"eig": torch.stack([e_ha, e_ga, torch.full_like(e_ha, torch.nan)], 1), "vec_g": v_ga,
+                          "vec_z": z_vectors["a"]}
+        else:
+            small = "a" if mats["a"][2].shape[-1] <= mats["b"][2].shape[-1] else "b"
+            other = W @ v_z if small == "a" else W.transpose(1, 2) @ v_z  # (K, d_other, r)
+            other = other / other.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+            z_vectors = {small: v_z, "b" if small == "a" else "a": other}
         for side, e_h, e_g, v_g in (("a", e_ha, e_ga, v_ga), ("b", e_hb, e_gb, v_gb)):
+            if side in sides:
+                continue
             pad = e_h.shape[-1] - e_z.shape[-1]  # zeros, or NaN for a non-finite W
             e_zs = torch.cat([e_z, (e_z[:, :1] * 0).expand(-1, pad)], -1) if pad else e_z
             sides[side] = {"eig": torch.stack([e_h, e_g, e_zs], 1), "vec_g": v_g, "vec_z": z_vectors[side]}
