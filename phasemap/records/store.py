@@ -163,7 +163,7 @@ _ROW_FIELDS = [
     ("n_layers", pa.int32()),  # measured layers of the network: 1..n_layers-1 are hidden (MLP: depth + 1)
     ("layer_name", pa.string()),  # the layer's name in the model (fc1, features.0, block 2 attn.q, ...)
     ("layer_kind", pa.string()),  # linear | conv | attention.q | attention.k | attention.v | attention.out
-    ("head", pa.int32()),  # per-head rows of attention q/k/v (probe.per_head; kind attention.q.head ...); else null
+    ("head", pa.int32()),  # per-head rows of attention q/k/v and head outputs (probe.per_head; kind attention.q.head ..., attention.head_out); else null
     ("dim_in", pa.int32()),
     ("dim_out", pa.int32()),
     ("status", pa.string()),  # ok | diverged | settled (train.stop: the last probe of a member that settled)
