@@ -112,10 +112,12 @@ def _parser() -> argparse.ArgumentParser:
                         "A grid or optuna sweep gives its measured cells.")
     pr.add_argument("root", help="storage root (folder or s3:// URI)")
     pr.add_argument("--sweep", help="sweep id (default: the only one under the root)")
-    pr.add_argument("--layer", default="last", help="layer: index, fraction of the hidden layers (0.5), last, output")
-    pr.add_argument("--tau", type=float, default=0.9, help="alignment threshold for phases (default 0.9)")
-    pr.add_argument("--against", choices=("raw", "null"), default="raw",
-                    help="judge alignments raw (the paper) or as their excess over the null")
+    pr.add_argument("--layer", help="layer: index, fraction of the hidden layers (0.5), last, output (default: a "
+                    "boundary search's own, else last)")
+    pr.add_argument("--tau", type=float, help="alignment threshold for phases (default: a boundary search's own, else 0.9)")
+    pr.add_argument("--against", choices=("raw", "null"),
+                    help="judge alignments raw (the paper) or as their excess over the null (default: a boundary "
+                    "search's own, else raw)")
     pr.add_argument("--out", help="write the cells to this .csv file (default: print them)")
 
     st = sub.add_parser("status", help="what of a sweep is complete, running, failed or missing (from storage)",
@@ -483,20 +485,37 @@ def _predict(args) -> int:
         print(f"error: --sweep: `a sweep under {args.root}` must hold, but got {args.sweep!r} (sweeps there: "
               f"{', '.join(found) or 'none'})", file=sys.stderr)
         return 2
+    state = boundary.read_state(args.root, sweep)
+    search = state["config"]["search"] if state is not None else {}  # a boundary search's own settings by default
+    layer_text = args.layer or search.get("layer", "last")
+    tau = args.tau if args.tau is not None else search.get("tau", 0.9)
+    against = args.against or search.get("against", "raw")
     try:
-        layer = parse_layer(args.layer)
-        state = boundary.read_state(args.root, sweep)
+        try:
+            layer = parse_layer(layer_text)
+        except ValueError:
+            layer = None
+        if layer is None or layer == "each":
+            raise ValueError(f"--layer: `an index >= 1, a fraction in (0, 1], 'last' or 'output'` must hold, but got "
+                             f"{layer_text!r}")
+        if not 0 < tau < 1:
+            raise ValueError(f"--tau: `0 < tau < 1` must hold, but got {tau}")
         if state is not None:  # a boundary search: its grid's cells, measured or inferred
             cfg = boundary.stored_config(args.root, state)
-            cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, layer=args.layer, tau=args.tau,
-                                                                      against=args.against))
+            cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, layer=str(layer_text), tau=tau,
+                                                                      against=against))
             table = boundary.read_records(args.root, sweep)
-            cells = boundary.predict(boundary.plan(cfg, table=table), table, args.tau, layer, args.against)
         else:  # any other sweep: the cells its records hold, every one measured
-            cells = boundary.measured_cells(load(args.root, filters={"sweep_id": sweep}), args.tau, layer, args.against)
+            table = load(args.root, filters={"sweep_id": sweep})
+        boundary.check_measurable(table, layer, against)
+        if state is not None:
+            cells = boundary.predict(boundary.plan(cfg, table=table), table, tau, layer, against)
+        else:
+            cells = boundary.measured_cells(table, tau, layer, against)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(f"layer {layer_text}, tau {tau}, judged {'as the excess over the null' if against == 'null' else 'raw'}")
     measured = int((cells["measured"] > 0).sum())
     inferred = cells[cells["measured"] == 0]
     print(f"sweep {sweep}: {len(cells)} cells, {measured} measured, {len(inferred)} inferred"

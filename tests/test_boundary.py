@@ -122,11 +122,33 @@ def test_a_search_replayed_on_a_known_boundary_finds_it_with_a_third_of_the_netw
     ({"optimizer.weight_decay": [0.0, 1e-3]}, {"layer": "each"}, "search.layer: `layer is an index >= 1"),
     ({"train.seed": [0, 1]}, {}, "axes: `a boundary search has an axis other than train.seed`"),
     ({"optimizer.lr": {"low": 0.1, "high": 0.01}}, {}, "axes.optimizer.lr: `low < high"),
+    ({"optimizer.weight_decay": [0.0, 1e-3], "model.depth": [2, 4]}, {"layer": 4},
+     "search.layer: `layer <= the layers of every network (an MLP of depth 2 has 3)`"),
 ])
 def test_a_boundary_search_it_cannot_run_is_refused_naming_the_field(axes, search, field):
     with pytest.raises(ConfigError) as e:
         sweep(axes, **search)
     assert any(p.startswith(field) for p in e.value.problems), e.value.problems
+
+
+def test_judging_against_the_null_needs_a_measured_null():
+    data = {"name": "b", "base": {**BASE, "probe": {"null_samples": 0}}, "axes": {"optimizer.weight_decay": [0.0, 1e-3]},
+            "search": {"mode": "boundary", "against": None}}  # YAML's `against: null` is None: read as "null"
+    with pytest.raises(ConfigError) as e:
+        parse_sweep(data)
+    assert e.value.problems == ["search.against: `probe.null_samples > 0` must hold to judge against the null, but "
+                                "got null_samples=0 (no null is measured)"]
+    data["base"]["probe"]["null_samples"] = 2
+    assert parse_sweep(data).search.against == "null"
+
+
+def test_the_default_budget_is_a_third_of_the_grid_and_never_below_the_first_design():
+    cfg = sweep({"optimizer.weight_decay": [0.0, 1e-3, 1e-2], "optimizer.lr": [0.01, 0.1, 0.2]})
+    cells = boundary.grid_cells(cfg)
+    assert boundary.design_size(cfg, 9) == 8 and boundary.budget(cfg, cells) == 8  # a third would be 3
+    cfg = sweep({"optimizer.weight_decay": [0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0], "optimizer.lr": [0.01, 0.02, 0.05, 0.1, 0.2]},
+                per_round=2)
+    assert boundary.budget(cfg, boundary.grid_cells(cfg)) == 10  # 30 cells / 3; the design is 4
 
 
 def test_validate_refuses_a_budget_below_the_first_design_with_exit_2(tmp_path, capsys):
@@ -165,3 +187,9 @@ def test_predict_on_a_grid_sweep_gives_its_measured_cells(tmp_path, capsys):
         assert cell["phase"] in set(labels[labels == labels.max()].index)
     assert main(["predict", str(tmp_path), "--sweep", "nope"]) == 2
     assert "--sweep: `a sweep under" in capsys.readouterr().err
+    for bad, message in ((["--layer", "foo"], "--layer: `an index >= 1"), (["--layer", "each"], "--layer: `an index"),
+                         (["--layer", "7"], "--layer: `a layer of the networks` must hold, but got 7 (they have 3"),
+                         (["--tau", "1.5"], "--tau: `0 < tau < 1`"),
+                         (["--against", "null"], "--against: `a null was measured")):  # null_samples 0 here
+        assert main(["predict", str(tmp_path), *bad]) == 2, bad
+        assert message in capsys.readouterr().err, bad

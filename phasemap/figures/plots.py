@@ -367,6 +367,8 @@ def evolution_figure(evo: pd.DataFrame, column: str, keys: Sequence[str], title:
     drawn = []
     for gi, (_, sub) in enumerate(groups[: len(LINE_COLORS) * 2]):
         sub = sub[sub["step"] > 0] if (evo["step"] > 0).any() else sub
+        if sub.empty:  # a config whose every network diverged at step 0: nothing on a log axis
+            continue
         color = LINE_COLORS[gi % len(LINE_COLORS)]
         mean, std = sub[f"{column}_mean"], sub[f"{column}_std"].fillna(0)
         ax.plot(sub["step"], mean, color=color, marker="o", markersize=3,

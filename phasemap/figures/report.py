@@ -139,13 +139,16 @@ def _boundary_grid(df: pd.DataFrame, root: str | list[str] | None, opts: FigureO
     cfg = boundary.stored_config(root, state)
     cfg = replace(cfg, search=replace(cfg.search, layer=str(opts.layer), tau=opts.tau, against=opts.against))
     table = boundary.read_records(root, sweep)
+    if "config_hash" in df and set(table["config_hash"]) - set(df["config_hash"]):
+        return None  # the records were filtered (--where): draw what was asked for, measured cells only
     cells = boundary.predict(boundary.plan(cfg, table=table), table, opts.tau, opts.layer, opts.against)
     axes = [c for c in cells.columns if c not in ("phase", "measured", "confidence")]
-    if not set(axes) <= set(keys):
-        log.info("sweep %s: a boundary search over %s drawn from its measured cells only", sweep, axes)
+    if set(axes) != set(keys):  # another facet or axis asked for, or one the map does not have
+        log.info("sweep %s: a boundary search over %s drawn from its measured cells only (the figure's axes: %s)",
+                 sweep, axes, keys)
         return None
     cells = cells.rename(columns={"measured": "n", "confidence": "share"})
-    cells["inferred"] = cells["n"] == 0
+    cells["inferred"] = (cells["n"] == 0) & cells["phase"].notna() & cells["share"].notna()
     return cells
 
 

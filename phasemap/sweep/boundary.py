@@ -73,8 +73,12 @@ def design_size(cfg: SweepConfig, n_cells: int) -> int:
 
 
 def budget(cfg: SweepConfig, cells: list[Cell]) -> int:
-    """Networks the search may train: `search.budget`, else a third of the grid's."""
-    return cfg.search.budget or math.ceil(sum(len(c.members) for c in cells) / 3)
+    """Networks the search may train: `search.budget`, else a third of the grid's (at least the
+    first design's)."""
+    if cfg.search.budget:
+        return cfg.search.budget
+    design = initial_design(coordinates(cfg, cells), design_size(cfg, len(cells)))
+    return max(math.ceil(sum(len(c.members) for c in cells) / 3), sum(len(cells[i].members) for i in design))
 
 
 def check_design(cfg: SweepConfig, problems: list[str]) -> None:
@@ -89,6 +93,18 @@ def check_design(cfg: SweepConfig, problems: list[str]) -> None:
     if cfg.search.budget and cfg.search.budget < first:
         problems.append(f"search.budget: `budget >= networks of the initial design ({initial} cells, {first} "
                         f"networks)` must hold, but got {cfg.search.budget}")
+    if cfg.search.against == "null":
+        without = sorted({c.members[0].probe.null_samples for c in cells if c.members[0].probe.null_samples == 0})
+        if without:
+            problems.append("search.against: `probe.null_samples > 0` must hold to judge against the null, but "
+                            "got null_samples=0 (no null is measured)")
+    from ..analysis.aggregate import parse_layer
+
+    layer = parse_layer(cfg.search.layer)
+    depths = [c.members[0].model.depth for c in cells if c.members[0].model.family == "mlp"]
+    if isinstance(layer, int) and depths and layer > min(depths) + 1:
+        problems.append(f"search.layer: `layer <= the layers of every network (an MLP of depth "
+                        f"{min(depths)} has {min(depths) + 1})` must hold, but got {layer}")
 
 
 # ----------------------------------------------------------------------------- coordinates
@@ -317,7 +333,10 @@ class Plan:
             return chosen, len(design)
         candidates = np.flatnonzero(complete == 0)
         model = self.surrogate()
-        if model is None or not len(candidates):
+        if model is None or not model.models or not len(candidates):
+            if model is not None and not model.models:
+                log.warning("no alignment at layer %s (judged %s) and no divergence to model: nothing to search "
+                            "(is the layer there, are nulls measured?)", self.search.layer, self.search.against)
             return chosen, 0
         scores = straddle(model.predict(self.X[candidates]), tau)
         uncertain = int((scores > 0).sum())
@@ -393,6 +412,25 @@ def predict(p: Plan, table: pd.DataFrame | None, tau: float, layer, against: str
             out.loc[inferred, "phase"] = labels
             out.loc[inferred, "confidence"] = confidence
     return out.drop(columns="cell")
+
+
+def check_measurable(table: pd.DataFrame, layer, against: str) -> None:
+    """A ValueError naming the option unless the finished networks have `layer` and, judged
+    against the null, a measured null."""
+    from ..analysis.aggregate import last_records, pick_layer
+
+    if not len(table):
+        return
+    last = last_records(table)
+    rows = pick_layer(last[last["status"] != "diverged"], layer)
+    if (last["status"] != "diverged").any() and rows.empty:
+        layers = last.groupby("config_hash")["n_layers"].first()
+        raise ValueError(f"--layer: `a layer of the networks` must hold, but got {layer!r} (they have "
+                         f"{int(layers.min())} to {int(layers.max())} layers)")
+    nulls = [f"{c}_null" for c in ALIGNMENT_COLUMNS]
+    if against == "null" and len(rows) and rows[nulls].isna().all().all():
+        raise ValueError("--against: `a null was measured (probe.null_samples > 0)` must hold to judge against it, "
+                         "but got none in these records")
 
 
 def measured_cells(table: pd.DataFrame, tau: float, layer, against: str) -> pd.DataFrame:

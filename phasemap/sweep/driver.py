@@ -264,6 +264,10 @@ def run_sweep(
                 param_space[f"p{i}"] = (tune.lograndint if spec.get("log") else tune.randint)(spec["low"], spec["high"] + 1)
             else:
                 param_space[f"p{i}"] = (tune.loguniform if spec.get("log") else tune.uniform)(spec["low"], spec["high"])
+        if not _ray_speaks():  # "A new study created in memory" and the like: under -v only
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         search = OptunaSearch(seed=cfg.search.seed)
         tune_config = tune.TuneConfig(search_alg=search, num_samples=cfg.search.trials, metric="objective",
                                       mode=cfg.search.direction, reuse_actors=True,
@@ -348,7 +352,8 @@ def _boundary_search(cfg: SweepConfig, job: dict, address, num_cpus, progress: b
             records.clear_run(root, sweep_id, run_id, keep_leases=False)
         plan = boundary.plan(cfg, cells=cells, done={})
     state = boundary.read_state(root, sweep_id)
-    round_ = state["round"] if state and state["config"]["axes"] == json.loads(json.dumps(cfg.axes)) else 0
+    same = state and not overwrite and state["config"]["axes"] == json.loads(json.dumps(cfg.axes))
+    round_ = state["round"] if same else 0
     skipped, trained, n_trials, ended, failed, trials, interrupted = plan.used, 0, 0, 0, [], [], False
     log.info("sweep %s: boundary search over %d cells, budget %d networks, %d complete", sweep_id, len(cells),
              plan.budget, plan.used)

@@ -129,6 +129,8 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
     if isinstance(search_data, dict) and isinstance(search_data.get("layer"), (int, float)) \
             and not isinstance(search_data.get("layer"), bool):
         search_data = {**search_data, "layer": str(search_data["layer"])}  # YAML reads `layer: 3` as a number
+    if isinstance(search_data, dict) and "against" in search_data and search_data["against"] is None:
+        search_data = {**search_data, "against": "null"}  # YAML reads `against: null` as None
     search = _build(SearchSpec, search_data, "search", problems)
     resources = _build(ResourcesSpec, data.get("resources"), "resources", problems)
     storage = _build(SweepStorage, data.get("storage"), "storage", problems)
