@@ -254,3 +254,13 @@ def test_query_and_plot_read_several_roots_as_one(root, tmp_path, capsys):
     capsys.readouterr()
     assert main(["query", str(root), str(tmp_path / "copy"), "SELECT 1"]) == 2
     assert f"but got sweep 'other' under {root} and {tmp_path / 'copy'}" in capsys.readouterr().err
+
+
+def test_evolution_leaves_out_a_config_whose_networks_diverged_at_step_0():
+    from phasemap.figures import plots
+
+    evo = pd.DataFrame({"lr": [0.1, 0.1, 0.1, 100.0], "step": [0, 10, 20, 0],
+                        "rga_b_mean": [0.2, 0.5, 0.8, float("nan")], "rga_b_std": [0.0, 0.1, 0.1, float("nan")]})
+    fig = plots.evolution_figure(evo, "rga_b", ["lr"])  # raised IndexError on the empty lr = 100 group
+    (line,) = fig.axes[0].get_lines()
+    assert list(line.get_xdata()) == [10, 20] and list(line.get_ydata()) == [0.5, 0.8]
