@@ -306,6 +306,9 @@ class Member:
 
 # Fields added after configs were first hashed, with their defaults: a config that leaves them
 # at the default keeps the hash (and so the stored runs) it had before they existed.
+# task.path of a tokens task: the running interpreter's own standard library source (its *.py
+# files, sorted by name): real text every machine has, read at run time, never downloaded
+STDLIB_TEXT = "python-stdlib"
 ADDED_FIELDS = {"task.path": "", "task.held_out": 297, "task.augment": False, "model.family": "mlp",
                 "model.norm": "batch", "model.factory": "", "model.kwargs": {}, "probe.max_samples": 32768,
                 "task.modulus": 97, "task.operation": "add", "task.train_fraction": 0.5, "model.heads": 4,
@@ -455,7 +458,8 @@ def _cross_checks(cfg: RunConfig, problems: list[str], check_environment: bool =
                         f"with family {cfg.model.family!r}")
     if image and cfg.task.name != "digits" and not cfg.task.path:
         problems.append(f"task.path: `the data's file or folder for task {cfg.task.name}` must be given, but got ''")
-    elif image and cfg.task.path and check_environment and not Path(cfg.task.path).exists():
+    elif image and cfg.task.path and check_environment and cfg.task.path != STDLIB_TEXT \
+            and not Path(cfg.task.path).exists():
         problems.append(f"task.path: `path exists` must hold, but got {cfg.task.path!r} (no such file or folder)")
     if cfg.optimizer.name != "sgd" and any(m != 0 for m in cfg.optimizer.momentum):
         problems.append(

@@ -163,8 +163,36 @@ def test_both_token_readers_round_trip(tmp_path):
     tokens, vocab = read_tokens(str(tmp_path / "text.txt"))
     chars = sorted(set("hello, world\nhé"))
     assert vocab == len(chars) and "".join(chars[i] for i in tokens.tolist()) == "hello, world\nhé"
-    with pytest.raises(ConfigError, match="task.path: `a token file exists` must hold"):
+    with pytest.raises(ConfigError, match="task.path: `a token file or a folder of text files exists` must hold"):
         read_tokens(str(tmp_path / "missing.txt"))
+
+
+def test_a_folder_of_text_files_and_the_interpreters_own_stdlib_are_token_sources(tmp_path, monkeypatch):
+    import sysconfig
+
+    from phasemap.data import read_tokens
+
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    (folder / "b.py").write_text("y = 2\n")
+    (folder / "a.py").write_text("x = 1\n")
+    (folder / "notes.txt").write_text("é")
+    (folder / "skip.md").write_text("never read")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "c.py").write_text("never read either")
+    text = "x = 1\n" + "\n" + "y = 2\n" + "\n" + "é"  # sorted by name, joined by newlines
+    tokens, vocab = read_tokens(str(folder))
+    chars = sorted(set(text))
+    assert vocab == len(chars) and "".join(chars[i] for i in tokens.tolist()) == text
+    real = sysconfig.get_paths
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {**real(*a, **k), "stdlib": str(folder)})
+    assert read_tokens("python-stdlib")[0].tolist() == tokens.tolist()  # the interpreter's stdlib folder
+    assert parse_config({"task": {"name": "tokens", "path": "python-stdlib", "block": 2},
+                         "model": {"family": "transformer", "width": 8, "heads": 2}}).task.path == "python-stdlib"
+    with pytest.raises(ConfigError, match="task.path: `a folder holding \\*.py or \\*.txt files` must hold"):
+        read_tokens(str(tmp_path))  # only a subfolder there
+    with pytest.raises(ConfigError, match=r"task.path: `path exists` must hold, but got '/no/such/folder'"):
+        parse_config({"task": {"name": "tokens", "path": "/no/such/folder"}, "model": {"family": "transformer"}})
 
 
 def test_a_transformer_trains_on_a_text_file_tokens_as_samples(tmp_path):

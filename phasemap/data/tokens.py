@@ -3,7 +3,10 @@
 - a nanoGPT-style `.bin`: the token ids as little-endian uint16, with `task.vocab_size` (ids
   must be below it);
 - any other file: plain UTF-8 text read character by character; the vocabulary is the file's
-  sorted distinct characters.
+  sorted distinct characters;
+- a folder: its `*.py` and `*.txt` files (not its subfolders), sorted by name, as one text;
+  `python-stdlib` is the running interpreter's standard library folder (its own source: real
+  text on every machine, read at run time; another Python version is another text).
 
 The last 10% of the stream is held out for probes and held-out accuracy. A sample is
 `task.block` + 1 consecutive tokens at a random offset: the first `block` are the input, the
@@ -15,11 +18,12 @@ its loss is that token's.
 from __future__ import annotations
 
 import os
+import sysconfig
 
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..config import STDLIB_TEXT, ConfigError
 from .classification import accuracy, cross_entropy
 
 HELD_OUT = 0.1  # the last tenth of the stream
@@ -27,8 +31,11 @@ HELD_OUT = 0.1  # the last tenth of the stream
 
 def read_tokens(path: str, vocab_size: int = 0) -> tuple[torch.Tensor, int]:
     """(token ids (n,) int64, vocabulary size) of a `.bin` (uint16, `vocab_size`) or a text file."""
-    if not os.path.isfile(path):
-        raise ConfigError([f"task.path: `a token file exists` must hold, but got {path!r} (no such file)"])
+    if path == STDLIB_TEXT:
+        path = sysconfig.get_paths()["stdlib"]
+    if not os.path.isfile(path) and not os.path.isdir(path):
+        raise ConfigError([f"task.path: `a token file or a folder of text files exists` must hold, but got {path!r} "
+                           f"(no such file or folder)"])
     if path.endswith(".bin"):
         if vocab_size < 1:
             raise ConfigError([f"task.vocab_size: `the vocabulary size of {path!r}` must be given (> 0), but got "
@@ -38,14 +45,28 @@ def read_tokens(path: str, vocab_size: int = 0) -> tuple[torch.Tensor, int]:
             raise ConfigError([f"task.vocab_size: `token ids < vocab_size` must hold, but got id {int(raw.max())} "
                                f">= {vocab_size} in {path!r}"])
         return torch.from_numpy(raw.astype(np.int64)), vocab_size
-    try:
-        text = open(path, encoding="utf-8").read()
-    except UnicodeDecodeError as e:
-        raise ConfigError([f"task.path: `UTF-8 text (or a .bin of uint16 tokens)` must hold, but got {path!r} "
-                           f"({e})"]) from e
+    text = read_text(path)
     chars = sorted(set(text))
     index = {c: i for i, c in enumerate(chars)}
     return torch.tensor([index[c] for c in text], dtype=torch.int64), len(chars)
+
+
+def read_text(path: str) -> str:
+    """A UTF-8 text file, or a folder's *.py and *.txt files (sorted by name) joined by newlines."""
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(path, n) for n in os.listdir(path) if n.endswith((".py", ".txt"))
+        and os.path.isfile(os.path.join(path, n)))
+    if not files:
+        raise ConfigError([f"task.path: `a folder holding *.py or *.txt files` must hold, but got {path!r} (none)"])
+    parts = []
+    for name in files:
+        try:
+            with open(name, encoding="utf-8") as f:
+                parts.append(f.read())
+        except UnicodeDecodeError as e:
+            raise ConfigError([f"task.path: `UTF-8 text (or a .bin of uint16 tokens)` must hold, but got {name!r} "
+                               f"({e})"]) from e
+    return "\n".join(parts)
 
 
 def check_block(spec, n_tokens: int) -> int:
