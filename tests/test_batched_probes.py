@@ -171,3 +171,22 @@ def test_prober_batched_equals_member_loop_with_a_diverged_member():
             for p in model.parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(6), dtype=p.dtype))
     assert a.values[1]["stat_h_a"][0] > 0 and math.isnan(a.values[1]["stat_h_a"][1])
+
+
+def test_a_member_whose_activations_overflow_is_recorded_diverged_and_the_others_are_kept(tmp_path):
+    """Finite parameters, infinite outputs (lr 1e30 after one step): the probe used to fail the
+    whole run in neural collapse's pinv; now that member is diverged and the others are probed."""
+    from phasemap import load, parse_config, train_pack
+
+    cfg = parse_config({"name": "overflow", "task": {"name": "digits"},
+                        "model": {"family": "cnn", "depth": 2, "width": 8, "norm": "batch"},
+                        "optimizer": {"name": "sgd", "lr": [0.02, 1e30, 0.05], "momentum": 0.9},
+                        "train": {"steps": 3, "batch_size": 32, "check_every": 1, "device": "cpu"},
+                        "probe": {"n_samples": 32, "steps": [0, 1, 3], "null_samples": 0},
+                        "storage": {"root": str(tmp_path), "sweep_id": "s"}})
+    result = train_pack(cfg)
+    assert result.status == ["ok", "diverged", "ok"]
+    recs = load(str(tmp_path))
+    assert sorted(recs.loc[recs["member"] == 1, "step"].unique()) == [0, 1]  # probed at 0, diverged at 1
+    kept = recs[(recs["member"] != 1) & (recs["step"] == 3)]
+    assert len(kept) == 2 * kept["n_layers"].iloc[0] and kept["rga_b"].notna().all() and (kept["status"] == "ok").all()

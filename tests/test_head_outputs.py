@@ -3,6 +3,7 @@ against the head's output and its loss gradient sliced by hand from phasemap's o
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -133,3 +134,9 @@ def test_the_first_probes_head_matrices_go_through_a_checkpoint():
     fresh = heads(measure(model, x, y, _loss, per_head=True, stationarity=Stationarity()))
     assert len(went_on) == 4 * HEADS and (went_on < 1 - 1e-6).all()  # q, k, v and output heads
     assert (after == went_on).all() and (abs(fresh - 1) < 1e-12).all()
+    # a checkpoint written before init_h_b kept H_b but not the first probe's: the baseline is
+    # unknown there (NaN), not the resumed probe's own H_b (1.0, as it was before this rule)
+    older = Stationarity()
+    older.load({key: M for key, M in tracker.state().items() if key[1] != "h_b_first"})
+    unknown = heads(measure(model, x, y, _loss, per_head=True, stationarity=older))
+    assert len(unknown) == 4 * HEADS and np.isnan(unknown).all()

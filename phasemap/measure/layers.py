@@ -185,6 +185,9 @@ class Stationarity:
 
     def __init__(self):
         self.previous: dict = {}
+        # layers resumed from a checkpoint that kept their H_b but not its first probe's (written
+        # before init_h_b existed): their baseline is unknown, so init_h_b stays NaN
+        self.first_unknown: set = set()
 
     def update(self, layer, out: dict, mats: dict) -> None:
         """Set out["stat_{h,g}_{a,b}"] (K,) from this probe's matrices; remember them."""
@@ -208,7 +211,10 @@ class Stationarity:
                                          torch.nan, change)
                 out[f"stat_{name}_{side}"] = change
                 self.previous[key] = now
-        if mats.get("head"):  # the paper's Fig. 5 baseline: H_b against its first probe's
+        if mats.get("head") and layer in self.first_unknown:
+            out["init_h_b"] = torch.full(mats["b"][0].shape[:-2], torch.nan, dtype=torch.float64,
+                                         device=mats["b"][0].device)
+        elif mats.get("head"):  # the paper's Fig. 5 baseline: H_b against its first probe's
             H = mats["b"][0]
             first = self.previous.get((layer, "h_b_first"))
             if first is None or first.shape != H.shape:
@@ -224,6 +230,7 @@ class Stationarity:
         keeps them): a matrix that some member lacks, or has in another shape, is left out
         (its change is NaN, as at a first probe). `unstack` hands the update back."""
         joined = cls()
+        joined.first_unknown = set().union(*(t.first_unknown for t in trackers))
         for key, M in trackers[0].previous.items() if trackers else ():
             ms = [t.previous.get(key) for t in trackers]
             if all(m is not None and m.shape == M.shape and m.shape[0] == 1 for m in ms):
@@ -238,6 +245,8 @@ class Stationarity:
 
     def load(self, state: dict, device=None) -> None:
         self.previous = {key: M.to(device) for key, M in state.items()}
+        kept = {key[0] for key in state if key[1] == "h_b"}
+        self.first_unknown = kept - {key[0] for key in state if key[1] == "h_b_first"}
 
 
 def _shared_second_moment(h: torch.Tensor, covariance: str):

@@ -87,8 +87,8 @@ class Prober:
     def _packed(self, x, y) -> Probe:
         s, K = self.spec, len(self.weight_decays)
         base, params, buffers = self.model.functional()
-        finite = torch.stack([torch.isfinite(p.flatten(1)).all(1) for p in params.values()]).all(0)  # one sync
-        finite = finite.nonzero().flatten().tolist()
+        finite = torch.stack([torch.isfinite(p.flatten(1)).all(1) for p in params.values()]).all(0)
+        finite = (finite & self._finite_outputs(x)).nonzero().flatten().tolist()  # one sync
         nan_row = {c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan) for c in METRIC_COLUMNS}
         values = [{c: [nan_row[c]] * K for c in METRIC_COLUMNS} for _ in self.layers]
         reasons = [[""] * K for _ in self.layers]
@@ -117,12 +117,26 @@ class Prober:
                 loss[k] = v
         return Probe(loss, self.layers, values, reasons, None)
 
+    @torch.no_grad()
+    def _finite_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """(K,) whether each member's outputs on the probe set are finite (eval mode): a member
+        whose activations overflow with finite parameters is left out like a diverged one (its
+        probe loss is NaN, so the loop records it diverged) instead of failing the whole probe."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            out = self.model(self.prepare(x))  # (K, N, ...)
+        finally:
+            self.model.train(was)
+        return torch.isfinite(out.flatten(1)).all(1)
+
     def _by_member(self, x, y) -> Probe:
         s, K = self.spec, len(self.weight_decays)
         tables = []
+        outputs = self._finite_outputs(x).tolist()
         for k in range(K):
             member = self.model.member(k)
-            if not all(torch.isfinite(p).all() for p in member.parameters()):
+            if not outputs[k] or not all(torch.isfinite(p).all() for p in member.parameters()):
                 tables.append(None)  # diverged: its rows are the divergence rows
                 continue
             tables.append(measure(member, self.prepare(x), y, self.task.loss, s.covariance, s.pah_floor,
