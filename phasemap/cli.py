@@ -106,9 +106,10 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="every cell's phase in a sweep: measured, or inferred by a boundary search",
                         description="One row per grid cell: its axes (named as in the records), `phase` (the "
-                        "measured majority, or the boundary search's model's label where no network of the cell "
-                        "was trained), `measured` (networks measured in it) and `confidence` (measured: the "
-                        "majority's share; inferred: the probability, under the model, that the label is right). "
+                        "measured majority, more than half of its networks, else 'no majority'; or the boundary "
+                        "search's model's label where no network of the cell was trained), `measured` (networks "
+                        "measured in it) and `confidence` (measured: the most frequent phase's share; inferred: the "
+                        "probability, under the model, that the label is right). "
                         "A grid or optuna sweep gives its measured cells.")
     pr.add_argument("root", help="storage root (folder or s3:// URI)")
     pr.add_argument("--sweep", help="sweep id (default: the only one under the root)")
@@ -516,6 +517,9 @@ def _predict(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"layer {layer_text}, tau {tau}, judged {'as the excess over the null' if against == 'null' else 'raw'}")
+    # a measured cell's phase is its majority: more than half of its networks (as the figures say)
+    split = (cells["measured"] > 0) & (cells["confidence"] <= 0.5) & (cells["measured"] > 1)
+    cells.loc[split, "phase"] = "no majority"
     measured = int((cells["measured"] > 0).sum())
     inferred = cells[cells["measured"] == 0]
     print(f"sweep {sweep}: {len(cells)} cells, {measured} measured, {len(inferred)} inferred"
