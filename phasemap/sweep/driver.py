@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -58,6 +59,32 @@ def objective(table, column: str, direction: str) -> float:
     return float(sum(values) / len(values)) if worst not in values else worst
 
 
+TRACKED = ("rga_a", "rwa_a", "gwa_a", "rga_b", "rwa_b", "gwa_b")  # and their excess over the null
+TRACKED_PER_MEMBER = ("train_loss", "probe_loss", "train_accuracy", "probe_accuracy")
+
+
+def probe_metrics(step: int, rows: list[dict]) -> dict:
+    """What a probe sends the trackers: per member (`member<k>/<column>`) the last hidden layer's
+    alignments and, where the null was measured, their excess over it (`<column>_excess`), and the
+    member's losses and accuracies; `step`. Non-finite values (a diverged member, accuracy on a
+    regression task) are left out: trackers drop or choke on NaN."""
+    from ..measure.maths import excess
+
+    metrics: dict = {"step": step}
+    for row in rows:
+        if row["head"] is not None or row["layer"] != row["n_layers"] - 1 or row["layer"] < 1:
+            continue  # per-head rows, and every layer but the last hidden one
+        k = row["member"]
+        values = {c: row[c] for c in TRACKED + TRACKED_PER_MEMBER}
+        for c in TRACKED:
+            null = row.get(f"{c}_null")
+            if null is not None and math.isfinite(null) and null != 1:
+                values[f"{c}_excess"] = excess(row[c], null)
+        metrics.update({f"member{k}/{c}": float(v) for c, v in values.items()
+                        if v is not None and math.isfinite(v)})
+    return metrics
+
+
 class StorageError(RuntimeError):
     """Writing under the storage root failed (full disk, permissions, unreachable endpoint)."""
 
@@ -82,10 +109,12 @@ def _trainable(config: dict, job: dict) -> None:
         cfg = parse_config(data)
     root, sweep_id, run_id = job["root"], job["sweep_id"], run_id_of(cfg)
     waiting = (lambda message: tune.report({"waiting": message})) if "pack" in config else None
+    # every probe's metrics to the trackers (Tune's logger callbacks); the final report stays the last
+    on_probe = (lambda step, rows: tune.report(probe_metrics(step, rows))) if job.get("tracking") else None
     try:
         records.delete_file(root, sweep_id, run_id, FAILED)
         result = train_pack(cfg, root=root, trial_id=tune.get_context().get_trial_id(), resume=True,
-                            waiting=waiting)
+                            waiting=waiting, on_probe=on_probe)
     except OSError as e:  # the storage, not the pack: no retry (it would meet the same storage);
         # the driver's stopper ends the sweep and names the root in one line
         tune.report({"storage_fault": f"{STORAGE_FAULT} {root!r}: {type(e).__name__}: {e}",
@@ -189,6 +218,53 @@ def _tune_output():
             os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
 
+@contextlib.contextmanager
+def _probe_reports(on: bool):
+    """Probe reports carry no `objective`: Tune's check that every report has the search's
+    metric (an optuna search) is off while they flow (restored after)."""
+    if not on:
+        yield
+        return
+    before = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING", None)
+        else:
+            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = before
+
+
+def _trackers(cfg: SweepConfig) -> list:
+    """Ray Tune's logger callbacks for the sweep's `tracking` (validated, installed: spec.TRACKERS).
+
+    They run on the driver and log each trial as a run, its config as hyperparameters:
+    TensorBoard event files in the trial's folder under `<root>/_tune`; MLflow to
+    MLFLOW_TRACKING_URI (mlflow's default otherwise), experiment = the sweep's name; W&B to
+    project WANDB_PROJECT (the sweep's name otherwise), from a logging actor that is given the
+    driver's WANDB_MODE and WANDB_DIR (`offline` needs no account).
+    """
+    callbacks = []
+    for name in cfg.tracking:
+        if name == "tensorboard":
+            from ray.tune.logger import TBXLoggerCallback
+
+            callbacks.append(TBXLoggerCallback())
+        elif name == "mlflow":
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            callbacks.append(MLflowLoggerCallback(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"),
+                                                  experiment_name=cfg.sweep_id))
+        elif name == "wandb":
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            passed = {"mode": os.environ.get("WANDB_MODE"), "dir": os.environ.get("WANDB_DIR")}
+            callbacks.append(WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT") or cfg.sweep_id,
+                                                 **{k: v for k, v in passed.items() if v}))
+    return callbacks
+
+
 def _storage_check(root: str) -> None:
     try:
         records.check_writable(root)
@@ -225,7 +301,7 @@ def run_sweep(
     _storage_check(root)  # before Ray starts: a root that cannot be written is named now
     job = {"root": root, "sweep_id": sweep_id, "objective": cfg.search.objective, "direction": cfg.search.direction,
            "cpus": cfg.resources.cpus, "base": cfg.base, "axes": list(cfg.axes), "choices": {},
-           "mode": cfg.search.mode}
+           "mode": cfg.search.mode, "tracking": list(cfg.tracking)}
     trained = 0
     if cfg.search.mode == "boundary":
         return _boundary_search(cfg, job, address, num_cpus, progress, overwrite, t0)
@@ -253,8 +329,6 @@ def run_sweep(
         if resume:
             raise SweepError("--resume applies to grid and boundary sweeps; an optuna sweep starts a new study")
         _remove_stale_temp(root, sweep_id, records.temp_files(root, sweep_id))
-        from ray.tune.search.optuna import OptunaSearch
-
         param_space = {}
         for i, (key, spec) in enumerate(cfg.axes.items()):
             if isinstance(spec, list):
@@ -268,7 +342,7 @@ def run_sweep(
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-        search = OptunaSearch(seed=cfg.search.seed)
+        search = _optuna_search()(seed=cfg.search.seed)
         tune_config = tune.TuneConfig(search_alg=search, num_samples=cfg.search.trials, metric="objective",
                                       mode=cfg.search.direction, reuse_actors=True,
                                       trial_dirname_creator=_short_name)
@@ -304,7 +378,8 @@ def _fit(cfg: SweepConfig, job: dict, param_space: dict, tune_config, n_trials: 
     )
     stopper = _StopOnStorageFault()
     interrupted = False
-    with _tune_output():  # no configuration box, no results folder line (unless -v)
+    # no configuration box, no results folder line (unless -v); probe reports for the trackers
+    with _tune_output(), _probe_reports(bool(cfg.tracking)):
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -315,7 +390,7 @@ def _fit(cfg: SweepConfig, job: dict, param_space: dict, tune_config, n_trials: 
                 storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                 verbose=0,
-                callbacks=[callback, JsonLoggerCallback()],
+                callbacks=[callback, JsonLoggerCallback(), *_trackers(cfg)],
                 stop=stopper,
             ),
         )
@@ -385,6 +460,19 @@ def _boundary_search(cfg: SweepConfig, job: dict, address, num_cpus, progress: b
     state = boundary.write_state(cfg, plan, round_, uncertain, finished=not (failed or interrupted))
     return SweepResult(sweep_id, n_trials, ended, skipped, failed, time.time() - t0, trials, trained, interrupted,
                        incomplete, boundary=state)
+
+
+def _optuna_search():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class _Search(OptunaSearch):
+        """OptunaSearch that passes over reports without the objective (probe reports: `tracking`)."""
+
+        def on_trial_result(self, trial_id: str, result: dict):
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+    return _Search
 
 
 class _StopOnStorageFault(tune.Stopper):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib.util
 import itertools
 import json
 from collections.abc import Collection
@@ -28,6 +29,10 @@ OBJECTIVES = ("train_loss", "probe_loss", "train_accuracy", "probe_accuracy",
 
 
 SEARCH_MODES = ("grid", "optuna", "boundary")
+# experiment trackers (Ray Tune's logger callbacks): name -> (the module it needs, how to install it)
+TRACKERS = {"tensorboard": ("tensorboardX", "pip install tensorboardX"),
+            "mlflow": ("mlflow", "pip install 'phasemap[mlflow]'"),
+            "wandb": ("wandb", "pip install 'phasemap[wandb]'")}
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,8 @@ class SweepConfig:
     storage: SweepStorage = SweepStorage()
     pack_size: int | str = "auto"  # most members per pack, or "auto" (see auto_pack_size)
     max_failures: int = 2
+    # experiment trackers every probe's metrics go to (TRACKERS), besides the records
+    tracking: tuple[str, ...] = ()
 
     @property
     def sweep_id(self) -> str:
@@ -85,7 +92,7 @@ class SweepConfig:
         return self.storage.root
 
 
-_SWEEP_KEYS = {"name", "base", "axes", "search", "resources", "storage", "pack_size", "max_failures"}
+_SWEEP_KEYS = {"name", "base", "axes", "search", "resources", "storage", "pack_size", "max_failures", "tracking"}
 _RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
 
 
@@ -142,6 +149,7 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             extra = " or 'auto'" if key == "pack_size" else ""
             problems.append(f"{key}: `{key} >= {low}` must hold (an integer{extra}), but got {value!r}")
+    tracking = _tracking(data.get("tracking", []), problems)
     base = data.get("base") or {}
     if not isinstance(base, dict):
         problems.append(f"base: must be a mapping (a run config), but got {base!r}")
@@ -195,7 +203,7 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
     if mode == "boundary":
         _check_boundary(search, axes, problems)
     cfg = SweepConfig(name, base, axes, search, resources, storage, data.get("pack_size", "auto"),
-                      data.get("max_failures", 2))
+                      data.get("max_failures", 2), tracking)
     if not problems and mode in ("grid", "boundary"):
         seen = set()
         for combo in grid_points(cfg):
@@ -213,6 +221,24 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepConfig:
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)), source)
     return cfg
+
+
+def _tracking(value: Any, problems: list[str]) -> tuple[str, ...]:
+    """The trackers asked for: known names whose package is installed (checked now: a missing
+    one would otherwise fail only once Ray has started)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.append(f"tracking: `tracking is a list of tracker names` must hold, but got {value!r} "
+                        f"(known: {', '.join(TRACKERS)})")
+        return ()
+    for name in value:
+        if name not in TRACKERS:
+            problems.append(f"tracking: `tracker in {tuple(TRACKERS)}` must hold, but got {name!r}")
+        elif importlib.util.find_spec(TRACKERS[name][0]) is None:
+            problems.append(f"tracking: {name!r} needs the {TRACKERS[name][0]} package, which is not installed: "
+                            f"{TRACKERS[name][1]}")
+    return tuple(dict.fromkeys(v for v in value if v in TRACKERS))
 
 
 SEED_AXIS = "train.seed"  # a boundary search's noise: a cell's networks are its seeds

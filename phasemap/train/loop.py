@@ -108,6 +108,7 @@ def train_pack(
     progress: Callable[[int], None] | None = None,
     resume: bool = True,
     waiting: Callable[[str], None] | None = None,
+    on_probe: Callable[[int, list[dict]], None] | None = None,
 ) -> RunResult:
     """Train every member of `cfg` as one stacked model; write records under `root`.
 
@@ -121,6 +122,10 @@ def train_pack(
     One trainer per run: the run's lease is taken first (see `leases`). While another live
     trainer holds it, this call waits (telling `waiting` why, once); a run that is complete,
     or completes meanwhile, is not trained again: its stored records come back (`reused`).
+
+    `on_probe(step, rows)` is called after each probe's records are written, with that step's
+    rows (one per member still finite and layer; a member found diverged there has its diverged
+    rows); a reused run calls it never, a resumed one from its checkpoint's step on.
     """
     root = root or cfg.storage.root
     sweep_id, run_id = cfg.storage.sweep_id, run_id_of(cfg)
@@ -140,7 +145,7 @@ def train_pack(
     try:
         if records.is_complete(root, sweep_id, run_id):  # finished just before the lease was free
             return stored_result(root, sweep_id, run_id)
-        return _train(cfg, root, trial_id or run_id, progress, resume, lease)
+        return _train(cfg, root, trial_id or run_id, progress, resume, lease, on_probe)
     finally:
         lease.release()
 
@@ -152,7 +157,8 @@ def stored_result(root: str, sweep_id: str, run_id: str) -> RunResult:
                      0.0, 0.0, reused=True, last_step=summary.get("last_step"))
 
 
-def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lease: leases.Lease) -> RunResult:
+def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lease: leases.Lease,
+           on_probe=None) -> RunResult:
     t_start = time.perf_counter()
     sweep_id, run_id = cfg.storage.sweep_id, run_id_of(cfg)
     device = resolve_device(cfg.train.device)
@@ -224,7 +230,8 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
         if step in probe_at or step % cfg.train.check_every == 0 or step == steps:
             first_bad = run.diverged_at.tolist()  # the one sync of this point
             rows = []
-            if step in probe_at:
+            probed = step in probe_at
+            if probed:
                 t0 = time.perf_counter()
                 accuracy = _accuracies(prober, task, x_probe, y_probe, train_subset, out, y)
                 probe = prober(x_probe, y_probe)
@@ -254,6 +261,8 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
             _check_lease(lease)
             records.write_part(root, sweep_id, run_id, step, rows)
             run.rows.extend(rows)
+            if probed and on_probe is not None:
+                on_probe(step, rows)
         if progress is not None:
             progress(step)
         if step == last_step:
