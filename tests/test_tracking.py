@@ -4,6 +4,7 @@ tracker writes files under tmp_path (MLflow's file store, W&B offline): nothing 
 """
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -161,3 +162,38 @@ def test_a_tracker_whose_package_is_missing_names_the_extra(monkeypatch):
     assert err.value.problems == ["tracking: 'wandb' needs the phasemap_no_such_module package, which is not "
                                   "installed: pip install 'phasemap[wandb]'"]
     assert parse_sweep(sweep_data("results", tracking=[])).tracking == ()
+
+
+def test_on_probe_sees_every_probe_once_and_a_reused_run_none(tmp_path):
+    from phasemap.sweep import expand
+    from phasemap.sweep.driver import probe_metrics
+    from phasemap.train import train_pack
+
+    (pack,) = expand(parse_sweep(sweep_data(tmp_path, tracking=[])))
+    seen = []
+    result = train_pack(pack, on_probe=lambda step, rows: seen.append((step, probe_metrics(step, rows))))
+    assert [step for step, _ in seen] == STEPS and not result.reused
+    recs = result.records
+    row = recs[(recs["member"] == 1) & (recs["step"] == 2) & (recs["layer"] == 1)].iloc[0]
+    assert seen[1][1]["member1/gwa_a"] == row["gwa_a"] and seen[1][1]["step"] == 2
+    assert {k.split("/")[1] for k in seen[1][1] if "/" in k} == {
+        *ALIGNMENTS, *(f"{c}_excess" for c in ALIGNMENTS), "train_loss", "probe_loss"}
+    again = []
+    assert train_pack(pack, on_probe=lambda step, rows: again.append(step)).reused and again == []
+
+
+
+def test_an_optuna_search_passes_over_probe_reports(monkeypatch):
+    """Probe reports carry no objective: the search skips them, and Tune's strict metric check is
+    off only while a tracked sweep fits (a whole optuna sweep with tracking: ~6 s, left out of
+    this file's budget; run once by hand)."""
+    from phasemap.sweep.driver import _optuna_search, _probe_reports
+
+    search = _optuna_search()(metric="objective", mode="max", seed=0)
+    search.on_trial_result("t", {"step": 2, "member0/rga_b": 0.5})  # OptunaSearch itself: KeyError
+    monkeypatch.delenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", raising=False)
+    with _probe_reports(True):
+        assert os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] == "1"
+    assert "TUNE_DISABLE_STRICT_METRIC_CHECKING" not in os.environ
+    with _probe_reports(False):
+        assert "TUNE_DISABLE_STRICT_METRIC_CHECKING" not in os.environ
