@@ -250,6 +250,8 @@ def _trackers(cfg: SweepConfig) -> list:
         if name == "tensorboard":
             from ray.tune.logger import TBXLoggerCallback
 
+            if not _ray_speaks():  # "Removed the following hyperparameter values ..." (lists) at each trial's end
+                logging.getLogger("ray.tune.logger.tensorboardx").setLevel(logging.WARNING)
             callbacks.append(TBXLoggerCallback())
         elif name == "mlflow":
             from ray.air.integrations.mlflow import MLflowLoggerCallback
