@@ -289,7 +289,8 @@ def _axis_examples(spec: Any, where: str, problems: list[str]) -> list:
             problems.append(f"{where}: `low > 0` must hold for a log axis, but got {spec!r}")
             return []
         return [int(low), int(high)] if kind == "int" else [float(low), float(high)]
-    problems.append(f"{where}: an optuna axis is a list of choices or {{low, high, log, type}}, but got {spec!r}")
+    problems.append(f"{where}: a range is {{low, high, log, type}} (an optuna axis may also be a list of choices), "
+                    f"but got {spec!r}")
     return []
 
 
