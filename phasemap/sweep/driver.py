@@ -200,40 +200,31 @@ def _ray_speaks() -> bool:
 
 
 @contextlib.contextmanager
+def _environment(name: str, value: str, on: bool = True):
+    """`name` set to `value` in the environment while the block runs (when `on`), restored after."""
+    before = os.environ.get(name)
+    if on:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if on and before is None:
+            os.environ.pop(name, None)
+        elif on:
+            os.environ[name] = before
+
+
 def _tune_output():
     """Tune's terminal output while a Tuner is built and fits: its default ("new") engine prints
     the configuration box and the results folder even at `verbose=0`; its legacy engine, chosen
-    by RAY_AIR_NEW_OUTPUT=0 (read at each call), prints nothing at `verbose=0`. Restored after."""
-    if _ray_speaks():
-        yield
-        return
-    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = before
+    by RAY_AIR_NEW_OUTPUT=0 (read at each call), prints nothing at `verbose=0` (unless -v)."""
+    return _environment("RAY_AIR_NEW_OUTPUT", "0", on=not _ray_speaks())
 
 
-@contextlib.contextmanager
 def _probe_reports(on: bool):
     """Probe reports carry no `objective`: Tune's check that every report has the search's
-    metric (an optuna search) is off while they flow (restored after)."""
-    if not on:
-        yield
-        return
-    before = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING", None)
-        else:
-            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = before
+    metric (an optuna search) is off while they flow."""
+    return _environment("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1", on=on)
 
 
 def _trackers(cfg: SweepConfig) -> list:
