@@ -517,9 +517,10 @@ def _predict(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"layer {layer_text}, tau {tau}, judged {'as the excess over the null' if against == 'null' else 'raw'}")
-    # a measured cell's phase is its majority: more than half of its networks (as the figures say)
-    split = (cells["measured"] > 0) & (cells["confidence"] <= 0.5) & (cells["measured"] > 1)
-    cells.loc[split, "phase"] = "no majority"
+    from .analysis.aggregate import has_majority
+
+    # a measured cell's phase is its majority, as the figures say
+    cells.loc[(cells["measured"] > 0) & ~has_majority(cells["confidence"]), "phase"] = "no majority"
     measured = int((cells["measured"] > 0).sum())
     inferred = cells[cells["measured"] == 0]
     print(f"sweep {sweep}: {len(cells)} cells, {measured} measured, {len(inferred)} inferred"

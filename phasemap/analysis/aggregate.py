@@ -114,12 +114,24 @@ def phase_grid(
     Cells with no data have n = 0 and phase NaN.
     """
     keys = [*facets, y, x] + (["layer"] if layer == "each" else [])
-    rows = pick_layer(last_records(df), layer).copy()
-    rows["phase"] = label_phases(rows, tau, against)
+    rows = labelled(df, tau, layer, against)
     stats = rows.groupby(keys, sort=True)[list(columns)].agg(["mean", "std"])
     stats.columns = [f"{c}_{s}" for c, s in stats.columns]
     table = _majority(rows, keys).merge(stats.reset_index(), on=keys)
     return _complete(table, keys, rows if layer == "each" else df)
+
+
+def has_majority(share):
+    """A cell's most frequent phase is its majority when it holds more than half of the cell's
+    networks; a tie (2 of 4) or a plurality (2 of 5) is no majority. `share` a number or an array."""
+    return share > 0.5
+
+
+def labelled(df: pd.DataFrame, tau: float, layer: int | float | str = "last", against: str = "raw") -> pd.DataFrame:
+    """Each network's rows of `layer` at its last step, with its `phase` at threshold tau."""
+    rows = pick_layer(last_records(df), layer).copy()
+    rows["phase"] = label_phases(rows, tau, against)
+    return rows
 
 
 def _majority(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from ..analysis.aggregate import log_spaced  # noqa: E402
+from ..analysis.aggregate import has_majority, log_spaced  # noqa: E402
 from ..measure.phases import NUMBERED_PHASES, RELATIONS  # noqa: E402
 
 PHASE_COLORS = {
@@ -204,18 +204,12 @@ def cell_text(r, colors: dict) -> str:
         return f"{name}\n~{r['share']:.0%}"
     n = int(r["n"])
     k = int(round(float(r["share"]) * n))
-    if not has_majority(r):
+    if not has_majority(float(r["share"])):
         return f"no majority\n{name}: {k} of {n}"
     text = f"{name}\n{k} of {n}"
     if phase == "grokking" and not pd.isna(r.get("grok_step_mean")):
         text += f"\nat {r['grok_step_mean']:.0f}"
     return text
-
-
-def has_majority(r) -> bool:
-    """A measured cell's phase is its majority when it holds more than half of the networks;
-    a tie (2 of 4) or a plurality (2 of 5) is no majority."""
-    return float(r["share"]) > 0.5
 
 
 def phase_diagram(grid: pd.DataFrame, x: str, y: str, facet: str | None = None, title: str = "",
@@ -235,7 +229,7 @@ def phase_diagram(grid: pd.DataFrame, x: str, y: str, facet: str | None = None, 
         phase = None if r is None else r["phase"]
         known = phase in colors
         inferred = r is not None and bool(r.get("inferred", False))
-        split = r is not None and not inferred and not has_majority(r)
+        split = r is not None and not inferred and not has_majority(float(r["share"]))
         any_inferred |= inferred
         any_split |= split
         color = "#FFFFFF" if phase is None or split else colors[phase] if known else colors["other"]

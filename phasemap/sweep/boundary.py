@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import RunConfig, parse_config
-from ..measure.phases import ALIGNMENT_COLUMNS, RELATIONS, judged, label_phases, phase_of
+from ..measure.phases import ALIGNMENT_COLUMNS, RELATIONS, judged, phase_of
 from .spec import SEED_AXIS, SearchSpec, SweepConfig, _with
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,13 @@ def design_size(cfg: SweepConfig, n_cells: int) -> int:
     return min(n_cells, cfg.search.initial or max(2 ** n_axes, cfg.search.per_round))
 
 
-def budget(cfg: SweepConfig, cells: list[Cell]) -> int:
+def budget(cfg: SweepConfig, cells: list[Cell], X: np.ndarray | None = None) -> int:
     """Networks the search may train: `search.budget`, else a third of the grid's (at least the
-    first design's)."""
+    first design's). `X`: the cells' coordinates, when already computed."""
     if cfg.search.budget:
         return cfg.search.budget
-    design = initial_design(coordinates(cfg, cells), design_size(cfg, len(cells)))
+    X = coordinates(cfg, cells) if X is None else X
+    design = initial_design(X, design_size(cfg, len(cells)))
     return max(math.ceil(sum(len(c.members) for c in cells) / 3), sum(len(cells[i].members) for i in design))
 
 
@@ -93,10 +94,8 @@ def check_design(cfg: SweepConfig, problems: list[str]) -> None:
     if cfg.search.budget and cfg.search.budget < first:
         problems.append(f"search.budget: `budget >= networks of the initial design ({initial} cells, {first} "
                         f"networks)` must hold, but got {cfg.search.budget}")
-    if cfg.search.against == "null":
-        without = sorted({c.members[0].probe.null_samples for c in cells if c.members[0].probe.null_samples == 0})
-        if without:
-            problems.append("search.against: `probe.null_samples > 0` must hold to judge against the null, but "
+    if cfg.search.against == "null" and any(c.members[0].probe.null_samples == 0 for c in cells):
+        problems.append("search.against: `probe.null_samples > 0` must hold to judge against the null, but "
                             "got null_samples=0 (no null is measured)")
     from ..analysis.aggregate import parse_layer
 
@@ -368,8 +367,9 @@ def plan(cfg: SweepConfig, done: dict[str, str] | None = None, table: pd.DataFra
     if table is not None and len(table):
         values = network_values(table[table["config_hash"].isin(wanted)], parse_layer(cfg.search.layer),
                                 cfg.search.against)
-    return Plan(cells, coordinates(cfg, cells), {h: r for h, r in done.items() if h in wanted}, values,
-                budget(cfg, cells), design_size(cfg, len(cells)), cfg.search)
+    X = coordinates(cfg, cells)
+    return Plan(cells, X, {h: r for h, r in done.items() if h in wanted}, values, budget(cfg, cells, X),
+                design_size(cfg, len(cells)), cfg.search)
 
 
 def read_records(root: str, sweep_id: str) -> pd.DataFrame:
@@ -386,7 +386,7 @@ def predict(p: Plan, table: pd.DataFrame | None, tau: float, layer, against: str
     it is complete, else the model's), `measured` (networks), `confidence` (measured: the
     majority's share; inferred: the probability that the label is right under the model)."""
     from .. import records
-    from ..analysis.aggregate import _majority, last_records, pick_layer, varying_axes
+    from ..analysis.aggregate import _majority, labelled, varying_axes
 
     columns = pd.DataFrame([records.config_columns(c.members[0]) for c in p.cells])
     axes = [c for c in varying_axes(columns) if c not in ("seed", "data_seed")]
@@ -395,10 +395,9 @@ def predict(p: Plan, table: pd.DataFrame | None, tau: float, layer, against: str
     cell_of = {h: i for i, c in enumerate(p.cells) for h in c.hashes}
     measured = pd.DataFrame(columns=["cell", "phase", "share", "n"])
     if table is not None and len(table):
-        rows = pick_layer(last_records(table[table["config_hash"].isin(list(cell_of))]), layer).copy()
+        rows = labelled(table[table["config_hash"].isin(list(cell_of))], tau, layer, against)
         rows = rows.drop_duplicates("config_hash")
         if len(rows):
-            rows["phase"] = label_phases(rows, tau, against)
             rows["cell"] = rows["config_hash"].map(cell_of)
             measured = _majority(rows, ["cell"])
     out = out.merge(measured[["cell", "phase", "share", "n"]], on="cell", how="left")
@@ -436,10 +435,9 @@ def check_measurable(table: pd.DataFrame, layer, against: str) -> None:
 def measured_cells(table: pd.DataFrame, tau: float, layer, against: str) -> pd.DataFrame:
     """`predict`'s table for a sweep without a model (a grid): the cells of the config columns
     that vary in the records, each with its networks' majority phase, every one measured."""
-    from ..analysis.aggregate import _majority, last_records, pick_layer, varying_axes
+    from ..analysis.aggregate import _majority, labelled, varying_axes
 
-    rows = pick_layer(last_records(table), layer).copy()
-    rows["phase"] = label_phases(rows, tau, against)
+    rows = labelled(table, tau, layer, against)
     axes = varying_axes(rows)
     if not axes:
         raise ValueError("`a config column varies in the sweep` must hold to map it, but none does")
