@@ -473,9 +473,7 @@ def _boundary_line(state: dict) -> str:
 
 def _predict(args) -> int:
     """`phasemap predict ROOT --sweep NAME`: every cell's phase, measured or inferred."""
-    import dataclasses
-
-    from .analysis.aggregate import parse_layer
+    from .analysis.aggregate import has_majority, parse_layer
     from .analysis.query import load
     from .sweep import boundary
     from .sweep.status import stored_sweeps
@@ -501,24 +499,17 @@ def _predict(args) -> int:
                              f"{layer_text!r}")
         if not 0 < tau < 1:
             raise ValueError(f"--tau: `0 < tau < 1` must hold, but got {tau}")
-        if state is not None:  # a boundary search: its grid's cells, measured or inferred
-            cfg = boundary.stored_config(args.root, state)
-            cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, layer=str(layer_text), tau=tau,
-                                                                      against=against))
-            table = boundary.read_records(args.root, sweep)
-        else:  # any other sweep: the cells its records hold, every one measured
-            table = load(args.root, filters={"sweep_id": sweep})
+        table = boundary.read_records(args.root, sweep) if state is not None else \
+            load(args.root, filters={"sweep_id": sweep})
         boundary.check_measurable(table, layer, against)
-        if state is not None:
-            cells = boundary.predict(boundary.plan(cfg, table=table), table, tau, layer, against)
-        else:
+        if state is not None:  # a boundary search: its grid's cells, measured or inferred
+            cells = boundary.stored_map(args.root, state, table, tau, layer_text, against)
+        else:  # any other sweep: the cells its records hold, every one measured
             cells = boundary.measured_cells(table, tau, layer, against)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"layer {layer_text}, tau {tau}, judged {'as the excess over the null' if against == 'null' else 'raw'}")
-    from .analysis.aggregate import has_majority
-
     # a measured cell's phase is its majority, as the figures say
     cells.loc[(cells["measured"] > 0) & ~has_majority(cells["confidence"]), "phase"] = "no majority"
     measured = int((cells["measured"] > 0).sum())

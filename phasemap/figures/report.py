@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -136,12 +136,10 @@ def _boundary_grid(df: pd.DataFrame, root: str | list[str] | None, opts: FigureO
             break
     else:
         return None
-    cfg = boundary.stored_config(root, state)
-    cfg = replace(cfg, search=replace(cfg.search, layer=str(opts.layer), tau=opts.tau, against=opts.against))
     table = boundary.read_records(root, sweep)
     if "config_hash" in df and set(table["config_hash"]) - set(df["config_hash"]):
         return None  # the records were filtered (--where): draw what was asked for, measured cells only
-    cells = boundary.predict(boundary.plan(cfg, table=table), table, opts.tau, opts.layer, opts.against)
+    cells = boundary.stored_map(root, state, table, opts.tau, opts.layer, opts.against)
     axes = [c for c in cells.columns if c not in ("phase", "measured", "confidence")]
     if set(axes) != set(keys):  # another facet or axis asked for, or one the map does not have
         log.info("sweep %s: a boundary search over %s drawn from its measured cells only (the figure's axes: %s)",

@@ -22,6 +22,7 @@ or a grown grid recomputes the same state from storage and reuses every trained 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -411,6 +412,13 @@ def predict(p: Plan, table: pd.DataFrame | None, tau: float, layer, against: str
             out.loc[inferred, "phase"] = labels
             out.loc[inferred, "confidence"] = confidence
     return out.drop(columns="cell")
+
+
+def stored_map(root: str, state: dict, table: pd.DataFrame, tau: float, layer, against: str) -> pd.DataFrame:
+    """`predict` for a stored boundary search (its state file), judged at `layer`, `tau`, `against`."""
+    cfg = stored_config(root, state)
+    cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, layer=str(layer), tau=tau, against=against))
+    return predict(plan(cfg, table=table), table, tau, layer, against)
 
 
 def check_measurable(table: pd.DataFrame, layer, against: str) -> None:
