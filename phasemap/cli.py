@@ -128,6 +128,20 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("config", metavar="ROOT|CONFIG", help="storage root (folder or s3:// URI), or a YAML sweep config")
     st.add_argument("--sweep", help="with a root: only this sweep id")
     st.add_argument("--out", help="with a config: storage root; default: the config's storage.root")
+
+    sv = sub.add_parser("serve", help="watch sweeps in the browser: progress and figures, updated as records land",
+                        description="Serve a storage root as a web page: per sweep, its progress (networks complete, "
+                        "running, missing, failed; each pack's last step; time left), the phase diagram, "
+                        "critical-depth map and learning-phase grid, redrawn as records land; a click on a cell "
+                        "shows its networks; a read-only SQL box. A JSON API for scripts: /api/status, "
+                        "/api/phase-grid, /api/figure, /api/networks, POST /api/sql. Ctrl-C stops it.")
+    sv.add_argument("root", help="storage root (folder or s3:// URI)")
+    sv.add_argument("--sweep", help="the sweep the page opens on (default: the only one, else a list)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                    "any other needs a token)")
+    sv.add_argument("--port", type=int, default=8050, help="port (default 8050; 0: any free port)")
+    sv.add_argument("--token", help="a token every request must carry (default: none on 127.0.0.1, else a new one, "
+                    "printed in the URL)")
     return p
 
 
@@ -299,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         return _data_command(args)
     if args.command == "predict":
         return _predict(args)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "status" and not _is_config(args.config):
         return _stored_status(args)
     try:
@@ -417,7 +433,7 @@ def _is_config(target: str) -> bool:
 def _stored_status(args) -> int:
     """`phasemap status ROOT [--sweep NAME]`: every sweep's packs from storage alone."""
     from .records import resolve_root
-    from .sweep.status import stored_status, stored_sweeps
+    from .sweep.status import storage_status, stored_sweeps
 
     root = args.config
     found = stored_sweeps(root)
@@ -430,7 +446,7 @@ def _stored_status(args) -> int:
     for i, sweep_id in enumerate([args.sweep] if args.sweep else found):
         if i:
             print()
-        _print_status(sweep_id, root, stored_status(root, sweep_id))
+        _print_status(sweep_id, root, storage_status(root, sweep_id))
     return 0
 
 
@@ -469,6 +485,35 @@ def _boundary_line(state: dict) -> str:
     return (f"boundary search ({where}): round {state['round']}, {state['used']} of a budget of {state['budget']} "
             f"networks, {state['measured']} of {state['cells']} cells measured, {state['uncertain']} candidate "
             f"cells still uncertain")
+
+
+def _serve(args) -> int:
+    """`phasemap serve ROOT`: the live view until Ctrl-C."""
+    import asyncio
+
+    from .records import filesystem, resolve_root
+    from .serve.app import serve
+
+    root = resolve_root(args.root)
+    fs, base = filesystem(root)
+    if fs.get_file_info(base).type.name != "Directory":
+        print(f"error: root: `a folder of records` must hold, but {args.root!r} does not exist", file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535:
+        print(f"error: --port: `0 <= port <= 65535` must hold, but got {args.port}", file=sys.stderr)
+        return 2
+
+    def ready(url: str) -> None:
+        print(f"serving {root} at {url}  (Ctrl-C stops)", flush=True)
+
+    try:
+        asyncio.run(serve(root, args.host, args.port, args.token, args.sweep, ready=ready))
+    except OSError as e:  # the port is taken, the address is not this machine's
+        print(f"error: --host/--port: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 def _predict(args) -> int:

@@ -15,12 +15,16 @@ import pandas as pd
 from ..measure.phases import (
     ALIGNMENT_COLUMNS, critical_depth, crossing_bracket, label_phases, layer_rows, learning_outcome, n_hidden,
 )
-from ..records import CONFIG_COLUMNS
+from ..records import CONFIG_COLUMNS, SCHEMA
+from ..records.columns import METRIC_COLUMNS
 
 NETWORK = ["sweep_id", "run_id", "member"]
 # seeds are what cells aggregate over; every other config column can be an axis
 SEEDS = ["seed", "data_seed"]
 AXES = [c for _, c, _ in CONFIG_COLUMNS if c not in SEEDS] + ["output_dim"]
+# what the figures (but spectra) read: every record column but the metrics, the alignments and their nulls
+FIGURE_COLUMNS = ([c for c in SCHEMA.names if c not in METRIC_COLUMNS] + list(ALIGNMENT_COLUMNS)
+                  + [f"{c}_null" for c in ALIGNMENT_COLUMNS])
 
 
 def varying_axes(df: pd.DataFrame) -> list[str]:

@@ -54,6 +54,8 @@ class Scan:
     missing: dict[str, frozenset] = field(default_factory=dict)
     # (sweep, run) folder -> (complete, time) for the one-network-per-config rule
     runs: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    # file -> (mtime in ns, size): what a reader keeping files between scans compares
+    stamps: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def dataset(self, files: list[str] | None = None) -> ds.Dataset:
         return ds.dataset(self.files if files is None else files, filesystem=self.fs, format="parquet",
@@ -67,8 +69,11 @@ class Scan:
         return out
 
 
-def scan(root: str, strict: bool = False, sweep_id: str | None = None) -> Scan:
-    """Find the record files under `root` (one sweep's only, if given) and check each footer."""
+def scan(root: str, strict: bool = False, sweep_id: str | None = None, footers: dict | None = None) -> Scan:
+    """Find the record files under `root` (one sweep's only, if given) and check each footer.
+
+    `footers`: a dict kept between scans by a reader that scans again and again (`serve`);
+    a file whose mtime and size are unchanged is not opened again."""
     fs, base = filesystem(root)
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         raise DatasetError(f"`the storage root is a folder of records` must hold, but {root!r} does not exist")
@@ -91,7 +96,14 @@ def scan(root: str, strict: bool = False, sweep_id: str | None = None) -> Scan:
         if COMPACTED in names:  # a finished run: its one file, never its leftover parts beside it
             data = [names[COMPACTED]]
         for info in data:
-            reason, columns = _check_file(fs, info.path)
+            stamp = (info.mtime_ns or 0, info.size or 0)
+            if footers is None:
+                reason, columns = _check_file(fs, info.path)
+            else:
+                if (info.path, stamp) not in footers:
+                    footers[(info.path, stamp)] = _check_file(fs, info.path)
+                reason, columns = footers[(info.path, stamp)]
+            found.stamps[info.path] = stamp
             if reason:
                 found.skipped[info.path] = reason
             else:
@@ -247,13 +259,18 @@ def load(
                               for missing, files in found.groups().items()])
     if late:
         table = table.filter(_filter(late))
+    return one_per_config(table, found.runs)[cols]
+
+
+def one_per_config(table: pa.Table, runs: dict[tuple[str, str], tuple[int, float]]) -> pd.DataFrame:
+    """`table` as a DataFrame without the rows `losing_runs` leaves out."""
     df = table.to_pandas()
-    lost = losing_runs(table, found.runs)
+    lost = losing_runs(table, runs)
     if len(lost):
         drop = pd.MultiIndex.from_frame(df[RUN_KEYS]).isin(pd.MultiIndex.from_frame(lost))
         log.info("%d rows of configs also found in a later or complete run left out", int(drop.sum()))
         df = df[~drop].reset_index(drop=True)
-    return df[cols]
+    return df
 
 
 def _literal(value: Any) -> str:
@@ -281,38 +298,119 @@ def sql(root: str | Sequence[str], query: str, strict: bool = False) -> pd.DataF
     each network's last step, as `aggregate.last_records` (a `Recorder` run has no `steps`: use
     this, not `step = steps`); `all_records` is every row as stored.
     """
-    import duckdb
-
     scans = [scan(r, strict) for r in _roots(root)]
     _check_disjoint(scans)
-    con = duckdb.connect()
+    con = connect(scans)
     try:
-        stored, parts, lost = [], [], []
-        for r, found in enumerate(scans):
-            if not found.files:
-                continue
-            dataset = found.dataset()
-            con.register(f"_all{r}", dataset)
-            stored.append(f"SELECT * FROM _all{r}")
-            lost.append(losing_runs(dataset.to_table(columns=RUN_KEYS), found.runs))
-            for i, (missing, files) in enumerate(found.groups().items()):
-                con.register(f"_files{r}_{i}", found.dataset(files))
-                parts.append((f"_files{r}_{i}", missing))
-        if not stored:  # no records anywhere: empty views of the right columns
-            con.register("_all0", DATASET_SCHEMA.empty_table())
-            stored.append("SELECT * FROM _all0")
-            parts.append(("_all0", frozenset()))
-        con.execute("CREATE TEMP VIEW all_records AS " + " UNION ALL ".join(stored))
-        con.register("_lost", pd.concat(lost, ignore_index=True) if lost else
-                     DATASET_SCHEMA.empty_table().select(RUN_KEYS).to_pandas())
-        con.execute("CREATE TEMP VIEW records AS " + " UNION ALL ".join(
-            f"SELECT a.* REPLACE ({_upgrade_sql(missing)}) FROM {name} a "
-            f"ANTI JOIN _lost l ON a.sweep_id = l.sweep_id AND a.run_id = l.run_id AND a.config_hash = l.config_hash"
-            for name, missing in parts))
-        # each network's whole-layer rows at its last step (final probe, or where it diverged):
-        # `aggregate.last_records` in SQL, for queries of "the end of training"
-        con.execute("CREATE TEMP VIEW last_records AS FROM records WHERE head IS NULL "
-                    "QUALIFY step = max(step) OVER (PARTITION BY sweep_id, run_id, member)")
         return con.execute(query).df()
     finally:
         con.close()
+
+
+def connect(scans: list[Scan], lost: pd.DataFrame | None = None):
+    """A DuckDB connection with the views `records`, `last_records` and `all_records` (see `sql`)
+    over the scanned files; `lost`: the rows `losing_runs` leaves out, where the caller knows them."""
+    import duckdb
+
+    con = duckdb.connect()
+    stored, parts, losing = [], [], []
+    for r, found in enumerate(scans):
+        if not found.files:
+            continue
+        dataset = found.dataset()
+        con.register(f"_all{r}", dataset)
+        stored.append(f"SELECT * FROM _all{r}")
+        if lost is None:
+            losing.append(losing_runs(dataset.to_table(columns=RUN_KEYS), found.runs))
+        for i, (missing, files) in enumerate(found.groups().items()):
+            con.register(f"_files{r}_{i}", found.dataset(files))
+            parts.append((f"_files{r}_{i}", missing))
+    if not stored:  # no records anywhere: empty views of the right columns
+        con.register("_all0", DATASET_SCHEMA.empty_table())
+        stored.append("SELECT * FROM _all0")
+        parts.append(("_all0", frozenset()))
+    con.execute("CREATE TEMP VIEW all_records AS " + " UNION ALL ".join(stored))
+    if lost is None:
+        lost = pd.concat(losing, ignore_index=True) if losing else DATASET_SCHEMA.empty_table().select(RUN_KEYS).to_pandas()
+    con.register("_lost", lost)
+    con.execute("CREATE TEMP VIEW records AS " + " UNION ALL ".join(
+        f"SELECT a.* REPLACE ({_upgrade_sql(missing)}) FROM {name} a "
+        f"ANTI JOIN _lost l ON a.sweep_id = l.sweep_id AND a.run_id = l.run_id AND a.config_hash = l.config_hash"
+        for name, missing in parts))
+    # each network's whole-layer rows at its last step (final probe, or where it diverged):
+    # `aggregate.last_records` in SQL, for queries of "the end of training"
+    con.execute("CREATE TEMP VIEW last_records AS FROM records WHERE head IS NULL "
+                "QUALIFY step = max(step) OVER (PARTITION BY sweep_id, run_id, member)")
+    return con
+
+
+class LiveRecords:
+    """The records under a root kept in memory and brought up to date by `refresh`, which reads
+    only the files new or changed (mtime, size) since the last one: what `phasemap serve` reads.
+
+    `columns` are kept (default: `aggregate.FIGURE_COLUMNS`, what every figure reads); `frame`
+    gives one sweep's records as `load` would (one network per config, older files upgraded),
+    rebuilt only when that sweep's files changed; `connect` a DuckDB connection with the views
+    of `sql` over every file of the last refresh.
+    """
+
+    def __init__(self, root: str, columns: Iterable[str] | None = None):
+        from .aggregate import FIGURE_COLUMNS
+
+        self.root = root
+        self.columns = list(columns if columns is not None else FIGURE_COLUMNS)
+        self.found = Scan(root, *filesystem(root))
+        self._footers: dict = {}
+        self._tables: dict[str, tuple[tuple[int, int], pa.Table]] = {}  # file -> (stamp, its rows)
+        self._frames: dict[str, tuple[tuple, pd.DataFrame]] = {}  # sweep -> (its files' stamps, records)
+
+    def refresh(self) -> list[str]:
+        """List the root again and read what is new or changed; returns the files read."""
+        found = scan(self.root, footers=self._footers)
+        needed = _read_columns(self.columns + RUN_KEYS)
+        tables, read = {}, []
+        for missing, files in found.groups().items():
+            for path in files:
+                stamp = found.stamps[path]
+                if path in self._tables and self._tables[path][0] == stamp:
+                    tables[path] = self._tables[path]
+                    continue
+                try:
+                    table = _upgrade(found.dataset([path]).to_table(columns=needed), missing)
+                except (OSError, pa.ArrowInvalid) as e:  # removed or replaced since the listing (a compaction)
+                    log.info("%s not read this time: %s", path, e)
+                    continue
+                tables[path] = (stamp, table)
+                read.append(path)
+        self._footers = {k: v for k, v in self._footers.items() if k[0] in found.stamps}
+        self._tables, self.found = tables, found
+        return read
+
+    def sweeps(self) -> list[str]:
+        return sorted({s for s, _ in self.found.runs})
+
+    def _of(self, sweep: str) -> list[str]:
+        return sorted(p for p in self._tables if f"/sweep={sweep}/" in p[len(self.found.base):] + "/")
+
+    def stamp(self, sweep: str) -> tuple:
+        """What changes whenever a sweep's records do: its files' paths, mtimes and sizes."""
+        return tuple((p, self._tables[p][0]) for p in self._of(sweep))
+
+    def frame(self, sweep: str) -> pd.DataFrame:
+        """One sweep's records, as `load(root, filters={"sweep_id": sweep}, columns=self.columns)`."""
+        stamp = self.stamp(sweep)
+        if sweep in self._frames and self._frames[sweep][0] == stamp:
+            return self._frames[sweep][1]
+        tables = [self._tables[p][1] for p in self._of(sweep)]
+        if tables:
+            df = one_per_config(pa.concat_tables(tables), self.found.runs)[self.columns]
+        else:
+            df = SCHEMA.empty_table().select(self.columns).to_pandas()
+        self._frames = {**{k: v for k, v in self._frames.items() if k in self.sweeps()}, sweep: (stamp, df)}
+        return df
+
+    def connect(self):
+        """`connect` over the files of the last refresh (a query reads them from storage)."""
+        keys = [t.select(RUN_KEYS) for _, t in self._tables.values()]
+        lost = losing_runs(pa.concat_tables(keys), self.found.runs) if keys else None
+        return connect([self.found], lost)

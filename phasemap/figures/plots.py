@@ -175,9 +175,11 @@ def _cells(table: pd.DataFrame, x: str, y: str, facet: str | None, panels):
         _label_grid(ax, xs, ys, x, y, facet, value)
 
 
-def _cell(ax, i: int, j: int, color, empty: bool, alpha: float = 1.0, hatch: str | None = None) -> None:
+def _cell(ax, i: int, j: int, color, empty: bool, alpha: float = 1.0, hatch: str | None = None,
+          gid: str | None = None) -> None:
+    """A grid cell; `gid` names its element in an SVG (the live view finds a clicked cell by it)."""
     ax.add_patch(plt.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor=matplotlib.colors.to_rgba(color, alpha),
-                               edgecolor="#888888", linewidth=0.5, hatch=NO_DATA_HATCH if empty else hatch))
+                               edgecolor="#888888", linewidth=0.5, hatch=NO_DATA_HATCH if empty else hatch, gid=gid))
 
 
 def _label_grid(ax, xs, ys, x: str, y: str, facet: str | None, value) -> None:
@@ -220,7 +222,8 @@ def phase_diagram(grid: pd.DataFrame, x: str, y: str, facet: str | None = None, 
     names every phase drawn by the relations that hold (`phase_meaning`).
 
     Cells of a boundary search that were inferred, not measured (`inferred` true, `share` the
-    model's confidence), are drawn lighter, the lighter the less sure, with "~" before it."""
+    model's confidence), are drawn lighter, the lighter the less sure, with "~" before it. In
+    an SVG a cell with data is the element `cell-<its index label in grid>`."""
     _style()
     colors = colors or PHASE_COLORS
     fig, panels = _facet_axes(grid, facet)
@@ -234,7 +237,7 @@ def phase_diagram(grid: pd.DataFrame, x: str, y: str, facet: str | None = None, 
         any_split |= split
         color = "#FFFFFF" if phase is None or split else colors[phase] if known else colors["other"]
         _cell(ax, i, j, color, empty=r is None, alpha=0.15 + 0.45 * float(r["share"]) if inferred else 1.0,
-              hatch=NO_MAJORITY_HATCH if split else None)
+              hatch=NO_MAJORITY_HATCH if split else None, gid=None if r is None else f"cell-{r.name}")
         if r is not None:
             seen.add(phase)  # named in its cell, coloured or not: the legend decodes it
             dark = not inferred and not split and phase in (

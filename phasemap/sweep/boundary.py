@@ -27,14 +27,14 @@ import itertools
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from ..config import RunConfig, parse_config
 from ..measure.phases import ALIGNMENT_COLUMNS, RELATIONS, judged, phase_of
-from .spec import SEED_AXIS, SearchSpec, SweepConfig, _with
+from .spec import SEED_AXIS, SearchSpec, SweepConfig, _with, from_stored, stored_form
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +416,7 @@ def predict(p: Plan, table: pd.DataFrame | None, tau: float, layer, against: str
 
 def stored_map(root: str, state: dict, table: pd.DataFrame, tau: float, layer, against: str) -> pd.DataFrame:
     """`predict` for a stored boundary search (its state file), judged at `layer`, `tau`, `against`."""
-    cfg = stored_config(root, state)
+    cfg = from_stored(root, state["config"])
     cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, layer=str(layer), tau=tau, against=against))
     return predict(plan(cfg, table=table), table, tau, layer, against)
 
@@ -457,9 +457,7 @@ def write_state(cfg: SweepConfig, p: Plan, round_: int, uncertain: int, finished
     """The search's config and progress, for `status` and `predict` (which have no config)."""
     from .. import records
 
-    state = {"config": {"name": cfg.name, "base": cfg.base, "axes": cfg.axes, "search": asdict(cfg.search),
-                        "pack_size": cfg.pack_size},
-             "round": round_, "budget": p.budget, "used": p.used, "cells": len(p.cells),
+    state = {"config": stored_form(cfg), "round": round_, "budget": p.budget, "used": p.used, "cells": len(p.cells),
              "measured": int((p.complete > 0).sum()), "uncertain": uncertain, "finished": finished}
     records.write_sweep_file(cfg.root, cfg.sweep_id, STATE, json.dumps(state, indent=2, default=list).encode())
     return state
@@ -471,11 +469,3 @@ def read_state(root: str, sweep_id: str) -> dict | None:
     data = records.read_sweep_file(root, sweep_id, STATE)
     return json.loads(data) if data is not None else None
 
-
-def stored_config(root: str, state: dict) -> SweepConfig:
-    """The sweep config a state file holds (nothing checked against this machine's files)."""
-    from .spec import SweepStorage
-
-    c = state["config"]
-    return SweepConfig(c["name"], c["base"], c["axes"], SearchSpec(**c["search"]), storage=SweepStorage(root),
-                       pack_size=c.get("pack_size", "auto"))

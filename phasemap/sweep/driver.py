@@ -32,7 +32,7 @@ from ..analysis.aggregate import last_records
 from ..measure.phases import n_hidden
 from ..config import parse_config
 from ..train import run_id_of, train_pack
-from .spec import SweepConfig, SweepStorage, _with, pack_members
+from .spec import SweepConfig, SweepStorage, _with, pack_members, write_stored
 from .status import FAILED, grid_plan
 
 log = logging.getLogger(__name__)
@@ -292,6 +292,7 @@ def run_sweep(
     cfg = dataclasses.replace(cfg, storage=SweepStorage(records.resolve_root(cfg.root)))
     root, sweep_id = cfg.root, cfg.sweep_id
     _storage_check(root)  # before Ray starts: a root that cannot be written is named now
+    write_stored(cfg)  # status and serve know the members not started yet without the YAML file
     job = {"root": root, "sweep_id": sweep_id, "objective": cfg.search.objective, "direction": cfg.search.direction,
            "cpus": cfg.resources.cpus, "base": cfg.base, "axes": list(cfg.axes), "choices": {},
            "mode": cfg.search.mode, "tracking": list(cfg.tracking)}

@@ -299,6 +299,36 @@ def load_sweep(path: str, overrides: list[str] | None = None) -> SweepConfig:
     return parse_sweep(read_yaml(path, overrides), str(path))
 
 
+SWEEP_FILE = "_SWEEP.json"  # in the sweep's folder: the config its latest driver ran, for readers without it
+
+
+def stored_form(cfg: SweepConfig) -> dict:
+    """The sweep config as plain data, as `SWEEP_FILE` and a boundary search's state hold it."""
+    return {"name": cfg.name, "base": cfg.base, "axes": cfg.axes, "search": dataclasses.asdict(cfg.search),
+            "pack_size": cfg.pack_size}
+
+
+def from_stored(root: str, data: dict) -> SweepConfig:
+    """A sweep config from `stored_form` (nothing checked against this machine's files)."""
+    return SweepConfig(data["name"], data["base"], data["axes"], SearchSpec(**data["search"]),
+                       storage=SweepStorage(root), pack_size=data.get("pack_size", "auto"))
+
+
+def write_stored(cfg: SweepConfig) -> None:
+    """`SWEEP_FILE` beside the sweep's runs: what `status` and `serve` read to know the members
+    not started yet without the YAML file."""
+    from .. import records
+
+    records.write_sweep_file(cfg.root, cfg.sweep_id, SWEEP_FILE, json.dumps(stored_form(cfg), indent=2, default=list).encode())
+
+
+def read_stored(root: str, sweep_id: str) -> SweepConfig | None:
+    from .. import records
+
+    data = records.read_sweep_file(root, sweep_id, SWEEP_FILE)
+    return from_stored(root, json.loads(data)) if data is not None else None
+
+
 # ----------------------------------------------------------------------------- expansion
 
 

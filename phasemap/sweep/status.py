@@ -8,6 +8,7 @@ than its hash. Nothing here imports torch: `phasemap status` reads storage only.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
@@ -15,8 +16,10 @@ import pyarrow.parquet as pq
 
 from .. import records
 from ..records import leases
-from ..config import RunConfig, parse_config, run_id_of
-from .spec import SweepConfig, expand, members
+from ..config import ConfigError, RunConfig, parse_config, run_id_of
+from .spec import SweepConfig, expand, members, read_stored
+
+log = logging.getLogger(__name__)
 
 FAILED = "_FAILED.json"
 STATES = ("complete", "running", "interrupted", "failed", "missing")
@@ -69,6 +72,19 @@ def sweep_status(cfg: SweepConfig) -> list[dict]:
             row.update(configs=_member_configs(pack), members=len(pack.members), steps=pack.train.steps)
         rows.append(row)
     return rows
+
+
+def storage_status(root: str, sweep_id: str) -> list[dict]:
+    """`sweep_status` from storage alone: with the config the sweep's latest driver stored
+    (`spec.SWEEP_FILE`) a grid's packs not started yet are listed too; without it (sweeps of
+    earlier versions, `Recorder` runs) the runs found."""
+    cfg = read_stored(root, sweep_id)
+    if cfg is not None:
+        try:
+            return sweep_status(cfg)
+        except ConfigError as e:  # its data files are not on this machine, say: the runs found
+            log.info("sweep %s: its stored config does not expand here (%s): the runs found only", sweep_id, e)
+    return stored_status(root, sweep_id)
 
 
 def stored_status(root: str, sweep_id: str) -> list[dict]:
