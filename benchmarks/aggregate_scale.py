@@ -1,5 +1,7 @@
 """Aggregation at scale: a synthetic dataset of ~1 million records, written as Parquet, read
-back and reduced to a phase grid and a critical-depth map. Prints times and peak memory.
+back and reduced to a phase grid and a critical-depth map; then as `phasemap serve` reads it
+(`LiveRecords`): the first read, a refresh with nothing new, and a refresh after one more run
+lands. Prints times and peak memory.
 
     python benchmarks/aggregate_scale.py
 """
@@ -50,6 +52,31 @@ def aggregate(root: str) -> None:
     cd = timed("critical-depth map (wd x depth, facet width)", lambda: critical_depth_map(
         records, "weight_decay", "depth", facets=["width"], relation="rga_b", tau=0.9))
     print(f"phase grid: {len(grid)} cells; critical-depth map: {len(cd)} cells")
+    live_view(root)
+
+
+def live_view(root: str) -> None:
+    """`phasemap serve`'s reads: LiveRecords' refreshes, the sweep's frame and the phase diagram's SVG."""
+    from phasemap.analysis.query import LiveRecords
+    from phasemap.serve import api
+
+    live = LiveRecords(root)
+    timed("live: first refresh (every file)", live.refresh)
+    frame = timed("live: the sweep's records (frame)", lambda: live.frame("syn"))
+    timed("live: refresh, nothing new", live.refresh)
+    timed("live: frame, nothing new", lambda: live.frame("syn"))
+    one = load(root, filters={"run_id": frame["run_id"].iloc[0]})  # one more run lands: a copy under a new id
+    folder = Path(root) / "sweep=syn" / "run=landed"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pandas(one.assign(run_id="landed", config_hash=one["config_hash"] + "-landed"),
+                                        schema=SCHEMA, preserve_index=False), folder / "part-000000001.parquet")
+    t0 = time.perf_counter()
+    read = live.refresh()
+    rows = len(live.frame("syn"))
+    print(f"{'live: refresh after a run lands, + frame':<40} {time.perf_counter() - t0:7.2f} s   "
+          f"({len(read)} file read, {rows:,} rows)   peak RSS {peak_mb():7.0f} MB")
+    out = timed("live: phase diagram (SVG, cells)", lambda: api.figure(live, "syn", "phase-diagram", {}))
+    print(f"phase diagram: {len(out['cells'])} cells, SVG {len(out['svg']) / 1e3:.0f} kB")
 
 
 def main() -> None:

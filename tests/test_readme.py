@@ -205,6 +205,8 @@ SKIP = {
                  "commands (sweep, report) run here on the tiny root",
     "make test": "runs the whole test suite, this file included",
     "phasemap sweep configs/cluster.yaml --address auto": "needs a running Ray cluster (and its S3 storage)",
+    "phasemap serve results": "serves until Ctrl-C: tests/test_serve.py and tests/test_browser.py start it as a "
+                              "process and use its API and page",
 }
 
 

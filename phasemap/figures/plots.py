@@ -340,6 +340,7 @@ def layers_figure(profile: pd.DataFrame, keys: Sequence[str], title: str = "", s
     named = profile.drop_duplicates("layer").sort_values("layer") if "layer_name" in profile else None
     for ax in axes[1]:
         ax.set_xlabel("layer l (last = output)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # layers are whole numbers
         if named is not None and named["layer_name"].notna().all() and \
                 named["layer_name"].tolist() != [f"fc{i}" for i in named["layer"]]:
             ax.set_xticks(named["layer"], named["layer_name"], rotation=45, ha="right")  # the model's names

@@ -179,6 +179,7 @@ async function runQuery(format) {
     table($("result"), out.columns, out.rows);
     $("sql-message").textContent = `${out.rows.length} rows` + (out.truncated ? " (cut at the cap)" : "");
   } catch (error) {
+    $("result").replaceChildren();  // no earlier query's rows under this query's error
     $("sql-message").textContent = String(error.message || error);
     $("sql-message").className = "error";
     return;
