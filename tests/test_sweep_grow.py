@@ -106,7 +106,7 @@ def test_two_drivers_on_one_sweep_train_every_pack_once(tmp_path):
     assert [d.returncode for d in drivers] == [0, 0], outs
     cfg = parse_sweep(data)
     recs = check_one_per_config(tmp_path / "out", cfg)
-    for run in (tmp_path / "out" / "sweep=two").iterdir():
+    for run in (tmp_path / "out" / "sweep=two").glob("run=*"):
         assert [p.name for p in run.glob("_LEASE-*")] == ["_LEASE-000001.json"]  # taken once, never taken over
         assert recs[recs["run_id"] == run.name[4:]]["trial_id"].nunique() == 1  # one trainer wrote its records
     reused = sum(int(line.split()[0]) for out in outs for line in out.splitlines() if "found their pack complete" in line)

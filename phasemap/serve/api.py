@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .. import records
 from ..analysis import aggregate
 from ..analysis.query import LiveRecords
 from ..figures import report
@@ -139,9 +140,12 @@ def networks(live: LiveRecords, sweep: str, cell: dict, params: dict) -> dict:
 @dataclass
 class Progress:
     """A sweep's progress over the server's own observations: member-steps done at each
-    status, so the time left is from the rate seen in the last minutes."""
+    status, so the time left is from the rate seen in the last minutes; and its packs, read
+    again only when the sweep's files change or `every` seconds pass (a lease expires unseen)."""
 
     seen: deque = field(default_factory=lambda: deque(maxlen=600))
+    every: float = 15.0
+    _packs: tuple = (None, -float("inf"), [])  # (listing, time read, packs)
 
     def time_left(self, done: float, remaining: float, window: float = 300.0) -> float | None:
         now = time.monotonic()
@@ -155,11 +159,20 @@ class Progress:
             return None  # not measured yet, or nothing moving
         return remaining / ((done - d0) / (now - t0))
 
+    def packs(self, root: str, sweep: str) -> list[dict]:
+        """`status.storage_status`, from the last read while the sweep's files are as they were."""
+        listing = tuple((i.path, i.mtime_ns, i.size) for i in records.sweep_files(root, sweep))
+        seen, when, packs = self._packs
+        if listing != seen or time.monotonic() - when >= self.every:
+            packs = sweep_status.storage_status(root, sweep)
+            self._packs = (listing, time.monotonic(), packs)
+        return packs
+
 
 def status(live: LiveRecords, sweep: str, progress: Progress) -> dict:
     """Where a sweep stands: members per state, each pack (state, its configs by the fields that
     vary, last step), the time left at the rate seen, and what the controls can choose."""
-    packs = sweep_status.storage_status(live.root, sweep)
+    packs = progress.packs(live.root, sweep)
     counts = sweep_status.member_counts(packs)
     done = remaining = 0.0
     for p in packs:
