@@ -27,7 +27,8 @@ import yaml
 
 IMAGE_TASKS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "npz")  # phasemap/data/images.py
 SEQUENCE_TASKS = ("modular", "tokens")  # phasemap/data/modular.py, tokens.py
-TASKS = ("fc1", "fc2", "clusters") + IMAGE_TASKS + SEQUENCE_TASKS
+SSL_FAMILIES = ("cnn", "resnet", "factory")  # a backbone SimCLR's projection head goes on (phasemap/models/ssl.py)
+TASKS = ("fc1", "fc2", "clusters") + IMAGE_TASKS + SEQUENCE_TASKS + ("ssl",)
 OPERATIONS = ("add", "sub", "mul", "div")
 FAMILIES = ("mlp", "cnn", "resnet", "transformer", "factory")
 NORMS = ("none", "batch", "group")
@@ -81,6 +82,11 @@ class TaskSpec:
     # tokens: sequence length of a sample, and the vocabulary of a .bin token file
     block: int = field(default=64, metadata=_check("block >= 1", lambda v: v >= 1))
     vocab_size: int = field(default=0, metadata=_check("vocab_size >= 0", lambda v: v >= 0))
+    # ssl (SimCLR): the image task whose images are used (labels only for measuring), the
+    # projection head's output width and InfoNCE's temperature
+    data: str = field(default="digits", metadata=_check(f"data in {IMAGE_TASKS}", lambda v: v in IMAGE_TASKS))
+    projection_dim: int = field(default=128, metadata=_check("projection_dim >= 2", lambda v: v >= 2))
+    temperature: float = field(default=0.5, metadata=_check("temperature > 0", lambda v: v > 0))
 
 
 @dataclass(frozen=True)
@@ -246,7 +252,8 @@ class RunConfig:
     @property
     def output_dim(self) -> int:
         fixed = {"fc1": 1, "fc2": self.task.output_dim, "cifar100": 100, "digits": 10, "cifar10": 10, "mnist": 10,
-                 "fashion_mnist": 10, "modular": self.task.modulus + 2, "tokens": self.task.vocab_size}
+                 "fashion_mnist": 10, "modular": self.task.modulus + 2, "tokens": self.task.vocab_size,
+                 "ssl": self.task.projection_dim}
         # clusters and npz: task.n_classes; a text token file: 0 here, its character count once read
         return fixed.get(self.task.name, self.task.n_classes)
 
@@ -427,7 +434,11 @@ def _cross_checks(cfg: RunConfig, problems: list[str], check_environment: bool =
         problems.append(f"train.stop: `at least patience + 1 probes` must hold (a member settles after patience "
                         f"consecutive stationarity values, and the first probe has none), but got "
                         f"{len(cfg.probe_steps())} probe(s) with patience={stop.patience}")
-    image = cfg.task.name in IMAGE_TASKS or cfg.task.name == "tokens"  # read from task.path
+    if cfg.task.name == "ssl" and cfg.model.family not in SSL_FAMILIES:
+        problems.append(f"model.family: `a family with a backbone for SimCLR's projection head "
+                        f"({', '.join(SSL_FAMILIES)})` must hold for task ssl, but got {cfg.model.family!r}")
+    images = cfg.task.data if cfg.task.name == "ssl" else cfg.task.name  # ssl: its images' task
+    image = images in IMAGE_TASKS or cfg.task.name in ("tokens", "ssl")  # read from task.path
     if cfg.model.family in ("cnn", "resnet") and not image:
         problems.append(f"model.family: `an image task for family {cfg.model.family}` must hold, but got "
                         f"task.name={cfg.task.name!r} (image tasks: {', '.join(IMAGE_TASKS)})")
@@ -456,8 +467,8 @@ def _cross_checks(cfg: RunConfig, problems: list[str], check_environment: bool =
     elif cfg.model.factory:
         problems.append(f"model.factory: set only with family factory, but got {cfg.model.factory!r} "
                         f"with family {cfg.model.family!r}")
-    if image and cfg.task.name != "digits" and not cfg.task.path:
-        problems.append(f"task.path: `the data's file or folder for task {cfg.task.name}` must be given, but got ''")
+    if image and images != "digits" and not cfg.task.path:
+        problems.append(f"task.path: `the data's file or folder for task {images}` must be given, but got ''")
     elif image and cfg.task.path and check_environment and cfg.task.path != STDLIB_TEXT \
             and not Path(cfg.task.path).exists():
         problems.append(f"task.path: `path exists` must hold, but got {cfg.task.path!r} (no such file or folder)")

@@ -115,6 +115,11 @@ def tasks(data: Path) -> dict:
         "modular": {"name": "modular", "modulus": 5, "train_fraction": 0.5},
         "tokens": {"name": "tokens", "path": str(data / "text.txt"), "block": 6},
         "tokens-bin": {"name": "tokens", "path": str(data / "tokens.bin"), "vocab_size": 11, "block": 6},
+        # SimCLR on any image task's images (RGB: colour jitter too)
+        "ssl-digits": {"name": "ssl", "data": "digits", "projection_dim": 4},
+        "ssl-npz": {"name": "ssl", "data": "npz", "path": str(data / "images.npz"), "n_classes": 3, "held_out": 32,
+                    "projection_dim": 4},
+        "ssl-cifar10": {"name": "ssl", "data": "cifar10", "path": str(data / "cifar10"), "projection_dim": 4},
     }
 
 
@@ -128,6 +133,8 @@ MODELS = {
 
 
 def factory_model(task: str) -> dict:
+    if task.startswith("ssl"):  # the user's network is the backbone: images -> (N, 6) embeddings
+        return {"family": "factory", "factory": "matrix_nets:image_net", "kwargs": {"hidden": 2, "classes": 6}}
     if task in ("digits", "npz"):
         kwargs = {"hidden": 2, "classes": 10 if task == "digits" else 3}
         return {"family": "factory", "factory": "matrix_nets:image_net", "kwargs": kwargs}
@@ -141,7 +148,8 @@ def factory_model(task: str) -> dict:
 MATRIX = [("mlp", t) for t in ("fc1", "fc2", "clusters", "digits", "npz")] + \
          [(f, t) for f in ("cnn", "resnet") for t in ("digits", "npz")] + [("cnn", "mnist"), ("cnn", "cifar10")] + \
          [(f, t) for f in ("transformer", "transformer-tied") for t in ("modular", "tokens", "tokens-bin")] + \
-         [("factory", t) for t in ("fc1", "digits", "npz", "modular", "tokens")]
+         [("factory", t) for t in ("fc1", "digits", "npz", "modular", "tokens")] + \
+         [("cnn", "ssl-digits"), ("resnet", "ssl-npz"), ("cnn", "ssl-cifar10"), ("factory", "ssl-digits")]
 
 
 def run_data(data: Path, family: str, task: str, root, sweep="matrix", **probe) -> dict:
@@ -184,6 +192,8 @@ def test_every_family_on_every_task_it_accepts(tmp_path, data, family, task):
     depth = cfg.model.depth
     n_layers = {"mlp": depth + 1, "cnn": depth + 2, "resnet": depth + 2,  # ResNet-8: 7 convs, 2 skips, fc
                 "transformer": 6 * depth + 1}.get(cfg.model.family)  # q, k, v, out, mlp_in, mlp_out; unembed
+    if task.startswith("ssl") and family == "resnet":  # SimCLR's head of two linear layers for the fc
+        n_layers += 1
     if n_layers is not None:
         assert set(recs["n_layers"]) == {n_layers}
     else:  # a factory's depth and width are its kwargs' business: null unless they set them (issue 19, 11c)
@@ -223,6 +233,12 @@ REFUSED = [
     ("a block longer than the token file", "tokens-long-block", {"family": "transformer"}, "task.block"),
     ("a block longer than the .bin", "tokens-bin-long-block", {"family": "transformer"}, "task.block"),
     ("npz labels beyond n_classes", "npz-few-classes", {"family": "cnn"}, "task.n_classes"),
+    ("ssl with an mlp (no backbone)", {"name": "ssl"}, {"family": "mlp"}, "model.family"),
+    ("ssl with a transformer", {"name": "ssl"}, {"family": "transformer"}, "model.family"),
+    ("ssl with a projection of 1", {"name": "ssl", "projection_dim": 1}, {"family": "cnn"}, "task.projection_dim"),
+    ("ssl at temperature 0", {"name": "ssl", "temperature": 0}, {"family": "cnn"}, "task.temperature"),
+    ("ssl of non-images", {"name": "ssl", "data": "fc1"}, {"family": "cnn"}, "task.data"),
+    ("ssl of cifar10 without a path", {"name": "ssl", "data": "cifar10"}, {"family": "cnn"}, "task.path"),
 ]
 
 

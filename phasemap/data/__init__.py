@@ -3,17 +3,22 @@ local files or bundled with a package (`images`), modular arithmetic (`modular`)
 streams from local files (`tokens`).
 `make_task` picks by `task.name`."""
 
+import dataclasses
 import os
 
 from ..config import IMAGE_TASKS, ConfigError
 from .images import ImageTask, check_classes, load_images
 from .modular import ModularTask
+from .ssl import SSLTask
 from .synthetic import Task
 from .tokens import TokenTask, check_block, read_tokens
 
 
 def make_task(spec, device="cpu"):
-    """The task of a `task` config section: `ImageTask`, `ModularTask` or a synthetic `Task`."""
+    """The task of a `task` config section: `ImageTask`, `SSLTask`, `ModularTask`, `TokenTask` or a
+    synthetic `Task`."""
+    if spec.name == "ssl":
+        return SSLTask(spec, device)
     if spec.name in IMAGE_TASKS:
         return ImageTask(spec, device)
     if spec.name == "modular":
@@ -28,8 +33,9 @@ def check(spec) -> None:
     path (or the field it does not fit: `task.n_classes`, `task.block`) before anything starts
     (image data is loaded once; a token `.bin` is checked for its size, vocabulary and block, its
     ids when a trial reads it)."""
-    if spec.name in IMAGE_TASKS:
-        check_classes(spec, load_images(spec.name, spec.path, spec.held_out))
+    if spec.name in IMAGE_TASKS or spec.name == "ssl":
+        images = dataclasses.replace(spec, name=spec.data) if spec.name == "ssl" else spec
+        check_classes(images, load_images(images.name, images.path, images.held_out))
     elif spec.name == "tokens" and not spec.path.endswith(".bin"):
         check_block(spec, len(read_tokens(spec.path)[0]))
     elif spec.name == "tokens":
@@ -45,4 +51,4 @@ def check(spec) -> None:
         check_block(spec, size // 2)
 
 
-__all__ = ["ImageTask", "ModularTask", "Task", "TokenTask", "check", "load_images", "make_task", "read_tokens"]
+__all__ = ["ImageTask", "ModularTask", "SSLTask", "Task", "TokenTask", "check", "load_images", "make_task", "read_tokens"]

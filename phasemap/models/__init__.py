@@ -12,16 +12,25 @@ from .cnn import cnn
 from .mlp import ACTIVATION_FNS, ACTIVATION_MODULES, StackedMLP, mlp_dims
 from .packed import PackedModel
 from .resnet import resnet
+from .ssl import SimCLR, simclr
 from .transformer import Transformer
 
-__all__ = ["ACTIVATION_FNS", "ACTIVATION_MODULES", "PackedModel", "StackedMLP", "build_model", "factory_cost",
-           "mlp_dims"]
+__all__ = ["ACTIVATION_FNS", "ACTIVATION_MODULES", "PackedModel", "SimCLR", "StackedMLP", "build_model",
+           "factory_cost", "mlp_dims"]
 
 
-def build_model(spec, input_shape: tuple[int, ...], n_outputs: int, seeds):
+def build_model(spec, input_shape: tuple[int, ...], n_outputs: int, seeds, ssl: bool = False):
     """(model, prepare) for the `model` config section `spec`: a model mapping (N, ...) inputs
     to (K, N, ..., n_outputs), and `prepare`, the task's inputs as the model takes them (an MLP
-    flattens images)."""
+    flattens images). `ssl`: SimCLR's backbone and projection head (`ssl.simclr`; n_outputs is
+    the projection's width)."""
+    if ssl:
+        factory = load_factory(spec.factory) if spec.family == "factory" else None
+
+        def make() -> nn.Module:
+            return simclr(spec, input_shape, n_outputs, factory)
+
+        return PackedModel(make, seeds), (lambda x: x)
     if spec.family == "mlp":
         d_in = math.prod(input_shape)
         model = StackedMLP(mlp_dims(d_in, spec.width, spec.depth, n_outputs), spec.activation, seeds, spec.bias)

@@ -66,8 +66,8 @@ class PackedModel(nn.Module):
         buffers = {n: getattr(self, "buf__" + _key(n)) for n in self.buffer_names}
         return buffers | {alias: buffers[n] for alias, n in self.aliases.items() if n in buffers}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, ...) shared by every member -> (K, N, outputs).
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """x (N, ...) shared by every member -> (K, N, outputs); `kwargs` go to each member's forward.
 
         Vectorised over members (vmap) on a GPU; on a CPU member after member, on slices of
         the same stacked tensors (vmap'd convolutions ran at 0.57x of a loop over the K models
@@ -78,12 +78,13 @@ class PackedModel(nn.Module):
         params, buffers = self._member_params(), self._member_buffers()
         if self.vectorize if self.vectorize is not None else x.is_cuda:
             def one(p, b, inputs):
-                return functional_call(base, (p, b), (inputs,), tie_weights=False)  # p names every tied name
+                return functional_call(base, (p, b), (inputs,), kwargs, tie_weights=False)  # p names every tied name
 
             return vmap(one, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
         # buffers[k] are views: BatchNorm's running statistics update the stacked buffer in place
         return torch.stack([functional_call(base, ({n: p[k] for n, p in params.items()},
-                                                   {n: b[k] for n, b in buffers.items()}), (x,), tie_weights=False)
+                                                   {n: b[k] for n, b in buffers.items()}), (x,), kwargs,
+                                            tie_weights=False)
                             for k in range(self.K)])
 
     def functional(self) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:

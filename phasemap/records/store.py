@@ -70,6 +70,9 @@ CONFIG_COLUMNS = [
     ("task.train_fraction", "train_fraction", pa.float64()),
     ("task.block", "block", pa.int32()),
     ("task.vocab_size", "vocab_size", pa.int32()),
+    ("task.data", "ssl_data", pa.string()),  # ssl: the image task its images come from
+    ("task.projection_dim", "projection_dim", pa.int32()),
+    ("task.temperature", "temperature", pa.float64()),
     ("model.family", "family", pa.string()),
     ("model.depth", "depth", pa.int32()),
     ("model.width", "width", pa.int32()),
@@ -119,6 +122,7 @@ V1_DEFAULTS = {
     "model_kwargs": "{}", "max_samples": 32768, "modulus": 97, "operation": "add", "train_fraction": 0.5,
     "heads": 4, "tied": False, "block": 64, "vocab_size": 0, "per_head": False,  # before version 3 every network was an MLP on a synthetic task
     "stop_stationary": 0.0, "stop_patience": 2, "stop_loss_tolerance": 0.01, "stop_min_gap": 0.02,  # no train.stop yet
+    "ssl_data": "digits", "projection_dim": 128, "temperature": 0.5,  # no ssl task yet: its defaults
 }
 # Before version 3, `pah_*` held the sorted-spectra fit: readers move it to the `_sorted` column
 # and leave the paired one null (a sorted exponent must never be read as a paired one).

@@ -409,7 +409,9 @@ def auto_pack_size(run: RunConfig, gpu: bool) -> int:
         tokens = 4 if run.task.name == "modular" else run.task.block
         work = run.train.batch_size * tokens * 12 * run.model.width**2 * run.model.depth
     elif run.model.family != "mlp":  # convolutions: 9 multiply-adds per channel pair and pixel
-        pixels = {"digits": 64, "mnist": 784, "fashion_mnist": 784}.get(run.task.name, 1024)
+        images = run.task.data if run.task.name == "ssl" else run.task.name
+        pixels = {"digits": 64, "mnist": 784, "fashion_mnist": 784}.get(images, 1024)
+        pixels *= 2 if run.task.name == "ssl" else 1  # two views of each image
         channels = run.model.width * (16 if run.model.family == "resnet" else 1)
         work = run.train.batch_size * pixels * 9 * channels**2 * run.model.depth
     if not gpu:

@@ -31,7 +31,7 @@ import torch
 from .. import __version__, records
 from ..records import leases
 from ..config import ConfigError, RunConfig, run_id_of
-from ..data import make_task
+from ..data import SSLTask, make_task
 from ..measure import METRIC_COLUMNS
 from ..models import build_model
 from ..records import ATTEMPT, SCHEMA_VERSION
@@ -167,7 +167,8 @@ def _train(cfg: RunConfig, root: str, trial_id: str, progress, resume: bool, lea
 
     keep_cpu_buffers()
     task = make_task(cfg.task, device)
-    model, prepare = build_model(cfg.model, task.input_shape, task.output_dim, [m.seed for m in members])
+    model, prepare = build_model(cfg.model, task.input_shape, task.output_dim, [m.seed for m in members],
+                                 ssl=isinstance(task, SSLTask))
     model = model.to(device)
     opt = make_optimizer(
         cfg.optimizer.name,
@@ -353,8 +354,11 @@ def _restore_generator(gen: torch.Generator, state: dict, data_seed: int, run_id
 
 def _accuracies(prober, task, x_probe, y_probe, train_subset, out, y) -> tuple[list, list]:
     """(train, probe) accuracy per member for classification, else NaN: train accuracy on the
-    first probe.n_samples training samples (image data) or on this step's batch (online)."""
+    first probe.n_samples training samples (image data) or on this step's batch (online); a
+    self-supervised task's are its linear probe's on the backbone's embedding."""
     K = out.shape[0]
+    if isinstance(task, SSLTask):
+        return task.accuracies(prober.embed, train_subset, (x_probe, y_probe))
     if not task.classification:
         return [math.nan] * K, [math.nan] * K
     if train_subset is None:

@@ -60,6 +60,9 @@ class Prober:
         else:
             self.layers = [LayerInfo(*row) for row in describe_layers(model.member(0), probe_spec.per_head)]
         self.n_layers = sum(info.head is None for info in self.layers)  # head rows are not layers
+        # neural collapse's labels come from this many classes: a classifier's outputs, or (a
+        # self-supervised task) the images' classes
+        self.n_classes = getattr(task, "n_classes", task.output_dim)
         self.batched = not self.stacked  # False once vmap has failed on this model: member by member
         self.vectorize: bool | None = None  # the batched capture under vmap (None: on a GPU)
 
@@ -104,7 +107,7 @@ class Prober:
                 base, params, buffers, self.prepare(x), y, self.task.loss,
                 s.covariance, s.pah_floor, s.null_samples, [self.weight_decays[k] for k in finite],
                 labels=y if classification else None, stationarity=tracker, max_samples=s.max_samples,
-                per_head=s.per_head, n_classes=self.task.output_dim if classification else None,
+                per_head=s.per_head, n_classes=self.n_classes if classification else None,
                 vectorize=self.vectorize)
             tracker.unstack([self.trackers[k] for k in finite])
             for l, (metrics, why) in enumerate(rows):
@@ -143,7 +146,7 @@ class Prober:
                                   s.null_samples, weight_decay=self.weight_decays[k],
                                   labels=y if self.task.classification else None, stationarity=self.trackers[k],
                                   max_samples=s.max_samples, per_head=s.per_head,
-                                  n_classes=self.task.output_dim if self.task.classification else None))
+                                  n_classes=self.n_classes if self.task.classification else None))
         infos = self.layers
         nan_row = {c: (0 if c.startswith("n_zero") or c.endswith("_n") else math.nan) for c in METRIC_COLUMNS}
         values, reasons = [], []
@@ -163,6 +166,17 @@ class Prober:
         finally:
             self.model.train(was)
         return self.task.accuracy(out, y).tolist()
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, N, d): each member's backbone embedding of x (eval mode), for a self-supervised
+        model (`models.SimCLR`)."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            return self.model(self.prepare(x), embed=True)
+        finally:
+            self.model.train(was)
 
     def state(self) -> list[dict]:
         return [t.state() for t in self.trackers]
