@@ -204,8 +204,8 @@ print("imported:", [m for m in ("torch", "far_nets") if m in sys.modules])
 
 
 def test_help_and_the_reading_commands_import_no_torch(status_root, tmp_path):
-    """--help imports nothing heavy; status, query, plot and report read records without torch
-    (it costs ~1.5 s of every command's start)."""
+    """--help imports nothing heavy; status, query, plot, report and serve's answers read records
+    without torch (it costs ~1.5 s of every command's start)."""
     root = str(status_root[0])
     script = f"""
 import sys
@@ -219,6 +219,10 @@ for argv in (["status", {root!r}], ["query", {root!r}, "SELECT count(*) AS n FRO
              ["plot", {root!r}, "layers", "--sweep", "s", "--out", {str(tmp_path / "l.png")!r}],
              ["report", {root!r}, "--sweep", "s", "--out", {str(tmp_path / "report")!r}]):
     assert cli.main(argv) == 0, argv
+from phasemap.serve import api, app  # serve's answers, without its server loop
+live = app.Server({root!r}).live
+live.refresh()
+assert api.figure(live, "s", "phase-diagram", {{}})["svg"] and api.status(live, "s", api.Progress())["networks"]
 print("commands imported torch:", "torch" in sys.modules)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

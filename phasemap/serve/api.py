@@ -22,6 +22,7 @@ from ..analysis import aggregate
 from ..analysis.query import LiveRecords
 from ..figures import report
 from ..measure.phases import ALIGNMENT_COLUMNS
+from ..sweep import boundary
 from ..sweep import status as sweep_status
 
 # the figures the page shows for a sweep, in its order; a cell of the first and last is clickable
@@ -140,12 +141,14 @@ def networks(live: LiveRecords, sweep: str, cell: dict, params: dict) -> dict:
 @dataclass
 class Progress:
     """A sweep's progress over the server's own observations: member-steps done at each
-    status, so the time left is from the rate seen in the last minutes; and its packs, read
-    again only when the sweep's files change or `every` seconds pass (a lease expires unseen)."""
+    status, so the time left is from the rate seen in the last minutes; its packs, read again
+    only when the sweep's files change or `every` seconds pass (a lease expires unseen); and
+    what its records say, again only when they change."""
 
     seen: deque = field(default_factory=lambda: deque(maxlen=600))
     every: float = 15.0
     _packs: tuple = (None, -float("inf"), [])  # (listing, time read, packs)
+    _facts: tuple = (None, {})  # (the records' stamp, facts)
 
     def time_left(self, done: float, remaining: float, window: float = 300.0) -> float | None:
         now = time.monotonic()
@@ -158,6 +161,19 @@ class Progress:
         if now - t0 < 2.0 or done <= d0:
             return None  # not measured yet, or nothing moving
         return remaining / ((done - d0) / (now - t0))
+
+    def facts(self, live: LiveRecords, sweep: str) -> dict:
+        """What the records say of the sweep (networks with records, records, the axes that vary,
+        the most hidden layers), worked out again only when its records change."""
+        stamp = live.stamp(sweep)
+        if self._facts[0] != stamp:
+            df = live.frame(sweep)
+            self._facts = (stamp, {
+                "measured": len(df.drop_duplicates(aggregate.NETWORK)) if len(df) else 0,
+                "records": len(df),
+                "axes": aggregate.varying_axes(df) if len(df) else [],
+                "hidden_layers": int(aggregate.n_hidden(df).max()) if len(df) else 0})
+        return self._facts[1]
 
     def packs(self, root: str, sweep: str) -> list[dict]:
         """`status.storage_status`, from the last read while the sweep's files are as they were."""
@@ -181,24 +197,18 @@ def status(live: LiveRecords, sweep: str, progress: Progress) -> dict:
         done += n * at
         remaining += 0 if p["state"] == "complete" else n * max(steps - at, 0)
     left = progress.time_left(done, remaining)
-    df = live.frame(sweep)
-    measured = int(aggregate.last_records(df)[aggregate.NETWORK].drop_duplicates().shape[0]) if len(df) else 0
-    from ..sweep import boundary
-
+    facts = progress.facts(live, sweep)
     state = boundary.read_state(live.root, sweep)
     return {
         "sweep": sweep,
         "stamp": str(hash(live.stamp(sweep))),
         "counts": counts,
         "networks": sum(counts.values()),
-        "measured": measured,
-        "records": len(df),
+        **facts,
         "time_left_s": None if left is None or math.isinf(left) else round(left, 1),
         "packs": [{"run_id": p["run_id"], "state": p["state"], "members": p["members"], "configs": label,
                    "last_step": p["last_step"], "steps": p["steps"]}
                   for p, label in zip(packs, sweep_status.pack_labels(packs))],
         "boundary": None if state is None else {k: state[k] for k in ("round", "budget", "used", "cells", "measured",
                                                                       "uncertain", "finished")},
-        "axes": aggregate.varying_axes(df) if len(df) else [],
-        "hidden_layers": int(aggregate.n_hidden(df).max()) if len(df) else 0,
     }

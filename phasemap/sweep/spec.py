@@ -339,14 +339,25 @@ def grid_points(cfg: SweepConfig) -> list[dict]:
 
 
 def members(cfg: SweepConfig) -> list[RunConfig]:
-    """Every network of a grid sweep as a one-member run config, each config once, in grid order."""
-    found: dict[str, RunConfig] = {}
-    for combo in grid_points(cfg):
-        run = parse_config(_with(cfg.base, combo))
-        for member in run.members:
-            single = run.member_config(member)
-            found.setdefault(single.config_hash(), single)
-    return list(found.values())
+    """Every network of a grid sweep as a one-member run config, each config once, in grid order.
+
+    Parsed once per grid (base and axes): a 1,350-config grid takes seconds to parse, and
+    `status` and `serve` ask again and again."""
+    key = json.dumps([cfg.base, cfg.axes], sort_keys=True, default=str)
+    if key not in _MEMBERS:
+        found: dict[str, RunConfig] = {}
+        for combo in grid_points(cfg):
+            run = parse_config(_with(cfg.base, combo))
+            for member in run.members:
+                single = run.member_config(member)
+                found.setdefault(single.config_hash(), single)
+        while len(_MEMBERS) >= 8:
+            _MEMBERS.pop(next(iter(_MEMBERS)))
+        _MEMBERS[key] = list(found.values())
+    return list(_MEMBERS[key])
+
+
+_MEMBERS: dict[str, list[RunConfig]] = {}  # members' cache: grid (JSON) -> its one-member configs (frozen)
 
 
 def expand(cfg: SweepConfig, done: Collection[str] = ()) -> list[RunConfig]:
