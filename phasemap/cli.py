@@ -123,8 +123,9 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="what of a sweep is complete, running, failed or missing (from storage)",
                         description="Each pack of a sweep: its state, last step, and configs (the fields that vary). "
-                        "Given a storage root, from storage alone (every sweep there, or --sweep); given a sweep "
-                        "config, also the packs not started yet.")
+                        "Given a storage root, from storage alone (every sweep there, or --sweep; with the packs "
+                        "not started yet of a grid sweep whose driver stored its config, _SWEEP.json); given a sweep "
+                        "config, the packs not started yet of that config.")
     st.add_argument("config", metavar="ROOT|CONFIG", help="storage root (folder or s3:// URI), or a YAML sweep config")
     st.add_argument("--sweep", help="with a root: only this sweep id")
     st.add_argument("--out", help="with a config: storage root; default: the config's storage.root")
