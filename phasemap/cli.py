@@ -531,10 +531,10 @@ def _predict(args) -> int:
               f"{', '.join(found) or 'none'})", file=sys.stderr)
         return 2
     state = boundary.read_state(args.root, sweep)
-    search = state["config"]["search"] if state is not None else {}  # a boundary search's own settings by default
-    layer_text = args.layer or search.get("layer", "last")
-    tau = args.tau if args.tau is not None else search.get("tau", 0.9)
-    against = args.against or search.get("against", "raw")
+    default = boundary.judging(state)  # a boundary search's own settings by default
+    layer_text = args.layer or default["layer"]
+    tau = args.tau if args.tau is not None else default["tau"]
+    against = args.against or default["against"]
     try:
         try:
             layer = parse_layer(layer_text)

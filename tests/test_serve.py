@@ -143,13 +143,42 @@ def test_bad_requests_are_400_with_the_field_named(root):
     out = api(root, get("/api/status?sweep=nope", 400), get("/api/figure?sweep=syn&tau=7", 400),
               get("/api/figure?sweep=syn&layer=first", 400), get("/api/figure?sweep=syn&kind=pie", 400),
               get("/api/figure?sweep=syn&x=colour", 400), get("/api/networks?sweep=syn&cell=[1", 400),
-              get("/api/nothing", 404), get("/api/status?sweep=syn"))
+              get("/api/nothing", 404), get("/api/phase-grid?sweep=syn&layer=99", 400),
+              get("/api/phase-grid?sweep=syn&layer=0", 400), get("/api/figure?sweep=syn&facet=depth", 400),
+              get("/api/status?sweep=syn"))
     assert "sweeps there: syn" in out[0]["error"]
     assert out[1]["error"].startswith("tau:") and "7" in out[1]["error"]
     assert out[2]["error"].startswith("layer") and "first" in out[2]["error"]
     assert out[3]["error"].startswith("kind:") and out[4]["error"].startswith("x:")
     assert out[5]["error"].startswith("cell:") and "404" in out[6]["error"]
-    assert out[7]["sweep"] == "syn"  # still serving
+    assert out[7]["error"].startswith("layer: `a layer of the networks` must hold, but got 99")  # as predict says
+    assert "layer is an index >= 1" in out[8]["error"] and out[9]["error"].startswith("facet:")
+    assert out[10]["sweep"] == "syn" and out[10]["judged"] == {"layer": "last", "tau": 0.9, "against": "raw"}
+
+
+def test_a_boundary_searchs_own_layer_tau_and_against_are_the_defaults(root):
+    from phasemap.serve.api import options
+
+    frame = load(str(root))
+    opts = options({}, frame, {"layer": "2", "tau": 0.25, "against": "raw"})
+    assert (opts.layer, opts.tau, opts.against) == (2, 0.25, "raw")
+    given = options({"layer": "last", "tau": "0.8"}, frame, {"layer": "2", "tau": 0.25, "against": "raw"})
+    assert (given.layer, given.tau) == ("last", 0.8)
+
+
+def test_a_sweep_whose_runs_have_not_written_yet_is_listed_with_its_missing_members(tmp_path):
+    """A driver that has just started: its folder holds only the stored config."""
+    from phasemap.sweep import parse_sweep
+    from phasemap.sweep.spec import write_stored
+
+    cfg = parse_sweep({"name": "fresh", "storage": {"root": str(tmp_path)}, "base": {"task": {"name": "fc1"}},
+                       "axes": {"model.depth": [1, 2], "optimizer.weight_decay": [0.0, 0.1]}})
+    write_stored(cfg)
+    sweeps, status, figure = api(tmp_path, get("/api/sweeps"), get("/api/status?sweep=fresh"),
+                                 get("/api/figure?sweep=fresh"))
+    assert sweeps["sweeps"] == ["fresh"] and figure["missing"] == "no records yet"
+    assert status["counts"]["missing"] == status["networks"] == 4 and len(status["packs"]) == 2
+    assert status["measured"] == status["records"] == 0
 
 
 # ----------------------------------------------------------------------------- read-only SQL

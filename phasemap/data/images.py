@@ -42,6 +42,9 @@ class Images:
     x_test: torch.Tensor
     y_test: torch.Tensor
     n_classes: int
+    # the standardisation: x = (pixels in [0, 1] - mean) / std, per channel, (1, C, 1, 1)
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -176,7 +179,7 @@ def _standardised(x_train, y_train, x_test, y_test, scale: float) -> Images:
     if (len(y_train) and int(y_train.min()) < 0) or (len(y_test) and int(y_test.min()) < 0):
         raise ValueError("negative class labels")
     n_classes = int(max(y_train.max(), y_test.max() if len(y_test) else 0)) + 1
-    return Images((xt - mean) / std, y_train.long(), (xh - mean) / std, y_test.long(), n_classes)
+    return Images((xt - mean) / std, y_train.long(), (xh - mean) / std, y_test.long(), n_classes, mean, std)
 
 
 def check_classes(spec, data: Images) -> int:
@@ -199,6 +202,7 @@ class ImageTask(HeldOutTask):
         data = load_images(spec.name, spec.path, spec.held_out)
         self.x_train, self.y_train = data.x_train.to(self.device), data.y_train.to(self.device)
         self.x_test, self.y_test = data.x_test.to(self.device), data.y_test.to(self.device)
+        self.mean, self.std = data.mean.to(self.device), data.std.to(self.device)  # pixels = x * std + mean
         self.output_dim = check_classes(spec, data)
         self.input_shape = data.shape
 

@@ -39,9 +39,10 @@ def jsonable(df: pd.DataFrame) -> list[dict]:
     return json.loads(df.to_json(orient="records", double_precision=15, date_format="iso"))
 
 
-def options(params: dict, frame: pd.DataFrame) -> report.FigureOptions:
-    """Figure options from query parameters (`x`, `y`, `facet`, `layer`, `tau`, `against`),
-    each checked with the value named."""
+def options(params: dict, frame: pd.DataFrame, default: dict) -> report.FigureOptions:
+    """Figure options from query parameters (`x`, `y`, `facet`, `layer`, `tau`, `against`; those
+    not given from `default`, `boundary.judging`'s), each checked against the records with the
+    parameter and the value named."""
     opts = report.FigureOptions()
     for name in ("x", "y", "facet"):
         value = params.get(name) or None
@@ -49,15 +50,22 @@ def options(params: dict, frame: pd.DataFrame) -> report.FigureOptions:
             raise BadRequest(f"{name}: `a record column` must hold, but got {value!r}")
         setattr(opts, name, value)
     try:
-        opts.layer = aggregate.parse_layer(params.get("layer") or "last")
-        opts.tau = float(params.get("tau") or 0.9)
+        opts.layer = aggregate.parse_layer(str(params.get("layer") or default["layer"]))
+        opts.tau = float(params.get("tau") or default["tau"])
     except ValueError as e:
         raise BadRequest(f"layer or tau: {e}") from None
     if not 0 < opts.tau <= 1:
         raise BadRequest(f"tau: `0 < tau <= 1` must hold, but got {opts.tau!r}")
-    opts.against = params.get("against") or "raw"
+    opts.against = params.get("against") or default["against"]
     if opts.against not in ("raw", "null"):
         raise BadRequest(f"against: `raw or null` must hold, but got {opts.against!r}")
+    try:
+        x, y, facet = report.choose_axes(frame, opts)
+        if facet in (x, y):
+            raise ValueError(f"facet: `a column other than x and y` must hold, but got {facet!r} (x={x!r}, y={y!r})")
+        boundary.check_measurable(frame, opts.layer, opts.against)  # a layer the networks have; a null measured
+    except ValueError as e:
+        raise BadRequest(str(e).lstrip("-")) from None
     return opts
 
 
@@ -82,7 +90,7 @@ def figure(live: LiveRecords, sweep: str, kind: str, params: dict) -> dict:
     df = live.frame(sweep)
     if df.empty:
         return {"kind": kind, "missing": "no records yet"}
-    opts = options(params, df)
+    opts = options(params, df, judged(live, sweep))
     try:
         fig, table, caption = report.make_figure(df, kind, opts, root=live.root)
     except report.NotApplicable as e:
@@ -109,6 +117,11 @@ def phase_grid(live: LiveRecords, sweep: str, params: dict) -> dict:
     return {"x": out["x"], "y": out["y"], "facet": out["facet"], "cells": cells}
 
 
+def judged(live: LiveRecords, sweep: str) -> dict:
+    """The sweep's default layer, tau and against (`boundary.judging`: a boundary search's own)."""
+    return boundary.judging(boundary.read_state(live.root, sweep))
+
+
 def _match(df: pd.DataFrame, cell: dict) -> pd.DataFrame:
     """The records of one cell: {column: value}, numbers compared to 1e-9 relative."""
     keep = np.ones(len(df), dtype=bool)
@@ -128,7 +141,7 @@ def networks(live: LiveRecords, sweep: str, cell: dict, params: dict) -> dict:
     df = _match(live.frame(sweep), cell)
     if df.empty:
         return {"columns": [], "rows": [], "svg": None, "caption": "no networks in this cell"}
-    opts = options(params, df)
+    opts = options(params, df, judged(live, sweep))
     rows = aggregate.labelled(df, opts.tau, opts.layer, opts.against)
     keep = [*aggregate.NETWORK, *(c for c in aggregate.SEEDS if c in rows), "step", "layer", "status", "phase",
             *ALIGNMENT_COLUMNS, "train_loss", "probe_loss", "train_accuracy", "probe_accuracy"]
@@ -211,4 +224,5 @@ def status(live: LiveRecords, sweep: str, progress: Progress) -> dict:
                   for p, label in zip(packs, sweep_status.pack_labels(packs))],
         "boundary": None if state is None else {k: state[k] for k in ("round", "budget", "used", "cells", "measured",
                                                                       "uncertain", "finished")},
+        "judged": boundary.judging(state),  # the controls' defaults: layer, tau, against
     }

@@ -22,6 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..analysis.query import LiveRecords
+from ..sweep.status import stored_sweeps
 from . import api, readonly
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,21 @@ class Server:
     async def sweep(self, request: web.Request) -> str:
         """The request's `sweep`, checked; the only sweep when there is one and none is named."""
         await self.fresh()
-        found = self.live.sweeps()
+        found = await self._sweeps()
         sweep = request.query.get("sweep")
         if sweep is None and len(found) == 1:
             return found[0]
         if sweep not in found:
             there = ", ".join(found) or "none yet"
-            raise api.BadRequest(f"sweep: `a sweep with records under the root` must hold, but got {sweep!r} "
+            raise api.BadRequest(f"sweep: `a sweep under the root` must hold, but got {sweep!r} "
                                  f"(sweeps there: {there})")
         return sweep
+
+    async def _sweeps(self) -> list[str]:
+        """The sweeps with records, and those whose folder holds no records yet (a driver that
+        just started: its stored config says what it will train)."""
+        folders = await self._on_data(stored_sweeps, self.live.root)
+        return sorted(set(self.live.sweeps()) | set(folders))
 
     # ------------------------------------------------------------------------- handlers
 
@@ -86,7 +93,7 @@ class Server:
 
     async def sweeps(self, request: web.Request) -> web.Response:
         await self.fresh()
-        return web.json_response({"root": self.live.root, "sweeps": self.live.sweeps()})
+        return web.json_response({"root": self.live.root, "sweeps": await self._sweeps()})
 
     async def status(self, request: web.Request) -> web.Response:
         sweep = await self.sweep(request)

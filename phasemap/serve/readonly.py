@@ -40,7 +40,7 @@ def check_statement(con: duckdb.DuckDBPyConnection, query) -> None:
     except duckdb.Error as e:
         raise BadRequest(f"query: {e}") from None
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        kinds = ", ".join(s.type.name for s in statements) or "none"
+        kinds = ", ".join(s.query.split(maxsplit=1)[0].upper() for s in statements if s.query.strip()) or "none"
         raise BadRequest(f"query: `one SELECT statement (read-only)` must hold, but got {kinds}")
 
 

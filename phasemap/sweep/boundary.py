@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import RunConfig, parse_config
-from ..measure.phases import ALIGNMENT_COLUMNS, RELATIONS, judged, phase_of
+from ..measure.phases import ALIGNMENT_COLUMNS, RELATIONS, judged, n_hidden, phase_of
 from .spec import SEED_AXIS, SearchSpec, SweepConfig, _with, from_stored, stored_form
 
 log = logging.getLogger(__name__)
@@ -431,7 +431,7 @@ def check_measurable(table: pd.DataFrame, layer, against: str) -> None:
     last = last_records(table)
     rows = pick_layer(last[last["status"] != "diverged"], layer)
     if (last["status"] != "diverged").any() and rows.empty:
-        layers = last.groupby("config_hash")["n_layers"].first()
+        layers = n_hidden(last) + 1  # n_layers, or an MLP's depth + 1 where older records lack it
         raise ValueError(f"--layer: `a layer of the networks` must hold, but got {layer!r} (they have "
                          f"{int(layers.min())} to {int(layers.max())} layers)")
     nulls = [f"{c}_null" for c in ALIGNMENT_COLUMNS]
@@ -461,6 +461,13 @@ def write_state(cfg: SweepConfig, p: Plan, round_: int, uncertain: int, finished
              "measured": int((p.complete > 0).sum()), "uncertain": uncertain, "finished": finished}
     records.write_sweep_file(cfg.root, cfg.sweep_id, STATE, json.dumps(state, indent=2, default=list).encode())
     return state
+
+
+def judging(state: dict | None) -> dict:
+    """The layer, tau and against a sweep is judged at unless asked otherwise: a boundary
+    search's own (its state's config), else the last hidden layer, 0.9 and raw alignment."""
+    search = state["config"]["search"] if state is not None else {}
+    return {"layer": search.get("layer", "last"), "tau": search.get("tau", 0.9), "against": search.get("against", "raw")}
 
 
 def read_state(root: str, sweep_id: str) -> dict | None:

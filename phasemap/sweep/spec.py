@@ -305,13 +305,14 @@ SWEEP_FILE = "_SWEEP.json"  # in the sweep's folder: the config its latest drive
 def stored_form(cfg: SweepConfig) -> dict:
     """The sweep config as plain data, as `SWEEP_FILE` and a boundary search's state hold it."""
     return {"name": cfg.name, "base": cfg.base, "axes": cfg.axes, "search": dataclasses.asdict(cfg.search),
-            "pack_size": cfg.pack_size}
+            "pack_size": cfg.pack_size, "resources": dataclasses.asdict(cfg.resources)}  # packs depend on the GPU
 
 
 def from_stored(root: str, data: dict) -> SweepConfig:
     """A sweep config from `stored_form` (nothing checked against this machine's files)."""
     return SweepConfig(data["name"], data["base"], data["axes"], SearchSpec(**data["search"]),
-                       storage=SweepStorage(root), pack_size=data.get("pack_size", "auto"))
+                       resources=ResourcesSpec(**data.get("resources", {})), storage=SweepStorage(root),
+                       pack_size=data.get("pack_size", "auto"))
 
 
 def write_stored(cfg: SweepConfig) -> None:
@@ -410,19 +411,19 @@ def auto_pack_size(run: RunConfig, gpu: bool) -> int:
     width = max(run.model.width, run.task.input_dim)
     work = run.train.batch_size * width**2 * (run.model.depth + 1)
     activations = width * (run.model.depth + 1)  # per sample, summed over the layers
+    views = 2 if run.task.name == "ssl" else 1  # SimCLR trains on two views of each image
     if run.model.family == "factory":  # the user's network, whose depth and width say nothing: measured
         from ..data import make_task
         from ..models import factory_cost
 
-        multiply_adds, activations = factory_cost(run.model, make_task(run.task))
-        work = run.train.batch_size * multiply_adds
+        multiply_adds, activations = factory_cost(run.model, make_task(run.task))  # per view
+        work = run.train.batch_size * views * multiply_adds
     elif run.model.family == "transformer":  # per token: 4 d^2 in attention's projections, 8 d^2 in the MLP
         tokens = 4 if run.task.name == "modular" else run.task.block
         work = run.train.batch_size * tokens * 12 * run.model.width**2 * run.model.depth
     elif run.model.family != "mlp":  # convolutions: 9 multiply-adds per channel pair and pixel
         images = run.task.data if run.task.name == "ssl" else run.task.name
-        pixels = {"digits": 64, "mnist": 784, "fashion_mnist": 784}.get(images, 1024)
-        pixels *= 2 if run.task.name == "ssl" else 1  # two views of each image
+        pixels = views * {"digits": 64, "mnist": 784, "fashion_mnist": 784}.get(images, 1024)
         channels = run.model.width * (16 if run.model.family == "resnet" else 1)
         work = run.train.batch_size * pixels * 9 * channels**2 * run.model.depth
     if not gpu:

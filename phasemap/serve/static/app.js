@@ -41,16 +41,24 @@ function fill(select, values, labels, keep) {
 }
 
 function setControls(status) {
-  const key = JSON.stringify([status.axes, status.hidden_layers]);
+  const key = JSON.stringify([status.sweep, status.axes, status.hidden_layers]);
   if (key === controlsFor) return;
+  const first = !controlsFor || JSON.parse(controlsFor)[0] !== status.sweep;
   controlsFor = key;
+  if (first) {  // the sweep's own defaults (a boundary search judges at its own layer, tau, against)
+    $("tau").value = status.judged.tau;
+    $("against").value = status.judged.against;
+    $("layer").value = "";
+  }
   const axes = ["", ...status.axes];
   for (const name of ["x", "y", "facet"]) {
     fill($(name), axes, axes.map((a) => a || (name === "facet" ? "none (automatic)" : "automatic")), $(name).value);
   }
   const layers = ["last", "output", ...Array.from({ length: status.hidden_layers }, (_, i) => String(i + 1))];
-  fill($("layer"), layers, layers.map((l) => (/^\d+$/.test(l) ? `layer ${l}` : `${l} hidden`.replace("output hidden", "output"))),
-       $("layer").value || "last");
+  const layer = $("layer").value || String(status.judged.layer);
+  if (!layers.includes(layer)) layers.push(layer);  // a fraction of the hidden layers, say
+  fill($("layer"), layers, layers.map((l) => (/^\d+$/.test(l) ? `layer ${l}` : l === "last" ? "last hidden" : l)),
+       layer);
 }
 
 function table(element, columns, rows) {
