@@ -321,7 +321,8 @@ ADDED_FIELDS = {"task.path": "", "task.held_out": 297, "task.augment": False, "m
                 "task.modulus": 97, "task.operation": "add", "task.train_fraction": 0.5, "model.heads": 4,
                 "model.tied": False, "task.block": 64, "task.vocab_size": 0,
                 "probe.per_head": False, "train.stop": {"stationary": 0.0, "patience": 2, "loss_tolerance": 0.01,
-                                                         "min_gap": 0.02}}
+                                                         "min_gap": 0.02},
+                "task.data": "digits", "task.projection_dim": 128, "task.temperature": 0.5}
 
 
 # ----------------------------------------------------------------------------- parsing
