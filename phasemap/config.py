@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import itertools
 import json
@@ -286,7 +287,13 @@ class RunConfig:
         )
 
     def config_hash(self) -> str:
-        """Stable id of what is trained (storage and naming excluded)."""
+        """Stable id of what is trained (storage and naming excluded); worked out once per config
+        (it is frozen), as packing a large grid asks for it many times."""
+        if "_hash" not in self.__dict__:
+            object.__setattr__(self, "_hash", self._config_hash())
+        return self.__dict__["_hash"]
+
+    def _config_hash(self) -> str:
         d = self.to_dict()
         d.pop("storage")
         d.pop("name")
@@ -356,13 +363,20 @@ def unknown_key(where: str, key: Any, known: Collection[str]) -> str:
     return f"{where}: unknown key{hint} (known: {', '.join(sorted(known))})"
 
 
+@functools.cache
+def _hints(cls) -> dict:
+    """A config dataclass's resolved field types: once per class (a 1,350-config grid parses
+    thousands of configs)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls, data: Any, path: str, problems: list[str]):
     if data is None:
         data = {}
     if not isinstance(data, dict):
         problems.append(f"{path or 'config'}: must be a mapping, but got {data!r}")
         return cls()
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:

@@ -182,6 +182,7 @@ def test_a_factory_model_trains_in_a_sweep_on_a_real_local_ray(tmp_path, monkeyp
     from phasemap import load
     from phasemap.sweep import parse_sweep, run_sweep
 
+    ray.shutdown()  # a Ray of its own, started here: its workers get this folder as their current directory
     (tmp_path / "my_nets.py").write_text(FACTORY)
     monkeypatch.chdir(tmp_path)  # the module is in the current directory, which is not on sys.path
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
