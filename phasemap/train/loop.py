@@ -355,7 +355,8 @@ def _restore_generator(gen: torch.Generator, state: dict, data_seed: int, run_id
 def _accuracies(prober, task, x_probe, y_probe, train_subset, out, y) -> tuple[list, list]:
     """(train, probe) accuracy per member for classification, else NaN: train accuracy on the
     first probe.n_samples training samples (image data) or on this step's batch (online); a
-    self-supervised task's are its linear probe's on the backbone's embedding."""
+    self-supervised task's probe accuracy is its linear probe's on the backbone's embedding
+    (train NaN: `SSLTask.accuracies`)."""
     K = out.shape[0]
     if isinstance(task, SSLTask):
         return task.accuracies(prober.embed, train_subset, (x_probe, y_probe))
