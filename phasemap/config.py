@@ -288,7 +288,8 @@ class RunConfig:
 
     def config_hash(self) -> str:
         """Stable id of what is trained (storage and naming excluded); worked out once per config
-        (it is frozen), as packing a large grid asks for it many times."""
+        (it is frozen, `model.kwargs` included: never change that dict in place), as packing a
+        large grid asks for it many times."""
         if "_hash" not in self.__dict__:
             object.__setattr__(self, "_hash", self._config_hash())
         return self.__dict__["_hash"]

@@ -7,6 +7,7 @@ import pytest
 from phasemap import ConfigError
 from phasemap.cli import main
 from phasemap.sweep import expand, load_sweep, parse_sweep
+from phasemap.train import run_id_of
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -158,3 +159,19 @@ def test_an_optuna_objective_may_be_an_accuracy_and_a_near_miss_is_suggested():
     data["search"]["objective"] = "accuracy"
     with pytest.raises(ConfigError, match=r"did you mean `train_accuracy` or `probe_accuracy`\?"):
         parse_sweep(data)
+
+
+def test_a_grid_with_its_axes_in_another_order_packs_as_a_fresh_process_would():
+    """members() is cached per grid: the order of the axes is the grid's, and the packs follow it."""
+    from phasemap.sweep import spec
+
+    def sweep(axes):
+        return parse_sweep({"name": "o", "base": {"task": {"name": "fc1"}}, "axes": axes, "pack_size": 2})
+
+    forward = {"optimizer.weight_decay": [0.0, 0.01], "train.seed": [0, 1]}
+    backward = dict(reversed(list(forward.items())))
+    spec._MEMBERS.clear()
+    fresh = [run_id_of(p) for p in expand(sweep(backward))]
+    spec._MEMBERS.clear()
+    expand(sweep(forward))  # cached first
+    assert [run_id_of(p) for p in expand(sweep(backward))] == fresh

@@ -344,7 +344,8 @@ def members(cfg: SweepConfig) -> list[RunConfig]:
 
     Parsed once per grid (base and axes): a 1,350-config grid takes seconds to parse, and
     `status` and `serve` ask again and again."""
-    key = json.dumps([cfg.base, cfg.axes], sort_keys=True, default=str)
+    # the axes in their order (it is the grid's, and the packs' ids follow it); mappings sorted
+    key = json.dumps([cfg.base, list(cfg.axes.items())], sort_keys=True, default=str)
     if key not in _MEMBERS:
         found: dict[str, RunConfig] = {}
         for combo in grid_points(cfg):
