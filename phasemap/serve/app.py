@@ -78,10 +78,9 @@ class Server:
         return sweep
 
     async def _sweeps(self) -> list[str]:
-        """The sweeps with records, and those whose folder holds no records yet (a driver that
-        just started: its stored config says what it will train)."""
-        folders = await self._on_data(stored_sweeps, self.live.root)
-        return sorted(set(self.live.sweeps()) | set(folders))
+        """The sweeps under the root: each has a folder, from its driver's start (the stored config),
+        before any of its runs has written records."""
+        return await self._on_data(stored_sweeps, self.live.root)
 
     # ------------------------------------------------------------------------- handlers
 
